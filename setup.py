@@ -1,0 +1,50 @@
+"""dbeta: D-BETA (ICML 2025) ECG-text model as a Hugging Face Hub package.
+
+The four hub files (configuration/modeling/processing/pipeline_dbeta.py) are installed as
+top-level modules because the Hub serves them flat next to config.json; the command line and
+the training/evaluation library are installed under the `dbeta` namespace.
+"""
+from setuptools import setup
+
+HUB_MODULES = ["configuration_dbeta", "modeling_dbeta", "processing_dbeta", "pipeline_dbeta"]
+
+setup(
+    name="dbeta",
+    version="0.1.0",
+    description="D-BETA: masked ECG-text auto-encoders as discriminative learners (transformers remote code)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    py_modules=HUB_MODULES,
+    packages=["dbeta", "dbeta.train"],
+    package_dir={"dbeta": "dbeta", "dbeta.train": "train"},
+    package_data={"dbeta": ["label_descriptions.json", "assets/*", "assets/*/*"]},
+    include_package_data=True,
+    install_requires=[
+        # 2.13.0 (the CPU wheel on our machines) satisfies this range; install it first.
+        "torch>=2.4,<3",
+        "transformers>=5.0,<6",
+        "safetensors>=0.4",
+        "huggingface_hub>=1.0",
+        "tokenizers>=0.20",
+        "numpy>=1.24",
+        "scipy>=1.10",
+    ],
+    extras_require={
+        "train": [
+            "accelerate>=1.0",
+            "datasets>=3.0",
+            "wfdb>=4.1",
+            "h5py>=3.8",
+            "scikit-learn>=1.3",
+            "pandas>=2.0",
+            "pyarrow>=14",
+            "tensorboard>=2.14",
+            "matplotlib>=3.7",
+            "tqdm>=4.60",
+        ],
+        "dev": ["pytest>=7.4"],
+    },
+    entry_points={"console_scripts": ["dbeta=dbeta.cli:main"]},
+)
