@@ -38,7 +38,9 @@ FLAN_T5_BASE_TEXT_CONFIG = {
     "layer_norm_epsilon": 1e-6,
     "initializer_factor": 1.0,
     "feed_forward_proj": "gated-gelu",
-    "tie_word_embeddings": False,
+    # T5EncoderModel ties `encoder.embed_tokens` to `shared` only when this is set; D-BETA's text
+    # encoder has one embedding table (there is no LM head to tie), so it is always on here.
+    "tie_word_embeddings": True,
     "is_encoder_decoder": True,
     "pad_token_id": 0,
     "eos_token_id": 1,
@@ -66,6 +68,22 @@ def _check_divisible(config: PreTrainedConfig, width_name: str, heads_name: str)
     width, heads = getattr(config, width_name), getattr(config, heads_name)
     if width % heads != 0:
         raise ValueError(f"`{width_name}` ({width}) must be divisible by `{heads_name}` ({heads}).")
+
+
+# Written into every saved config so that the Auto classes find the remote code (one entry per
+# class would be all `register_for_auto_class` keeps).
+DBETA_AUTO_MAP = {
+    "AutoConfig": "configuration_dbeta.DBetaConfig",
+    "AutoModel": "modeling_dbeta.DBetaModel",
+    "AutoModelForPreTraining": "modeling_dbeta.DBetaForPreTraining",
+    "AutoProcessor": "processing_dbeta.DBetaProcessor",
+    "AutoFeatureExtractor": "processing_dbeta.DBetaFeatureExtractor",
+}
+DBETA_ECG_AUTO_MAP = {
+    "AutoConfig": "configuration_dbeta.DBetaECGConfig",
+    "AutoModel": "modeling_dbeta.DBetaECGModel",
+    "AutoFeatureExtractor": "processing_dbeta.DBetaFeatureExtractor",
+}
 
 
 class DBetaECGConfig(PreTrainedConfig):
@@ -148,6 +166,8 @@ class DBetaECGConfig(PreTrainedConfig):
         _check_probability(self, "hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout")
         _check_probability(self, "mask_ratio")
         super().__post_init__(**kwargs)
+        if getattr(self, "auto_map", None) is None:
+            self.auto_map = dict(DBETA_ECG_AUTO_MAP)
 
     @property
     def samples_per_token(self) -> int:
@@ -231,12 +251,15 @@ class DBetaConfig(PreTrainedConfig):
     sampling_rate: int = 500
     num_samples: int = 5000
     initializer_range: float = 0.02
+    # Ties the T5 encoder's `embed_tokens` to `shared` (one table, as in the original checkpoint).
+    tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
         if self.text_config is None or isinstance(self.text_config, dict):
             self.text_config = T5Config(**{**FLAN_T5_BASE_TEXT_CONFIG, **(self.text_config or {})})
         if not isinstance(self.text_config, T5Config):
             raise ValueError(f"`text_config` must be a T5Config or a dict, got {type(self.text_config).__name__}.")
+        self.text_config.tie_word_embeddings = True
         if isinstance(self.ecg_config, dict):
             self.ecg_config.pop("model_type", None)
             self.ecg_config = DBetaECGConfig(**self.ecg_config)
@@ -245,6 +268,8 @@ class DBetaConfig(PreTrainedConfig):
                 f"`ecg_config` must be a DBetaECGConfig or a dict, got {type(self.ecg_config).__name__}."
             )
         super().__post_init__(**kwargs)
+        if getattr(self, "auto_map", None) is None:
+            self.auto_map = dict(DBETA_AUTO_MAP)
         self.lead_names = list(self.lead_names)
 
         _check_positive(
@@ -296,5 +321,8 @@ class DBetaConfig(PreTrainedConfig):
         """ECG tokens (without CLS) for an input of `num_samples` samples: 312 for 10 s at 500 Hz."""
         return self.ecg_config.num_tokens(self.num_samples)
 
+
+DBetaConfig.register_for_auto_class()
+DBetaECGConfig.register_for_auto_class()
 
 __all__ = ["DBetaConfig", "DBetaECGConfig", "FLAN_T5_BASE_TEXT_CONFIG", "MIMIC_LEAD_ORDER"]

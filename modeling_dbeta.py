@@ -7,7 +7,9 @@ stacks and its four pre-training objectives (MLM, MEM, ETM, ETS).
 """
 
 import math
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -571,6 +573,16 @@ class DBetaPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _no_split_modules = ["DBetaECGEncoderLayer", "DBetaFusionLayer", "T5Block"]
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save config, weights and the remote code, including the processing and pipeline files that
+        the config's `auto_map` refers to, so the folder is a complete Hub repository."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            for name in ("processing_dbeta.py", "pipeline_dbeta.py"):
+                source = Path(__file__).with_name(name)
+                if source.is_file() and not (Path(save_directory) / name).exists():
+                    shutil.copy(source, Path(save_directory) / name)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
         std = self.config.initializer_range
@@ -652,6 +664,11 @@ class DBetaECGModel(DBetaPreTrainedModel):
 class DBetaModel(DBetaPreTrainedModel):
     """ECG tower, T5 text tower and the cross-modal fusion stacks (no pre-training heads)."""
 
+    # A pre-training checkpoint loads into DBetaModel without its MLM / MEM heads.
+    _keys_to_ignore_on_load_unexpected = [r"^(mlm_head|mem_head)\."]
+    # Declared here too: transformers only re-ties the outer model's own mapping after loading.
+    _tied_weights_keys = {"text_model.t5.encoder.embed_tokens.weight": "text_model.t5.shared.weight"}
+
     def __init__(self, config: DBetaConfig):
         super().__init__(config)
         self.ecg_model = DBetaECGTransformer(config.ecg_config)
@@ -678,14 +695,19 @@ class DBetaModel(DBetaPreTrainedModel):
         `kwargs` go to `T5EncoderModel.from_pretrained` (e.g. `revision`, `cache_dir`).
         """
         text_encoder = T5EncoderModel.from_pretrained(text_model_name_or_path, **kwargs)
+        text_config = text_encoder.config.to_dict()
         if config is None:
-            config = DBetaConfig(text_config=text_encoder.config.to_dict())
+            config = DBetaConfig(text_config=text_config)
         else:
-            config.text_config = text_encoder.config
+            config.text_config = DBetaConfig(text_config=text_config).text_config
         model = cls(config)
         base = model if isinstance(model, DBetaModel) else model.dbeta
-        missing, unexpected = base.text_model.t5.load_state_dict(text_encoder.state_dict(), strict=False)
-        missing = [key for key in missing if not key.endswith("embed_tokens.weight")]
+        weights = text_encoder.state_dict()
+        # The embedding the T5 encoder actually reads is `encoder.embed_tokens`; ours is tied to `shared`.
+        weights["shared.weight"] = weights.get("encoder.embed_tokens.weight", weights["shared.weight"])
+        weights.pop("encoder.embed_tokens.weight", None)
+        missing, unexpected = base.text_model.t5.load_state_dict(weights, strict=False)
+        missing = [key for key in missing if key != "encoder.embed_tokens.weight"]
         if missing or unexpected:
             raise ValueError(f"T5 encoder weights do not fit: missing {missing}, unexpected {unexpected}.")
         return model
@@ -885,6 +907,8 @@ def ets_sigmoid_loss(logits: torch.Tensor, is_aligned: torch.Tensor | None = Non
 class DBetaForPreTraining(DBetaPreTrainedModel):
     """D-BETA with its pre-training heads and the four objectives (MLM, MEM, ETM, ETS)."""
 
+    _tied_weights_keys = {"dbeta.text_model.t5.encoder.embed_tokens.weight": "dbeta.text_model.t5.shared.weight"}
+
     def __init__(self, config: DBetaConfig):
         super().__init__(config)
         self.dbeta = DBetaModel(config)
@@ -988,6 +1012,10 @@ class DBetaForPreTraining(DBetaPreTrainedModel):
         return_dict = return_dict if return_dict is not None else config.return_dict
         return output if return_dict else output.to_tuple()
 
+
+DBetaECGModel.register_for_auto_class("AutoModel")
+DBetaModel.register_for_auto_class("AutoModel")
+DBetaForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 
 __all__ = [
     "DBetaECGModel",
