@@ -316,3 +316,15 @@ def test_ecg_only_export_round_trip_in_a_fresh_process(tiny_model, tmp_path):
         cwd=tmp_path,
     )
     assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+
+
+def test_loading_in_bfloat16(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    model = DBetaModel.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert model.dtype == torch.bfloat16
+    ecg = make_ecg(2)
+    with torch.no_grad():
+        features = model(ecg).pooler_output  # fp32 input is cast to the model's dtype
+        reference = tiny_model.get_ecg_features(ecg).pooler_output
+    assert features.dtype == torch.bfloat16
+    torch.testing.assert_close(features.float(), reference, atol=0.02, rtol=0.02)
