@@ -929,6 +929,15 @@ class DBetaForPreTraining(DBetaPreTrainedModel):
     def get_text_features(self, input_ids, attention_mask=None, **kwargs):
         return self.dbeta.get_text_features(input_ids, attention_mask, **kwargs)
 
+    def masked_language_modeling(self, text_hidden_state: torch.Tensor, mlm_labels: torch.Tensor):
+        """MLM logits and loss, projecting only the masked positions onto the vocabulary (the
+        other positions have no loss, so their 32k-way logits would be wasted work and memory)."""
+        selected = mlm_labels != -100
+        mlm_logits = self.mlm_head(text_hidden_state[selected])
+        if not selected.any():
+            return mlm_logits, mlm_logits.sum() * 0.0  # keeps the graph (and DDP) intact
+        return mlm_logits, F.cross_entropy(mlm_logits.float(), mlm_labels[selected])
+
     def forward(
         self,
         input_values: torch.Tensor,
@@ -967,12 +976,7 @@ class DBetaForPreTraining(DBetaPreTrainedModel):
         losses = {}
         mlm_logits = mem_logits = None
         if mlm_labels is not None:
-            selected = mlm_labels != -100
-            mlm_logits = self.mlm_head(fused.text_hidden_state[selected])
-            if selected.any():
-                losses["mlm"] = F.cross_entropy(mlm_logits.float(), mlm_labels[selected])
-            else:
-                losses["mlm"] = mlm_logits.sum() * 0.0  # keeps the graph (and DDP) intact
+            mlm_logits, losses["mlm"] = self.masked_language_modeling(fused.text_hidden_state, mlm_labels)
         if mask_ratio > 0:
             mem_logits = self.mem_head(fused.ecg_hidden_state_for_mem, ecg_output.mem_ids_restore)
             num_tokens = mem_logits.shape[1]
