@@ -48,7 +48,8 @@ def normalize_report(text: str) -> str:
     Lower-case, trim, replace ``"ekg"`` with ``"ecg"``, then strip the character sets ``"* "``,
     ``"=-"`` and ``"="`` from both ends, in that order.
 
-    Example: ``"*** Sinus rhythm. Normal EKG ==="`` -> ``"sinus rhythm. normal ecg"``.
+    Example: ``"*** Sinus rhythm. Normal EKG"`` -> ``"sinus rhythm. normal ecg"``. As in the original,
+    a space uncovered by a later strip stays: ``"Normal EKG ==="`` -> ``"normal ecg "``.
     """
     text = text.lower().strip().replace("ekg", "ecg")
     return text.strip("* ").strip("=-").strip("=")

@@ -1,0 +1,601 @@
+"""Turn a MIMIC-IV-ECG v1.0 folder (as PhysioNet distributes it) into a Hugging Face dataset.
+
+Input layout::
+
+    root/record_list.csv            subject_id, study_id, file_name, ecg_time, path
+    root/machine_measurements.csv   subject_id, study_id, ..., report_0 ... report_17, ...
+    root/files/pNNNN/pNNNNNNNN/sNNNNNNNN/NNNNNNNN.hea|.dat
+
+Output (``datasets.load_from_disk(output_dir)`` gives a ``DatasetDict``)::
+
+    output_dir/train/, output_dir/validation/, output_dir/dataset_dict.json
+    output_dir/summary.json    counts: listed, kept, skipped by reason, per split
+    output_dir/skipped.csv     every skipped study with its reason
+    output_dir/README.md       dataset card
+
+Each row holds one 10 s, 500 Hz, 12-lead ECG as ``int16`` samples plus a per-lead gain
+(``ecg / ecg_gain`` = millivolts; see :func:`decode_ecg`), its lead names in file order, its
+cleaned report and its identifiers. Train and validation never share a subject.
+
+Work is split in shards that worker processes write independently under ``output_dir/.shards``;
+a killed run resumes from the finished shards. The final splits hard-link the shards' Arrow files,
+so the signals are written once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dbeta.train.text import MIMIC_REPORT_COLUMNS, join_report_lines, normalize_report
+
+logger = logging.getLogger(__name__)
+
+NUM_LEADS = 12
+SAMPLING_RATE = 500.0
+NUM_SAMPLES = 5000
+#: Samples are stored as round(mV * gain) in int16; 1000/mV (1 uV steps) unless the lead's peak
+#: needs a smaller gain to fit. MIMIC stores 5 uV steps, so 1000/mV is lossless for it.
+DEFAULT_STORAGE_GAIN = 1000.0
+INT16_LIMIT = 32767
+PREPARATION_VERSION = 1
+
+#: Why a study can be left out, in the order the checks run.
+SKIP_REASONS: dict[str, str] = {
+    "missing_report": "no machine_measurements row, or every report_N column is empty",
+    "missing_file": "the WFDB header named by record_list.csv `path` does not exist",
+    "unreadable": "the reader rejected the record (bad header, truncated or damaged signal file)",
+    "missing_leads": "one of the 12 standard leads is absent",
+    "unexpected_sampling_rate": f"sampling rate other than {SAMPLING_RATE:g} Hz (no resampling, as the original)",
+    "too_short": f"fewer than {NUM_SAMPLES} samples",
+    "nan_values": "a sample is NaN (WFDB invalid sample)",
+    "flat_lead": "a lead has zero variance over the record",
+}
+SPLITS = ("train", "validation")
+SHARDS_FOLDER = ".shards"
+
+
+class SkipRecord(Exception):
+    """Raised when a record must be left out; ``reason`` is a key of :data:`SKIP_REASONS`."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        if reason not in SKIP_REASONS:
+            raise ValueError(f"Unknown skip reason {reason!r}")
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class StudyEntry:
+    """One study to convert: identifiers, its record path (relative to the root) and its report."""
+
+    subject_id: int
+    study_id: int
+    path: str
+    ecg_time: str
+    report: str
+
+
+@dataclass
+class ShardTask:
+    name: str
+    split: str
+    root: str
+    entries: list[StudyEntry]
+
+
+@dataclass
+class PreparationSummary:
+    """Counts of a preparation run (also written to ``summary.json``)."""
+
+    records_listed: int = 0
+    records_read: int = 0
+    records_kept: int = 0
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)
+    kept_by_split: dict[str, int] = field(default_factory=dict)
+    subjects_by_split: dict[str, int] = field(default_factory=dict)
+    measurements_without_record: int = 0
+    trimmed_to_num_samples: int = 0
+    seconds: float = 0.0
+    output_dir: str = ""
+
+    @property
+    def records_skipped(self) -> int:
+        return sum(self.skipped_by_reason.values())
+
+
+# --------------------------------------------------------------------------------------------
+# Signal conversion
+# --------------------------------------------------------------------------------------------
+
+
+def _standard_lead_indices(lead_names: list[str]) -> list[int]:
+    """Indices of the 12 standard leads in file order; raises SkipRecord('missing_leads')."""
+    from processing_dbeta import STANDARD_LEAD_NAMES, canonical_lead_name
+
+    canonical = [canonical_lead_name(name) for name in lead_names]
+    missing = [name for name in STANDARD_LEAD_NAMES if name not in canonical]
+    if missing:
+        raise SkipRecord("missing_leads", f"missing {', '.join(missing)} (file has {', '.join(lead_names)})")
+    return [index for index, name in enumerate(canonical) if name in STANDARD_LEAD_NAMES and canonical.index(name) == index]
+
+
+def encode_signal(signal_mv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Compact a float (leads, samples) mV signal to ``(int16 samples, float32 gain per lead)``.
+
+    ``decoded = samples / gain[:, None]`` restores the signal to within half a step (0.5 uV at the
+    default gain of 1000/mV); leads with a peak above 32.767 mV get a smaller gain.
+    """
+    peak = np.abs(signal_mv).max(axis=1).astype(np.float64)
+    gain = np.where(peak * DEFAULT_STORAGE_GAIN <= INT16_LIMIT, DEFAULT_STORAGE_GAIN, INT16_LIMIT / np.maximum(peak, 1e-12))
+    gain = gain.astype(np.float32)
+    samples = np.clip(np.round(signal_mv.astype(np.float64) * gain[:, None]), -INT16_LIMIT, INT16_LIMIT)
+    return samples.astype(np.int16), gain
+
+
+def decode_ecg(example: Mapping[str, Any]) -> np.ndarray:
+    """Float32 millivolts from a prepared row (``(12, 5000)``) or batch (``(B, 12, 5000)``).
+
+    Works on plain rows (lists), ``with_format("numpy")`` rows and batches alike; the lead order
+    is the row's ``lead_names``.
+    """
+    samples = np.asarray(example["ecg"], dtype=np.float32)
+    gain = np.asarray(example["ecg_gain"], dtype=np.float32)
+    return samples / gain[..., None]
+
+
+def convert_record(record: Any) -> tuple[np.ndarray, np.ndarray, list[str], bool]:
+    """Validate an ``ECGRecord`` and compact it.
+
+    Returns ``(int16 samples (12, 5000), gain (12,), lead names in file order, trimmed)``;
+    ``trimmed`` is True when a longer record was cut to its first 10 s (DECISIONS 8).
+
+    Raises:
+        SkipRecord: for missing leads, another sampling rate, a short record, NaN or a flat lead.
+    """
+    indices = _standard_lead_indices(list(record.lead_names))
+    if not np.isclose(float(record.sampling_rate), SAMPLING_RATE):
+        raise SkipRecord("unexpected_sampling_rate", f"{record.sampling_rate:g} Hz")
+    signal = np.asarray(record.signal)[indices]
+    if signal.shape[1] < NUM_SAMPLES:
+        raise SkipRecord("too_short", f"{signal.shape[1]} samples")
+    trimmed = signal.shape[1] > NUM_SAMPLES
+    signal = signal[:, :NUM_SAMPLES]
+    lead_names = [record.lead_names[index] for index in indices]
+    nan_leads = [lead_names[row] for row in np.flatnonzero(np.isnan(signal).any(axis=1))]
+    if nan_leads:
+        raise SkipRecord("nan_values", f"NaN in {', '.join(nan_leads)}")
+    flat_leads = [lead_names[row] for row in np.flatnonzero(signal.std(axis=1) == 0)]
+    if flat_leads:
+        raise SkipRecord("flat_lead", f"flat {', '.join(flat_leads)}")
+    samples, gain = encode_signal(signal)
+    return samples, gain, lead_names, trimmed
+
+
+def dataset_features():
+    """The ``datasets.Features`` of a prepared split."""
+    from datasets import Array2D, Features, List, Value
+
+    return Features(
+        {
+            "subject_id": Value("int64"),
+            "study_id": Value("int64"),
+            "ecg_time": Value("string"),
+            "path": Value("string"),
+            "report": Value("string"),
+            "ecg": Array2D(shape=(NUM_LEADS, NUM_SAMPLES), dtype="int16"),
+            "ecg_gain": List(Value("float32"), length=NUM_LEADS),
+            "lead_names": List(Value("string"), length=NUM_LEADS),
+            "sampling_rate": Value("float32"),
+        }
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Study index: CSV joins, report cleaning, subject-wise split
+# --------------------------------------------------------------------------------------------
+
+
+def read_study_index(root: str | os.PathLike) -> tuple[list[StudyEntry], list[dict], int, int]:
+    """Join ``record_list.csv`` with the reports of ``machine_measurements.csv``.
+
+    Returns ``(entries with a report, skipped rows (missing_report), studies listed,
+    measurement rows without a record)``. The report is the non-empty ``report_N`` columns
+    joined with single spaces and normalised (:func:`dbeta.train.text.normalize_report`).
+    """
+    import pandas as pd
+
+    root = Path(root)
+    records = pd.read_csv(root / "record_list.csv", dtype={"path": str, "ecg_time": str})
+    header = pd.read_csv(root / "machine_measurements.csv", nrows=0).columns
+    report_columns = [column for column in MIMIC_REPORT_COLUMNS if column in header]
+    measurements = pd.read_csv(
+        root / "machine_measurements.csv",
+        usecols=["subject_id", "study_id", *report_columns],
+        dtype={column: str for column in report_columns},
+    )
+    joined = records.merge(measurements, on=["subject_id", "study_id"], how="left", indicator="match")
+    has_measurements = (joined["match"] == "both").to_numpy()
+    measurements_without_record = len(measurements) - int(has_measurements.sum())
+
+    entries, skipped = [], []
+    report_matrix = joined[report_columns].to_numpy(dtype=object)
+    for row, lines, matched in zip(joined.itertuples(index=False), report_matrix, has_measurements):
+        report = normalize_report(join_report_lines(lines))
+        subject_id, study_id = int(row.subject_id), int(row.study_id)
+        if not report:
+            detail = "all report columns empty" if matched else "no machine_measurements row"
+            skipped.append(
+                {"subject_id": subject_id, "study_id": study_id, "path": row.path, "reason": "missing_report", "detail": detail}
+            )
+            continue
+        entries.append(StudyEntry(subject_id, study_id, str(row.path), str(row.ecg_time), report))
+    return entries, skipped, len(records), measurements_without_record
+
+
+def split_subjects(subject_ids: list[int], val_fraction: float, seed: int) -> set[int]:
+    """The validation subjects: a seeded random ``val_fraction`` of the distinct subjects.
+
+    At least one subject goes to validation when ``val_fraction > 0`` and there are two or more.
+    """
+    unique = np.array(sorted(set(subject_ids)), dtype=np.int64)
+    if val_fraction <= 0 or unique.size < 2:
+        return set()
+    count = min(unique.size - 1, max(1, int(round(val_fraction * unique.size))))
+    shuffled = np.random.default_rng(seed).permutation(unique)
+    return set(int(subject) for subject in shuffled[:count])
+
+
+def plan_shards(
+    root: str | os.PathLike, entries: list[StudyEntry], validation_subjects: set[int], shard_size: int
+) -> list[ShardTask]:
+    """Group the entries per split, sorted by (subject, study), into shards of ``shard_size``."""
+    tasks = []
+    for split in SPLITS:
+        selected = sorted(
+            (entry for entry in entries if (entry.subject_id in validation_subjects) == (split == "validation")),
+            key=lambda entry: (entry.subject_id, entry.study_id),
+        )
+        for start in range(0, len(selected), shard_size):
+            name = f"{split}-{start // shard_size:05d}"
+            tasks.append(ShardTask(name, split, str(root), selected[start : start + shard_size]))
+    return tasks
+
+
+# --------------------------------------------------------------------------------------------
+# Shard workers
+# --------------------------------------------------------------------------------------------
+
+
+def read_study(root: Path, entry: StudyEntry) -> dict[str, Any]:
+    """Read and convert one study into a dataset row; raises SkipRecord."""
+    from processing_dbeta import read_wfdb_record
+
+    base = root / entry.path
+    if not base.with_name(base.name + ".hea").is_file():
+        raise SkipRecord("missing_file", f"{entry.path}.hea not found")
+    try:
+        record = read_wfdb_record(base)
+    except Exception as error:  # any reader failure is a damaged record, never a crash
+        raise SkipRecord("unreadable", f"{type(error).__name__}: {error}") from error
+    samples, gain, lead_names, trimmed = convert_record(record)
+    return {
+        "subject_id": entry.subject_id,
+        "study_id": entry.study_id,
+        "ecg_time": entry.ecg_time,
+        "path": entry.path,
+        "report": entry.report,
+        "ecg": samples,
+        "ecg_gain": gain,
+        "lead_names": lead_names,
+        "sampling_rate": float(record.sampling_rate),
+        "_trimmed": trimmed,
+    }
+
+
+def process_shard(task: ShardTask, shards_dir: str) -> dict[str, Any]:
+    """Convert one shard and save it to ``shards_dir/<name>`` (atomically); returns its result."""
+    from datasets import Dataset
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()  # one bar per shard save would drown the run's own progress bar
+    root = Path(task.root)
+    rows, skipped, trimmed = [], [], 0
+    for entry in task.entries:
+        try:
+            row = read_study(root, entry)
+        except SkipRecord as skip:
+            skipped.append(
+                {"subject_id": entry.subject_id, "study_id": entry.study_id, "path": entry.path, "reason": skip.reason, "detail": skip.detail}
+            )
+            continue
+        trimmed += row.pop("_trimmed")
+        rows.append(row)
+
+    features = dataset_features()
+    columns = {name: [row[name] for row in rows] for name in features}
+    if rows:
+        columns["ecg"] = np.stack(columns["ecg"])
+        columns["ecg_gain"] = np.stack(columns["ecg_gain"])
+    result = {"name": task.name, "split": task.split, "read": len(task.entries), "kept": len(rows), "trimmed": trimmed, "skipped": skipped}
+
+    final_dir = Path(shards_dir) / task.name
+    staging_dir = Path(shards_dir) / f"{task.name}.incomplete"
+    shutil.rmtree(staging_dir, ignore_errors=True)
+    Dataset.from_dict(columns, features=features).save_to_disk(str(staging_dir / "data"))
+    (staging_dir / "result.json").write_text(json.dumps(result))
+    shutil.rmtree(final_dir, ignore_errors=True)
+    os.replace(staging_dir, final_dir)
+    return result
+
+
+def _process_shard_star(arguments: tuple[ShardTask, str]) -> dict[str, Any]:
+    return process_shard(*arguments)
+
+
+# --------------------------------------------------------------------------------------------
+# Orchestration
+# --------------------------------------------------------------------------------------------
+
+
+def _plan_fingerprint(tasks: list[ShardTask], settings: dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for task in tasks:
+        digest.update(f"{task.name}:{task.split}:".encode())
+        for entry in task.entries:
+            digest.update(f"{entry.study_id},{entry.path},{entry.report}\n".encode())
+    return digest.hexdigest()
+
+
+def _assemble_split(split: str, shard_dirs: list[Path], output_dir: Path) -> int:
+    """Hard-link the shards' Arrow files into ``output_dir/<split>`` as one ``datasets`` Dataset."""
+    from datasets import Dataset
+
+    split_dir = output_dir / split
+    shutil.rmtree(split_dir, ignore_errors=True)
+    split_dir.mkdir(parents=True)
+    arrow_files = [path for shard in shard_dirs for path in sorted((shard / "data").glob("*.arrow"))]
+    # Shards without rows still carry an (empty) Arrow file; keep one so that the split has a schema.
+    non_empty = [path for path in arrow_files if Dataset.from_file(str(path)).num_rows > 0] or arrow_files[:1]
+    data_files = []
+    for index, source in enumerate(non_empty):
+        name = f"data-{index:05d}-of-{len(non_empty):05d}.arrow"
+        try:
+            os.link(source, split_dir / name)
+        except OSError:
+            shutil.copyfile(source, split_dir / name)
+        data_files.append({"filename": name})
+    template = json.loads((shard_dirs[0] / "data" / "state.json").read_text())
+    template.update(
+        {
+            "_data_files": data_files,
+            "_fingerprint": hashlib.sha256("".join(str(p) for p in non_empty).encode()).hexdigest()[:16],
+            "_split": split,
+        }
+    )
+    (split_dir / "state.json").write_text(json.dumps(template, indent=2, sort_keys=True))
+    shutil.copyfile(shard_dirs[0] / "data" / "dataset_info.json", split_dir / "dataset_info.json")
+    return sum(Dataset.from_file(str(split_dir / item["filename"])).num_rows for item in data_files)
+
+
+def prepare_mimic_iv_ecg(
+    mimic_root: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    num_proc: int = 1,
+    val_fraction: float = 0.05,
+    seed: int = 0,
+    shard_size: int = 1000,
+    overwrite: bool = False,
+    keep_shards: bool = False,
+    progress: bool = True,
+) -> PreparationSummary:
+    """Prepare MIMIC-IV-ECG (or the demo corpus) as a ``datasets.DatasetDict`` saved to disk.
+
+    Args:
+        mimic_root: the folder holding ``record_list.csv``, ``machine_measurements.csv``, ``files/``.
+        output_dir: where the ``DatasetDict`` (``train``, ``validation``), ``summary.json``,
+            ``skipped.csv`` and ``README.md`` go. Load it with ``datasets.load_from_disk``.
+        num_proc: worker processes (1 = in this process).
+        val_fraction: fraction of *subjects* held out for validation.
+        seed: seed of the subject split.
+        shard_size: studies per shard (the unit of parallel work and of resumption).
+        overwrite: discard finished shards from an earlier run with different inputs or settings
+            (without it such a mismatch is an error).
+        keep_shards: keep ``output_dir/.shards`` after success (they are hard links, so this
+            costs no space until the final dataset is deleted).
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The :class:`PreparationSummary` (records listed, read, kept, skipped by reason, per split).
+    """
+    started = time.perf_counter()
+    root, output_dir = Path(mimic_root), Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    shards_dir = output_dir / SHARDS_FOLDER
+
+    entries, report_skips, records_listed, orphan_measurements = read_study_index(root)
+    validation_subjects = split_subjects([entry.subject_id for entry in entries], val_fraction, seed)
+    tasks = plan_shards(root, entries, validation_subjects, shard_size)
+    settings = {
+        "version": PREPARATION_VERSION,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "shard_size": shard_size,
+        "num_samples": NUM_SAMPLES,
+    }
+    fingerprint = _plan_fingerprint(tasks, settings)
+
+    plan_file = shards_dir / "plan.json"
+    if plan_file.is_file():
+        previous = json.loads(plan_file.read_text()).get("fingerprint")
+        if previous != fingerprint:
+            if not overwrite:
+                raise ValueError(
+                    f"{shards_dir} holds shards of a run with other inputs or settings; pass "
+                    "overwrite=True (--overwrite) to discard them, or choose another output_dir"
+                )
+            shutil.rmtree(shards_dir)
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    plan_file.write_text(json.dumps({"fingerprint": fingerprint, "settings": settings, "root": str(root)}, indent=2))
+
+    done = {task.name for task in tasks if (shards_dir / task.name / "result.json").is_file()}
+    pending = [task for task in tasks if task.name not in done]
+    if done:
+        logger.info("Resuming: %d of %d shards already finished", len(done), len(tasks))
+    _run_shards(pending, shards_dir, num_proc, progress, total_records=sum(len(t.entries) for t in pending))
+
+    results = [json.loads((shards_dir / task.name / "result.json").read_text()) for task in tasks]
+    summary = PreparationSummary(records_listed=records_listed, measurements_without_record=orphan_measurements)
+    skipped_rows = list(report_skips)
+    for result in results:
+        summary.records_read += result["read"]
+        summary.records_kept += result["kept"]
+        summary.trimmed_to_num_samples += result["trimmed"]
+        skipped_rows.extend(result["skipped"])
+    summary.skipped_by_reason = {
+        reason: count for reason, count in Counter(row["reason"] for row in skipped_rows).most_common()
+    }
+    if summary.records_kept + summary.records_skipped != records_listed:
+        raise RuntimeError("Internal error: kept + skipped does not equal the studies listed")
+
+    skipped_study_ids = {row["study_id"] for row in skipped_rows}
+    for split in SPLITS:
+        split_tasks = [task for task in tasks if task.split == split]
+        if split_tasks:
+            summary.kept_by_split[split] = _assemble_split(split, [shards_dir / task.name for task in split_tasks], output_dir)
+        else:
+            summary.kept_by_split[split] = 0
+            _write_empty_split(split, output_dir)
+        summary.subjects_by_split[split] = len(
+            {entry.subject_id for task in split_tasks for entry in task.entries if entry.study_id not in skipped_study_ids}
+        )
+    (output_dir / "dataset_dict.json").write_text(json.dumps({"splits": list(SPLITS)}))
+    _write_skipped_csv(output_dir / "skipped.csv", skipped_rows)
+    summary.seconds = round(time.perf_counter() - started, 2)
+    summary.output_dir = str(output_dir)
+    (output_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    (output_dir / "README.md").write_text(dataset_card(summary, root, settings))
+    if not keep_shards:
+        shutil.rmtree(shards_dir)
+    return summary
+
+
+def _run_shards(tasks: list[ShardTask], shards_dir: Path, num_proc: int, progress: bool, total_records: int) -> None:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_records, unit="record", desc="Preparing MIMIC-IV-ECG", disable=not progress)
+    try:
+        if num_proc <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                result = process_shard(task, str(shards_dir))
+                bar.update(result["read"])
+        else:
+            with ProcessPoolExecutor(max_workers=num_proc) as pool:
+                for result in pool.map(_process_shard_star, [(task, str(shards_dir)) for task in tasks]):
+                    bar.update(result["read"])
+    finally:
+        bar.close()
+
+
+def _write_empty_split(split: str, output_dir: Path) -> None:
+    from datasets import Dataset
+
+    features = dataset_features()
+    Dataset.from_dict({name: [] for name in features}, features=features).save_to_disk(str(output_dir / split))
+
+
+def _write_skipped_csv(path: Path, rows: list[dict]) -> None:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["subject_id", "study_id", "path", "reason", "detail"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(sorted(rows, key=lambda row: (row["subject_id"], row["study_id"])))
+
+
+def iter_skip_reasons() -> Iterator[tuple[str, str]]:
+    """(reason, description) pairs, for documentation and the dataset card."""
+    yield from SKIP_REASONS.items()
+
+
+def dataset_card(summary: PreparationSummary, root: Path, settings: Mapping[str, Any]) -> str:
+    """The ``README.md`` written next to the prepared dataset."""
+    skipped_lines = "\n".join(
+        f"| `{reason}` | {summary.skipped_by_reason.get(reason, 0)} | {description} |" for reason, description in iter_skip_reasons()
+    )
+    return f"""---
+pretty_name: MIMIC-IV-ECG (prepared for D-BETA pre-training)
+task_categories:
+- feature-extraction
+tags:
+- ecg
+- electrocardiogram
+- physionet
+---
+
+# MIMIC-IV-ECG, prepared for D-BETA
+
+Prepared by `train/prepare_mimic_iv_ecg.py` (dbeta) from `{root}`.
+
+**Source.** MIMIC-IV-ECG: Diagnostic Electrocardiogram Matched Subset v1.0 (Gow et al., PhysioNet,
+https://doi.org/10.13026/4nqg-sb35): 10 s, 500 Hz, 12-lead ECGs with machine-generated reports.
+The data is under the PhysioNet Credentialed Health Data License 1.5.0; do not share this folder
+with anyone who has not signed its data use agreement. (If `{root}` is the simulated demo corpus of
+`train/make_demo_corpus.py`, none of this applies: its records are synthetic.)
+
+## Counts
+
+| | studies |
+|---|---|
+| listed in `record_list.csv` | {summary.records_listed} |
+| signal files read | {summary.records_read} |
+| kept | {summary.records_kept} |
+| kept, train split | {summary.kept_by_split.get("train", 0)} ({summary.subjects_by_split.get("train", 0)} subjects) |
+| kept, validation split | {summary.kept_by_split.get("validation", 0)} ({summary.subjects_by_split.get("validation", 0)} subjects) |
+| `machine_measurements.csv` rows without a record | {summary.measurements_without_record} |
+| longer than {NUM_SAMPLES} samples, cut to the first {NUM_SAMPLES} | {summary.trimmed_to_num_samples} |
+
+## Filters (skipped studies; each one is listed in `skipped.csv`)
+
+| reason | studies | meaning |
+|---|---|---|
+{skipped_lines}
+
+No filtering, resampling or amplitude normalisation is applied to the kept signals (as the original
+D-BETA preprocessing).
+
+## Columns
+
+- `ecg`: int16 (12, {NUM_SAMPLES}); `ecg_gain`: float32 (12,). Millivolts = `ecg / ecg_gain[:, None]`
+  (`dbeta.train.mimic_iv_ecg.decode_ecg`); the gain is {DEFAULT_STORAGE_GAIN:g}/mV unless a lead peaks above 32.767 mV.
+- `lead_names`: the lead names in the order of the rows of `ecg`, as written in the file
+  (MIMIC: I, II, III, aVR, aVF, aVL, V1-V6).
+- `sampling_rate` ({SAMPLING_RATE:g}), `subject_id`, `study_id`, `ecg_time`, `path` (relative to the source root).
+- `report`: the non-empty `report_0` ... `report_17` joined with single spaces, then lower-cased,
+  trimmed, "ekg" -> "ecg", and the end characters `* `, `=-`, `=` stripped (D-BETA specification, section 3).
+
+## Splits
+
+Train / validation by subject (no subject in both): a seeded random {settings["val_fraction"]:g} of the subjects
+(seed {settings["seed"]}) is held out for validation.
+
+```python
+import datasets
+from dbeta.train.mimic_iv_ecg import decode_ecg
+data = datasets.load_from_disk("{summary.output_dir}")
+ecg_mv = decode_ecg(data["train"].with_format("numpy")[0])   # float32 (12, {NUM_SAMPLES})
+```
+"""
