@@ -1,0 +1,119 @@
+"""Metrics: macro ROC-AUC against scikit-learn, labels without positives, recall@k by hand."""
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from dbeta.train.metrics import (
+    cross_modal_recall,
+    macro_auroc,
+    multilabel_auroc,
+    recall_at_k,
+    retrieval_ranks,
+    roc_curves,
+)
+
+
+def hand_made_case():
+    # 6 samples, 4 labels: "AFIB" and "LBBB" are ordinary, "PACE" has no positive, "SR" no negative.
+    y_true = np.array(
+        [
+            [1, 0, 0, 1],
+            [0, 1, 0, 1],
+            [1, 1, 0, 1],
+            [0, 0, 0, 1],
+            [0, 1, 0, 1],
+            [1, 0, 0, 1],
+        ]
+    )
+    y_score = np.array(
+        [
+            [0.9, 0.2, 0.5, 0.1],
+            [0.3, 0.7, 0.4, 0.2],
+            [0.6, 0.4, 0.3, 0.3],
+            [0.2, 0.5, 0.2, 0.4],
+            [0.7, 0.8, 0.1, 0.5],
+            [0.5, 0.1, 0.6, 0.6],
+        ]
+    )
+    return y_true, y_score, ["AFIB", "LBBB", "PACE", "SR"]
+
+
+def test_macro_auroc_matches_sklearn_and_lists_skipped_labels():
+    y_true, y_score, names = hand_made_case()
+    result = multilabel_auroc(y_true, y_score, names)
+
+    assert result.skipped == {"PACE": "no positives", "SR": "no negatives"}
+    assert list(result.per_label) == ["AFIB", "LBBB"]
+    # AFIB by hand: positives {0.9, 0.6, 0.5}, negatives {0.3, 0.2, 0.7}: 3 + 2 + 2 = 7 of 9 pairs ordered.
+    assert result.per_label["AFIB"] == pytest.approx(7 / 9)
+    expected = roc_auc_score(y_true[:, :2], y_score[:, :2], average="macro")
+    assert result.macro == pytest.approx(expected)
+    assert macro_auroc(y_true, y_score, names) == pytest.approx(expected)
+    assert result.num_positives == {"AFIB": 3, "LBBB": 3, "PACE": 0, "SR": 6}
+    assert result.num_samples == 6
+
+    summary = result.to_dict()
+    assert summary["skipped_labels"] == {"PACE": "no positives", "SR": "no negatives"}
+    assert summary["macro_auroc"] == pytest.approx(expected)
+    assert set(roc_curves(y_true, y_score, names)) == {"AFIB", "LBBB"}
+
+
+def test_macro_auroc_random_case_and_torch_inputs():
+    rng = np.random.default_rng(0)
+    y_true = (rng.random((200, 7)) < 0.3).astype(int)
+    y_score = rng.normal(size=(200, 7)) + y_true
+    expected = roc_auc_score(y_true, y_score, average="macro")
+    assert macro_auroc(torch.tensor(y_true), torch.tensor(y_score)) == pytest.approx(expected)
+
+
+def test_macro_auroc_rejects_bad_input():
+    with pytest.raises(ValueError, match="same shape"):
+        multilabel_auroc(np.zeros((3, 2)), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="binary"):
+        multilabel_auroc(np.full((3, 1), 2), np.zeros((3, 1)))
+    with pytest.raises(ValueError, match="NaN"):
+        multilabel_auroc(np.array([[0], [1]]), np.array([[np.nan], [1.0]]))
+    assert np.isnan(multilabel_auroc(np.zeros((3, 1)), np.zeros((3, 1))).macro)
+
+
+def test_recall_at_k_hand_case():
+    # Query 0: its item (0) scores best -> rank 0. Query 1: item 1 is beaten by item 0 -> rank 1.
+    # Query 2: item 2 is beaten by items 0 and 1 -> rank 2.
+    similarity = np.array(
+        [
+            [0.9, 0.1, 0.2],
+            [0.8, 0.5, 0.1],
+            [0.7, 0.6, 0.3],
+        ]
+    )
+    assert retrieval_ranks(similarity).tolist() == [0, 1, 2]
+    assert recall_at_k(similarity, ks=(1, 2, 3)) == {1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3), 3: 1.0}
+    # The other direction: columns as queries.
+    # Text 1 scores ECG 2 (0.6) above ECG 1 (0.5).
+    assert retrieval_ranks(similarity.T).tolist() == [0, 1, 0]
+
+
+def test_recall_ties_count_against_the_query_and_groups_merge_duplicates():
+    constant = np.zeros((4, 4))
+    assert recall_at_k(constant, ks=(1,))[1] == 0.0
+    similarity = np.array([[0.1, 0.9], [0.9, 0.1]])
+    assert recall_at_k(similarity, ks=(1,))[1] == 0.0
+    # Both reports are "sinus rhythm": either one is a correct answer.
+    groups = ["sinus rhythm", "sinus rhythm"]
+    assert recall_at_k(similarity, ks=(1,), query_groups=groups, gallery_groups=groups)[1] == 1.0
+    with pytest.raises(ValueError, match="square"):
+        recall_at_k(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="no correct item"):
+        recall_at_k(np.zeros((1, 2)), query_groups=["a"], gallery_groups=["b", "c"])
+
+
+def test_cross_modal_recall_both_directions():
+    ecg = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    text = np.array([[2.0, 0.0], [0.0, 1.0], [0.9, 0.9]])
+    # ECG->text: e2 scores t0 at 2.0 > t2 at 1.8 (rank 1); others first.
+    # text->ECG: t0 scores e0=2 == e2=2 (tie, counts against) -> rank 1; t1: e1=1 == e2=1 -> rank 1;
+    # t2: e2 = 1.8 > 0.9 -> rank 0.
+    recalls = cross_modal_recall(ecg, text, ks=(1, 2))
+    assert recalls["ecg_to_text"] == {1: pytest.approx(2 / 3), 2: 1.0}
+    assert recalls["text_to_ecg"] == {1: pytest.approx(1 / 3), 2: 1.0}
