@@ -19,7 +19,10 @@ setup(
     py_modules=HUB_MODULES,
     packages=["dbeta", "dbeta.train"],
     package_dir={"dbeta": "dbeta", "dbeta.train": "train"},
-    package_data={"dbeta": ["label_descriptions.json", "assets/*", "assets/*/*"]},
+    package_data={
+        "dbeta": ["label_descriptions.json", "assets/*", "assets/*/*"],
+        "dbeta.train": ["resources/*", "configs/*"],
+    },
     include_package_data=True,
     install_requires=[
         # 2.13.0 (the CPU wheel on our machines) satisfies this range; install it first.
