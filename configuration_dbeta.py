@@ -76,6 +76,7 @@ DBETA_AUTO_MAP = {
     "AutoConfig": "configuration_dbeta.DBetaConfig",
     "AutoModel": "modeling_dbeta.DBetaModel",
     "AutoModelForPreTraining": "modeling_dbeta.DBetaForPreTraining",
+    "AutoModelForSequenceClassification": "modeling_dbeta.DBetaForECGClassification",
     "AutoProcessor": "processing_dbeta.DBetaProcessor",
     "AutoFeatureExtractor": "processing_dbeta.DBetaFeatureExtractor",
 }

@@ -1017,12 +1017,115 @@ class DBetaForPreTraining(DBetaPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+# --------------------------------------------------------------------------------------------
+# Downstream classification
+# --------------------------------------------------------------------------------------------
+
+from transformers.modeling_outputs import SequenceClassifierOutput  # noqa: E402
+
+
+class DBetaForECGClassification(DBetaPreTrainedModel):
+    r"""
+    The ECG tower with a linear classifier on the pooled ECG embedding, for fine-tuning on labelled
+    ECGs (the paper's PhysioNet 2021 setting) or, with `freeze_ecg_encoder()`, linear probing.
+
+    Follows transformers' `*ForSequenceClassification` contract, so it trains with `Trainer`:
+    `config.num_labels` / `id2label` name the classes, `labels` gives the loss and
+    `config.problem_type` chooses it (`"multi_label_classification"` -> BCE with logits, the usual
+    ECG setting; `"single_label_classification"` -> cross-entropy; `"regression"` -> MSE; when
+    unset it is inferred from `num_labels` and the dtype of `labels`, as in transformers).
+
+    Loads from a full D-BETA checkpoint (`DBetaModel` or `DBetaForPreTraining`) or an ECG-only
+    export: the ECG tower weights are reused, the text tower and pre-training heads are skipped and
+    the classifier is newly initialised. `config` may be a `DBetaConfig` or a `DBetaECGConfig`;
+    `config.classifier_dropout` (default 0.0) is applied to the embedding before the classifier.
+    """
+
+    input_modalities = ("ecg",)
+    _no_split_modules = ["DBetaECGEncoderLayer"]
+    _keys_to_ignore_on_load_unexpected = [
+        r"^(dbeta\.)?(text_model|modality_type_embeddings|text_fusion|ecg_fusion|mlm_head|mem_head|etm_head|logit_)"
+    ]
+
+    def __init__(self, config: DBetaConfig | DBetaECGConfig):
+        super().__init__(config)
+        ecg_config = getattr(config, "ecg_config", config)  # a DBetaConfig, or a DBetaECGConfig itself
+        self.num_labels = config.num_labels
+        self.ecg_model = DBetaECGTransformer(ecg_config)
+        self.dropout = nn.Dropout(getattr(config, "classifier_dropout", None) or 0.0)
+        self.classifier = nn.Linear(ecg_config.projection_dim, config.num_labels)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.ecg_model.feature_extractor.conv_layers[0].conv
+
+    def freeze_ecg_encoder(self) -> None:
+        """Stop gradients to the ECG tower (linear probing); only the classifier then trains."""
+        for parameter in self.ecg_model.parameters():
+            parameter.requires_grad = False
+
+    def get_ecg_features(self, input_values: torch.Tensor, **kwargs) -> DBetaECGModelOutput:
+        return self.ecg_model(input_values, **kwargs)
+
+    def _classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int) and labels.dim() == 1:
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        if self.config.problem_type == "regression":
+            if self.num_labels == 1:
+                return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1))
+            return F.mse_loss(logits, labels.to(logits.dtype))
+        if self.config.problem_type == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        if self.config.problem_type == "multi_label_classification":
+            return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        raise ValueError(f"Unknown `problem_type` {self.config.problem_type!r}.")
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput | tuple:
+        r"""
+        input_values (`(batch_size, num_leads, num_samples)`): ECGs in the model's lead order, mV
+            (see `DBetaFeatureExtractor`).
+        labels (`torch.Tensor`, *optional*): `(batch_size, num_labels)` multi-hot targets for
+            multi-label classification, `(batch_size,)` class indices for single-label
+            classification, or regression targets.
+        """
+        ecg_output = self.ecg_model(
+            input_values,
+            output_attentions=bool(output_attentions),
+            output_hidden_states=bool(output_hidden_states),
+        )
+        logits = self.classifier(self.dropout(ecg_output.pooler_output))
+        loss = self._classification_loss(logits, labels) if labels is not None else None
+        output = SequenceClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=ecg_output.hidden_states,
+            attentions=ecg_output.attentions,
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
+
+
 DBetaECGModel.register_for_auto_class("AutoModel")
 DBetaModel.register_for_auto_class("AutoModel")
 DBetaForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+DBetaForECGClassification.register_for_auto_class("AutoModelForSequenceClassification")
 
 __all__ = [
     "DBetaECGModel",
+    "DBetaForECGClassification",
     "DBetaForPreTraining",
     "DBetaModel",
     "DBetaPreTrainedModel",
