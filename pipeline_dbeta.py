@@ -1,0 +1,441 @@
+# Copyright 2026 The dbeta authors. Licensed under the Apache License, Version 2.0.
+"""Zero-shot ECG classification pipeline for D-BETA (`"zero-shot-ecg-classification"`).
+
+This file ships in D-BETA model folders next to `modeling_dbeta.py` and is loaded as remote code
+by `transformers.pipeline(..., trust_remote_code=True)`. The label descriptions it expands label
+codes with live in the same folder, in `label_descriptions.json` (`{"AFIB": "Atrial
+Fibrillation. ...", ...}`); `save_pipeline_folder` writes a complete folder.
+"""
+
+import difflib
+import importlib.util
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModel, Pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.utils import cached_file, logging
+
+logger = logging.get_logger(__name__)
+
+TASK = "zero-shot-ecg-classification"
+LABEL_DESCRIPTIONS_NAME = "label_descriptions.json"
+# Labels embedded per text-tower call (bounds memory for long candidate lists).
+_TEXT_CHUNK_SIZE = 64
+_LABEL_SETTINGS = ("candidate_labels", "hypothesis_template", "labels_are_codes", "normalize_text")
+
+
+def normalize_label_text(text: str) -> str:
+    """The report normalisation D-BETA was pre-trained with (specification, section 3).
+
+    Lower-case, trim, `"ekg"` -> `"ecg"`, then strip `"* "`, `"=-"` and `"="` from both ends. The
+    original zero-shot protocol also lower-cases the label descriptions. (Same rule as
+    `dbeta.train.text.normalize_report`; repeated here because Hub files must be self-contained.)
+    """
+    text = text.lower().strip().replace("ekg", "ecg")
+    return text.strip("* ").strip("=-").strip("=")
+
+
+def load_label_descriptions(source: str | os.PathLike | Mapping[str, str]) -> dict[str, str]:
+    """Read and check a `{code: description}` mapping from a JSON file (or check a mapping)."""
+    if isinstance(source, Mapping):
+        descriptions, origin = dict(source), "label_descriptions"
+    else:
+        with open(source, encoding="utf-8") as handle:
+            descriptions, origin = json.load(handle), str(source)
+    if not isinstance(descriptions, dict):
+        raise ValueError(f"{origin}: expected a JSON object mapping label codes to descriptions.")
+    bad = [code for code, text in descriptions.items() if not isinstance(text, str) or not text.strip()]
+    if bad:
+        raise ValueError(f"{origin}: codes {bad[:5]} have no description text.")
+    return descriptions
+
+
+class ZeroShotECGClassificationPipeline(Pipeline):
+    r"""
+    Zero-shot ECG classification with D-BETA: every candidate label is turned into a text, embedded
+    once by the text tower, and scored against each ECG with the ECG-text sigmoid (ETS) logit the
+    model was pre-trained with.
+
+    Example:
+
+    ```python
+    >>> from transformers import pipeline
+
+    >>> classifier = pipeline("zero-shot-ecg-classification", model="path/to/dbeta", trust_remote_code=True)
+    >>> classifier("ludb/data/1", candidate_labels=["SR", "AFIB", "sinus bradycardia"])  # a WFDB record
+    [{'label': 'sinus bradycardia', 'score': 0.83}, {'label': 'SR', 'score': 0.41}, {'label': 'AFIB', 'score': 0.02}]
+
+    >>> classifier(signal, sampling_rate=250, candidate_labels=["AFIB", "LBBB"])  # a (12, T) array in mV
+    ```
+
+    Labels. A candidate equal to a code of the model folder's `label_descriptions.json` (exact,
+    case-sensitive match: `"AFIB"`, `"LBBB"`, ...) is replaced by that code's description; any
+    other string is free text and used as given. The returned `label` is always the string that
+    was passed. `labels_are_codes=True` makes every candidate a code (an unknown one is an error
+    that suggests close codes); `labels_are_codes=False` never expands. The text is then put into
+    `hypothesis_template` and, unless `normalize_text=False`, normalised as the pre-training
+    reports were (lower-cased, trimmed).
+
+    Scores. `multi_label=True` (default; ECG findings co-occur): `sigmoid(logit)` per label,
+    independently. `multi_label=False`: softmax over the candidate labels. Results are sorted by
+    logit, best first.
+
+    ECG inputs (anything `DBetaFeatureExtractor` reads): a `(leads, samples)` array or tensor in
+    millivolts, a path to a WFDB (`.hea`/`.dat`), CinC (`.hea`/`.mat`) or CPSC 2018 `.mat`
+    record, an `ECGRecord`, or a dict `{"signal": ..., "sampling_rate": ..., "lead_names": ...}`
+    with per-ECG settings. A list of those, or a 3-D `(batch, leads, samples)` array, is a batch and
+    gives a list of results. Unnamed arrays are taken to be in the standard lead order (I, II, III,
+    aVR, aVL, aVF, V1-V6); the extractor reorders, resamples and crops them to the model's input.
+
+    This pipeline can be loaded with [`pipeline`] using the task identifier
+    `"zero-shot-ecg-classification"` from a D-BETA folder saved with `save_pipeline_folder`.
+    """
+
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = True
+    _load_tokenizer = True
+
+    def __init__(self, *args, label_descriptions: str | os.PathLike | Mapping[str, str] | None = None, **kwargs):
+        processor = kwargs.get("processor")
+        if processor is not None:
+            kwargs["tokenizer"] = kwargs.get("tokenizer") or getattr(processor, "tokenizer", None)
+            kwargs["feature_extractor"] = kwargs.get("feature_extractor") or getattr(processor, "feature_extractor", None)
+        # Set before `Pipeline.__init__`, which already sanitises the constructor's call parameters.
+        self._label_descriptions_source = label_descriptions
+        self._label_descriptions = None
+        self._init_label_settings = {name: kwargs[name] for name in _LABEL_SETTINGS if kwargs.get(name) is not None}
+        model = kwargs.get("model", args[0] if args else None)
+        base = getattr(model, "dbeta", model)
+        if not all(hasattr(base, name) for name in ("get_ecg_features", "get_text_features", "ets_logits")):
+            raise ValueError(
+                f"{type(model).__name__} cannot do zero-shot classification: it needs a D-BETA model with both "
+                "towers (`DBetaModel` or `DBetaForPreTraining`), not an ECG-only export."
+            )
+        super().__init__(*args, **kwargs)
+        if self.tokenizer is None or self.feature_extractor is None:
+            raise ValueError("The zero-shot ECG pipeline needs a tokenizer and a DBetaFeatureExtractor (or a processor).")
+
+    # -- labels ------------------------------------------------------------------------------------
+
+    @property
+    def label_descriptions(self) -> dict[str, str]:
+        """`{code: description}` used to expand label codes (loaded once, from the model folder)."""
+        if self._label_descriptions is None:
+            self._label_descriptions = self._find_label_descriptions()
+        return self._label_descriptions
+
+    def _find_label_descriptions(self) -> dict[str, str]:
+        if self._label_descriptions_source is not None:
+            return load_label_descriptions(self._label_descriptions_source)
+        name_or_path = getattr(self.model, "name_or_path", None) or getattr(self.model.config, "_name_or_path", "")
+        path = None
+        if name_or_path:
+            path = cached_file(
+                name_or_path,
+                LABEL_DESCRIPTIONS_NAME,
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
+                _raise_exceptions_for_gated_repo=False,
+            )
+        if path is None:
+            logger.warning(
+                f"No {LABEL_DESCRIPTIONS_NAME} found for model {name_or_path!r}: label codes will not be expanded "
+                "and every candidate label is used as free text. Pass `label_descriptions=` to the pipeline."
+            )
+            return {}
+        return load_label_descriptions(path)
+
+    def label_texts(
+        self,
+        candidate_labels: str | Sequence[str],
+        hypothesis_template: str = "{}",
+        labels_are_codes: bool | None = None,
+        normalize_text: bool = True,
+    ) -> list[str]:
+        """The texts the candidate labels are scored with (codes expanded, template applied).
+
+        Raises:
+            ValueError: no labels, an empty or repeated label, a template without `{}`, or (with
+                `labels_are_codes=True`) a label that is not a known code.
+            TypeError: a label that is not a string.
+        """
+        labels = [candidate_labels] if isinstance(candidate_labels, str) else list(candidate_labels or [])
+        if not labels:
+            raise ValueError("`candidate_labels` is empty: pass at least one label code or description.")
+        for label in labels:
+            if not isinstance(label, str):
+                raise TypeError(f"Candidate labels must be strings, got {type(label).__name__}: {label!r}.")
+            if not label.strip():
+                raise ValueError("Candidate labels must not be empty or blank strings.")
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise ValueError(f"Candidate labels must be unique; repeated: {repeated}.")
+        if not isinstance(hypothesis_template, str) or hypothesis_template.format("\0") == hypothesis_template:
+            raise ValueError(f"`hypothesis_template` must contain a `{{}}` placeholder, got {hypothesis_template!r}.")
+
+        descriptions = self.label_descriptions if labels_are_codes is not False else {}
+        if labels_are_codes:
+            unknown = [label for label in labels if label not in descriptions]
+            if unknown:
+                hints = []
+                for label in unknown:
+                    close = [code for code in descriptions if code.lower() == label.lower()]
+                    close = close or difflib.get_close_matches(label, list(descriptions), n=3)
+                    hints.append(f"{label!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+                raise ValueError(
+                    f"Unknown label codes with `labels_are_codes=True`: {'; '.join(hints)}. Known codes are the keys "
+                    f"of {LABEL_DESCRIPTIONS_NAME} ({len(descriptions)} codes); pass free text with labels_are_codes=None."
+                )
+        texts = [hypothesis_template.format(descriptions.get(label, label)) for label in labels]
+        return [normalize_label_text(text) for text in texts] if normalize_text else texts
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """`(len(texts), hidden)` text embeddings (`get_text_features(...).pooler_output`), on the model device."""
+        base = getattr(self.model, "dbeta", self.model)
+        max_length = getattr(self.model.config, "max_text_length", 256) - 2
+        embeddings = []
+        with self.device_placement(), self.get_inference_context()():
+            for start in range(0, len(texts), _TEXT_CHUNK_SIZE):
+                tokens = self.tokenizer(
+                    list(texts[start : start + _TEXT_CHUNK_SIZE]),
+                    padding=True,
+                    truncation=True,
+                    max_length=max_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                output = base.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+                embeddings.append(output.pooler_output)
+        return torch.cat(embeddings)
+
+    # -- pipeline steps ----------------------------------------------------------------------------
+
+    def __call__(self, ecgs: Any = None, candidate_labels: str | Sequence[str] | None = None, **kwargs: Any):
+        """
+        Score ECG(s) against candidate labels.
+
+        Args:
+            ecgs: one ECG (array/tensor `(leads, samples)` in mV, file path, `ECGRecord`, or dict with
+                `"signal"` and optional `"sampling_rate"`, `"lead_names"`, `"units"`), a list of them,
+                or a `(batch, leads, samples)` array.
+            candidate_labels (`str` or `list[str]`): label codes (expanded to their descriptions)
+                and/or free-text descriptions. A single string is one label.
+            hypothesis_template (`str`, *optional*, defaults to `"{}"`): wraps each label text,
+                e.g. `"ECG showing {}."`.
+            multi_label (`bool`, *optional*, defaults to `True`): independent sigmoid scores;
+                `False` gives a softmax over the candidate labels.
+            top_k (`int`, *optional*): return only the `top_k` best labels.
+            labels_are_codes (`bool`, *optional*): `True` requires known codes, `False` never
+                expands, `None` (default) expands known codes and keeps other text.
+            normalize_text (`bool`, *optional*, defaults to `True`): lower-case and trim the label
+                texts as the pre-training reports were.
+            sampling_rate (`float`, *optional*): rate of array inputs in Hz (files bring their own).
+            lead_names (`list[str]`, *optional*): lead order of array inputs.
+            units (`str`, *optional*, defaults to `"mV"`): units of array inputs (`"uV"`, `"V"`).
+            batch_size (`int`, *optional*): ECGs per forward pass for list inputs.
+
+        Return:
+            For one ECG, a list of `{"label": str, "score": float}` sorted by logit, best first; for
+            several, a list of such lists. Label texts are embedded once per call, whatever the
+            number of ECGs.
+        """
+        if "ecg" in kwargs:
+            ecgs = kwargs.pop("ecg")
+        if ecgs is None:
+            raise ValueError("Pass the ECG(s) to classify as the first argument.")
+        if candidate_labels is None and "candidate_labels" not in self._init_label_settings:
+            raise ValueError("`candidate_labels` is required: the label codes or descriptions to score.")
+        if candidate_labels is not None:
+            kwargs["candidate_labels"] = candidate_labels
+        return super().__call__(self._as_pipeline_inputs(ecgs), **kwargs)
+
+    @staticmethod
+    def _as_pipeline_inputs(ecgs: Any) -> Any:
+        """A 3-D array/tensor becomes a list of ECGs; a single ECG written as nested lists stays one input."""
+        if isinstance(ecgs, (np.ndarray, torch.Tensor)) and ecgs.ndim == 3:
+            return list(ecgs)
+        if isinstance(ecgs, (list, tuple)) and ecgs and isinstance(ecgs[0], (list, tuple)):
+            first = ecgs[0]
+            if first and isinstance(first[0], (int, float, np.number)):
+                return np.asarray(ecgs, dtype=np.float32)  # one ECG given as lists of samples per lead
+        if isinstance(ecgs, tuple):
+            return list(ecgs)
+        return ecgs
+
+    def _sanitize_parameters(
+        self,
+        candidate_labels=None,
+        hypothesis_template=None,
+        labels_are_codes=None,
+        normalize_text=None,
+        multi_label=None,
+        top_k=None,
+        sampling_rate=None,
+        lead_names=None,
+        units=None,
+        **kwargs,
+    ):
+        if kwargs:
+            raise TypeError(f"Unexpected arguments for the zero-shot ECG pipeline: {sorted(kwargs)}.")
+        preprocess_params = {
+            name: value
+            for name, value in (("sampling_rate", sampling_rate), ("lead_names", lead_names), ("units", units))
+            if value is not None
+        }
+        postprocess_params = {}
+        if multi_label is not None:
+            postprocess_params["multi_label"] = bool(multi_label)
+        if top_k is not None:
+            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+                raise ValueError(f"`top_k` must be a positive integer, got {top_k!r}.")
+            postprocess_params["top_k"] = top_k
+
+        forward_params = {}
+        given = {
+            name: value
+            for name, value in zip(_LABEL_SETTINGS, (candidate_labels, hypothesis_template, labels_are_codes, normalize_text))
+            if value is not None
+        }
+        settings = {**getattr(self, "_init_label_settings", {}), **given}
+        if given and "candidate_labels" in settings:
+            # The label texts are embedded here, once per call, not once per ECG.
+            texts = self.label_texts(**settings)
+            forward_params["label_embeds"] = self.embed_texts(texts)
+            labels = settings["candidate_labels"]
+            postprocess_params["candidate_labels"] = [labels] if isinstance(labels, str) else list(labels)
+        return preprocess_params, forward_params, postprocess_params
+
+    def preprocess(self, ecg, sampling_rate=None, lead_names=None, units="mV"):
+        if isinstance(ecg, Mapping):
+            unknown = set(ecg) - {"signal", "sampling_rate", "lead_names", "units"}
+            if "signal" not in ecg or unknown:
+                raise ValueError(
+                    "A dict ECG input needs a 'signal' and may have 'sampling_rate', 'lead_names' and 'units'"
+                    + (f"; unexpected keys {sorted(unknown)}" if unknown else "")
+                    + "."
+                )
+            sampling_rate = ecg.get("sampling_rate", sampling_rate)
+            lead_names = ecg.get("lead_names", lead_names)
+            units = ecg.get("units", units)
+            ecg = ecg["signal"]
+        elif all(hasattr(ecg, name) for name in ("signal", "lead_names", "sampling_rate")):
+            # An `ECGRecord` (duck-typed: the class loaded from a model folder and the one of an
+            # installed package are different objects). It describes itself.
+            ecg, sampling_rate, lead_names = ecg.signal, ecg.sampling_rate, list(ecg.lead_names)
+        if not isinstance(ecg, (np.ndarray, torch.Tensor, list, str, os.PathLike)):
+            raise ValueError(
+                f"Cannot read an ECG from a {type(ecg).__name__}: pass an array (leads, samples), a file path, "
+                "an ECGRecord or a dict with a 'signal'."
+            )
+        if isinstance(ecg, (str, os.PathLike)) and not (
+            Path(ecg).exists() or Path(f"{ecg}.hea").is_file()
+        ):
+            raise ValueError(f"No ECG record at {str(ecg)!r} (expected a WFDB/CinC .hea record or a .mat file).")
+        if isinstance(ecg, (np.ndarray, torch.Tensor)) and ecg.ndim != 2:
+            raise ValueError(f"An ECG must be 2-D (leads, samples), got shape {tuple(ecg.shape)}.")
+        inputs = self.feature_extractor(
+            ecg, sampling_rate=sampling_rate, lead_names=lead_names, units=units, return_tensors="pt"
+        )
+        if inputs["input_values"].shape[0] != 1:
+            raise ValueError(f"Expected one ECG per input, got a batch of {inputs['input_values'].shape[0]}.")
+        return {"input_values": inputs["input_values"].to(self.dtype or torch.float32)}
+
+    def _forward(self, model_inputs, label_embeds=None):
+        if label_embeds is None:
+            raise ValueError("`candidate_labels` is required: the label codes or descriptions to score.")
+        base = getattr(self.model, "dbeta", self.model)
+        ecg_embeds = base.get_ecg_features(input_values=model_inputs["input_values"]).pooler_output
+        return {"logits": base.ets_logits(ecg_embeds, label_embeds.to(ecg_embeds.dtype))}
+
+    def postprocess(self, model_outputs, candidate_labels=None, multi_label=True, top_k=None):
+        logits = model_outputs["logits"][0].float()
+        scores = logits.sigmoid() if multi_label else logits.softmax(dim=-1)
+        order = torch.argsort(logits, descending=True, stable=True).tolist()
+        if top_k is not None:
+            order = order[:top_k]
+        scores = scores.tolist()
+        return [{"label": candidate_labels[index], "score": scores[index]} for index in order]
+
+
+PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=ZeroShotECGClassificationPipeline, pt_model=AutoModel, type="multimodal")
+
+
+def save_pipeline_folder(
+    model,
+    processor,
+    save_directory: str | os.PathLike,
+    label_descriptions: str | os.PathLike | Mapping[str, str] | None = None,
+    **kwargs,
+) -> Path:
+    """Write a complete D-BETA folder that `pipeline("zero-shot-ecg-classification", model=folder,
+    trust_remote_code=True)` loads: weights, config (with `custom_pipelines`), the hub code files,
+    tokenizer, feature extractor, `processor_config.json` and `label_descriptions.json`.
+
+    Args:
+        model: a `DBetaModel` (or `DBetaForPreTraining`).
+        processor: a `DBetaProcessor` (its tokenizer and feature extractor are saved).
+        save_directory: the folder to write.
+        label_descriptions: a `{code: description}` mapping or JSON file. Defaults to the file of
+            the folder the model was loaded from, else to the one shipped with the `dbeta` package.
+        kwargs: passed to `save_pretrained` (e.g. `safe_serialization`).
+
+    Returns:
+        The folder, as a `Path`.
+    """
+    save_directory = Path(save_directory)
+    pipe = ZeroShotECGClassificationPipeline(
+        model=model,
+        tokenizer=processor.tokenizer,
+        feature_extractor=processor.feature_extractor,
+        task=TASK,
+        device=model.device,
+        label_descriptions={},
+    )
+    pipe.save_pretrained(save_directory, **kwargs)
+    # `Pipeline.save_pretrained` does not write `processor_config.json`; it must come last.
+    processor.save_pretrained(save_directory, **kwargs)
+
+    if label_descriptions is None:
+        label_descriptions = _default_label_descriptions_file(model)
+    target = save_directory / LABEL_DESCRIPTIONS_NAME
+    if label_descriptions is None:
+        logger.warning(f"No label descriptions found: {target} not written; label codes will not expand.")
+    elif isinstance(label_descriptions, Mapping):
+        descriptions = load_label_descriptions(label_descriptions)
+        target.write_text(json.dumps(descriptions, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    elif Path(label_descriptions).resolve() != target.resolve():
+        load_label_descriptions(label_descriptions)  # validate before shipping it
+        shutil.copyfile(label_descriptions, target)
+    return save_directory
+
+
+def _default_label_descriptions_file(model) -> Path | None:
+    source = Path(str(getattr(model, "name_or_path", "") or "")) / LABEL_DESCRIPTIONS_NAME
+    if source.is_file():
+        return source
+    try:  # the installed dbeta package ships the canonical file (located without importing it)
+        spec = importlib.util.find_spec("dbeta")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        packaged = Path(list(spec.submodule_search_locations)[0]) / LABEL_DESCRIPTIONS_NAME
+        if packaged.is_file():
+            return packaged
+    return None
+
+
+__all__ = [
+    "LABEL_DESCRIPTIONS_NAME",
+    "TASK",
+    "ZeroShotECGClassificationPipeline",
+    "load_label_descriptions",
+    "normalize_label_text",
+    "save_pipeline_folder",
+]
