@@ -1,0 +1,250 @@
+# Copyright 2026 The dbeta authors. Licensed under the Apache License, Version 2.0.
+"""The model card (`README.md`) that pre-training writes into every Hub folder it exports.
+
+Everything in the card comes from the run: the measured validation numbers, the resolved
+hyper-parameters, the data counts and the architecture. Nothing is filled in by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+CITATION = """@inproceedings{pham2025dbeta,
+  title     = {Boosting Masked {ECG}-Text Auto-Encoders as Discriminative Learners},
+  author    = {Pham, Hung Manh and Saeed, Aaqib and Ma, Dong},
+  booktitle = {Proceedings of the 42nd International Conference on Machine Learning (ICML)},
+  year      = {2025}
+}"""
+
+
+@dataclass
+class PretrainingReport:
+    """What a pre-training run measured and how it was configured (input of `build_model_card`).
+
+    Attributes:
+        model_name: the repository id or folder name the card is for.
+        is_demo: trained on the simulated demo corpus (changes the data, licence and limitation text).
+        dataset_description: one line naming the training data.
+        data_counts: e.g. `{"train records": 2707, "validation records": 293, "unique train reports": 30}`.
+        hyperparameters: resolved training settings (name -> value).
+        architecture: architecture summary (name -> value), e.g. layers and widths.
+        metrics: the final validation metrics (name -> value), as `evaluate` returns them.
+        zero_shot_labels: label name -> prompt used for zero-shot validation.
+        completed_steps, samples_seen, train_seconds: how long it trained.
+        hardware: e.g. "2 CPU cores" or "1 x NVIDIA H100".
+        license: licence id of the weights.
+        hub_dataset_ids: dataset ids for the card metadata (none for the demo).
+        software: package versions.
+    """
+
+    model_name: str
+    is_demo: bool
+    dataset_description: str
+    data_counts: Mapping[str, int]
+    hyperparameters: Mapping[str, Any]
+    architecture: Mapping[str, Any]
+    metrics: Mapping[str, float]
+    zero_shot_labels: Mapping[str, str]
+    completed_steps: int
+    samples_seen: int
+    train_seconds: float
+    hardware: str
+    license: str = "apache-2.0"
+    hub_dataset_ids: list[str] = field(default_factory=list)
+    software: Mapping[str, str] = field(default_factory=dict)
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:.4g}" if abs(value) < 1e-3 or abs(value) >= 1e4 else f"{value:.4f}".rstrip("0").rstrip(".")
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(item) for item in value)
+    return str(value)
+
+
+def _table(rows: Mapping[str, Any], header: tuple[str, str]) -> str:
+    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
+    lines += [f"| {name} | {_format_value(value)} |" for name, value in rows.items()]
+    return "\n".join(lines)
+
+
+def evaluation_rows(metrics: Mapping[str, float], zero_shot_labels: Mapping[str, str]) -> dict[str, float]:
+    """The evaluation table: zero-shot AUROC (macro, then per label), retrieval recall, losses."""
+    rows: dict[str, float] = {}
+    if "zero_shot_macro_auroc" in metrics:
+        rows[f"zero-shot macro AUROC ({metrics.get('zero_shot_num_labels', len(zero_shot_labels))} labels)"] = metrics[
+            "zero_shot_macro_auroc"
+        ]
+    for label in zero_shot_labels:
+        key = f"zero_shot_auroc/{label}"
+        if key in metrics:
+            rows[f"zero-shot AUROC: {label}"] = metrics[key]
+    for direction, title in (("ecg_to_text", "ECG -> report"), ("text_to_ecg", "report -> ECG")):
+        for key in sorted((k for k in metrics if k.startswith(f"{direction}_recall@")), key=lambda k: int(k.split("@")[1])):
+            rows[f"retrieval {title} recall@{key.split('@')[1]}"] = metrics[key]
+    if "etm_accuracy" in metrics:
+        rows["ETM accuracy (N3S negatives)"] = metrics["etm_accuracy"]
+    for name in ("loss", "mlm_loss", "mem_loss", "etm_loss", "ets_loss"):
+        if name in metrics:
+            rows[f"validation {name.replace('_', ' ')}"] = metrics[name]
+    return rows
+
+
+def build_model_card(report: PretrainingReport) -> ModelCard:
+    """A `huggingface_hub.ModelCard` with metadata (incl. `model-index` results) and the full text."""
+    metrics = report.metrics
+    dataset_name = "D-BETA demo corpus (simulated)" if report.is_demo else "MIMIC-IV-ECG v1.0 (validation split)"
+    dataset_type = "dbeta-demo-corpus" if report.is_demo else "mimic-iv-ecg"
+    eval_results = []
+    if "zero_shot_macro_auroc" in metrics and not math.isnan(metrics["zero_shot_macro_auroc"]):
+        eval_results.append(
+            EvalResult(
+                task_type="zero-shot-classification",
+                task_name="Zero-shot ECG classification",
+                dataset_type=dataset_type,
+                dataset_name=dataset_name,
+                dataset_split="validation",
+                metric_type="roc_auc",
+                metric_name="macro AUROC",
+                metric_value=round(float(metrics["zero_shot_macro_auroc"]), 4),
+            )
+        )
+    if "ecg_to_text_recall@1" in metrics:
+        eval_results.append(
+            EvalResult(
+                task_type="feature-extraction",
+                task_name="ECG-to-report retrieval",
+                dataset_type=dataset_type,
+                dataset_name=dataset_name,
+                dataset_split="validation",
+                metric_type="recall",
+                metric_name="recall@1",
+                metric_value=round(float(metrics["ecg_to_text_recall@1"]), 4),
+            )
+        )
+    card_data = ModelCardData(
+        model_name=report.model_name,
+        library_name="transformers",
+        pipeline_tag="feature-extraction",
+        license=report.license,
+        datasets=report.hub_dataset_ids or None,
+        tags=["ecg", "electrocardiogram", "d-beta", "multimodal", "custom_code", "zero-shot-ecg-classification"],
+        metrics=["roc_auc", "recall"],
+        eval_results=eval_results or None,
+    )
+
+    usage_label = next(iter(report.zero_shot_labels), "AFIB")
+    example_prompt = report.zero_shot_labels.get(usage_label, "atrial fibrillation")
+    hours, minutes = divmod(report.train_seconds / 60.0, 60.0)
+    duration = f"{int(hours)} h {minutes:.0f} min" if hours >= 1 else f"{report.train_seconds / 60.0:.1f} min"
+
+    if report.is_demo:
+        data_text = (
+            f"{report.dataset_description}. The records are **simulated** by `train/make_demo_corpus.py` "
+            "(a dipole heart model with rhythm and morphology findings, MIMIC-style machine reports, "
+            "the MIMIC-IV-ECG file layout), so this model says nothing about real ECGs. It exists to show the "
+            "pre-training pipeline end to end on a laptop."
+        )
+        license_text = "The weights are released under the Apache-2.0 licence (the data is synthetic)."
+    else:
+        data_text = (
+            f"{report.dataset_description}. MIMIC-IV-ECG is distributed by PhysioNet under the PhysioNet "
+            "Credentialed Health Data License 1.5.0; anyone using models trained on it must respect its data use "
+            "agreement."
+        )
+        license_text = (
+            f"Weights licence: `{report.license}`. The training data's terms (PhysioNet Credentialed Health Data "
+            "License 1.5.0) apply in addition."
+        )
+
+    prompt_rows = {label: f'"{prompt}"' for label, prompt in report.zero_shot_labels.items()}
+    content = f"""---
+{card_data.to_yaml()}
+---
+
+# {report.model_name}
+
+A D-BETA model (*Boosting Masked ECG-Text Auto-Encoders as Discriminative Learners*, ICML 2025):
+an ECG transformer and a T5 text encoder pre-trained together with four objectives — masked
+language modelling (MLM), masked ECG modelling (MEM), ECG-text matching (ETM, with N3S negative
+reports) and the ECG-text sigmoid contrastive loss (ETS). It embeds 12-lead ECGs and reports in
+one space, so ECGs can be classified zero-shot with text prompts and retrieved by report.
+
+Pre-trained with `train/pretrain.py` of the `dbeta` package for {report.completed_steps} optimiser steps
+({report.samples_seen} ECG-report pairs seen, {duration} on {report.hardware}).
+
+## Usage
+
+```python
+import torch
+from transformers import AutoModel, AutoProcessor, pipeline
+
+model = AutoModel.from_pretrained("{report.model_name}", trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained("{report.model_name}", trust_remote_code=True)
+
+ecg = torch.randn(12, 5000).numpy() * 0.1   # one 10 s, 500 Hz, 12-lead ECG in millivolts
+inputs = processor(ecg=ecg, sampling_rate=500, text=["{example_prompt}"], return_tensors="pt")
+with torch.no_grad():
+    output = model(**inputs)
+output.ecg_embeds.shape            # (1, {report.architecture.get("embedding size", "hidden_size")}) ECG embedding
+output.logits_per_ecg              # ECG-text sigmoid logits (the ETS objective)
+
+classifier = pipeline("zero-shot-ecg-classification", model="{report.model_name}", trust_remote_code=True)
+classifier(ecg, sampling_rate=500, candidate_labels={list(report.zero_shot_labels)[:3]!r})
+```
+
+## Evaluation (validation split, measured at the end of training)
+
+Zero-shot scores are the ETS logits between each validation ECG and the prompt of each label;
+labels come from keyword matches in the held-out reports. Retrieval ranks all validation
+reports for every ECG (and the reverse) by the same logit; identical reports count as one.
+
+{_table(evaluation_rows(metrics, report.zero_shot_labels), ("metric", "value"))}
+
+Zero-shot prompts:
+
+{_table(prompt_rows, ("label", "prompt"))}
+
+## Training data
+
+{data_text}
+
+{_table(report.data_counts, ("split", "count"))}
+
+## Training procedure
+
+{_table(report.hyperparameters, ("hyper-parameter", "value"))}
+
+Architecture:
+
+{_table(report.architecture, ("component", "size"))}
+
+Software: {", ".join(f"{name} {version}" for name, version in report.software.items()) or "n/a"}.
+
+## Limitations
+
+- {"Trained on a small simulated corpus: do not use it on patients, or as a baseline for real ECG results." if report.is_demo else "Trained on machine-generated reports of one hospital system (Beth Israel Deaconess Medical Center); findings rare in MIMIC-IV-ECG, other populations and other devices are less reliable."}
+- Not a medical device. Outputs are research artefacts and must not drive clinical decisions.
+- Inputs must be 12-lead ECGs in millivolts; the processor resamples to {report.architecture.get("sampling rate", 500)} Hz and
+  takes the first {report.architecture.get("input samples", 5000)} samples, zero-padding shorter recordings.
+- Zero-shot quality depends on the prompt wording; prompts phrased like the training reports work best.
+- Validation labels come from report keywords, which miss negations and synonyms.
+
+## Licence
+
+{license_text}
+
+## Citation
+
+```bibtex
+{CITATION}
+```
+"""
+    return ModelCard(content)
