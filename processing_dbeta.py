@@ -515,3 +515,467 @@ def read_ecg_file(path: Union[str, os.PathLike]) -> ECGRecord:
     if suffix in (".h5", ".hdf5"):
         raise ValueError(f"{path} is an HDF5 file of many ECGs: use read_code_hdf5")
     raise ValueError(f"Unsupported ECG file {path}: expected .hea, .dat or .mat")
+
+
+# --------------------------------------------------------------------------------------------
+# Feature extractor
+# --------------------------------------------------------------------------------------------
+
+# Multipliers that bring each accepted `units` value to millivolts.
+_INPUT_UNITS_TO_MILLIVOLTS = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3}
+
+_NORMALIZATIONS = (None, "zscore", "minmax")
+
+# Limb leads that Einthoven's and Goldberger's relations give from leads I and II.
+_DERIVED_LIMB_LEADS = {
+    "III": lambda lead_i, lead_ii: lead_ii - lead_i,
+    "aVR": lambda lead_i, lead_ii: -(lead_i + lead_ii) / 2,
+    "aVL": lambda lead_i, lead_ii: lead_i - lead_ii / 2,
+    "aVF": lambda lead_i, lead_ii: lead_ii - lead_i / 2,
+}
+
+ECGInput = Union[np.ndarray, "torch.Tensor", list, tuple, ECGRecord, str, os.PathLike]
+
+
+class DBetaFeatureExtractor(SequenceFeatureExtractor):
+    r"""Prepares 12-lead ECGs for D-BETA: (B, 12, 5000) float32 millivolts at 500 Hz.
+
+    D-BETA was pretrained on MIMIC-IV-ECG: 10 s at 500 Hz, in millivolts, without amplitude
+    normalisation, in the MIMIC lead order (I, II, III, aVR, **aVF, aVL**, V1-V6). For each ECG
+    this extractor:
+
+    1. puts the leads in `self.lead_names` order. Input leads are taken to be in the standard
+       order (I, II, III, aVR, aVL, aVF, V1-V6) unless `lead_names` says otherwise (matched
+       case-insensitively). Given more than 12 named leads (e.g. PTB-DB's 15), the 12 standard
+       ones are kept. Given exactly the 8 independent leads (I, II, V1-V6), III, aVR, aVL and aVF
+       are derived from I and II. Given another subset (the paper's 6/3/2/1-lead settings), the
+       missing leads are filled with zeros;
+    2. converts to millivolts (`units="uV"` divides by 1000);
+    3. resamples to `sampling_rate` with a polyphase filter (`scipy.signal.resample_poly`);
+    4. keeps the first `num_samples` samples, or zero-pads at the end (with a warning) when the
+       recording is shorter. Recordings shorter than `min_duration` seconds are rejected;
+    5. optionally normalises amplitudes (`normalize`; off by default, as in pretraining).
+
+    Args:
+        feature_size (`int`, defaults to 12): number of leads the model reads.
+        sampling_rate (`int`, defaults to 500): the model's sampling rate in Hz.
+        num_samples (`int`, defaults to 5000): the model's input length (10 s at 500 Hz).
+        lead_names (`list[str]`, *optional*): the lead order the model expects; defaults to
+            `MIMIC_LEAD_NAMES`.
+        padding_value (`float`, defaults to 0.0): value used to pad short recordings.
+        normalize (`str`, *optional*): `None` (default, millivolts as in pretraining),
+            `"zscore"` (per lead) or `"minmax"` (per recording, to [0, 1], as MERL's probes).
+        min_duration (`float`, defaults to 1.0): shortest accepted recording, in seconds.
+    """
+
+    model_input_names = ["input_values"]
+
+    def __init__(
+        self,
+        feature_size: int = 12,
+        sampling_rate: int = 500,
+        num_samples: int = 5000,
+        lead_names: Optional[list[str]] = None,
+        padding_value: float = 0.0,
+        normalize: Optional[str] = None,
+        min_duration: float = 1.0,
+        **kwargs,
+    ):
+        kwargs.setdefault("return_attention_mask", False)
+        super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)
+        lead_names = list(MIMIC_LEAD_NAMES if lead_names is None else lead_names)
+        canonical = [canonical_lead_name(name) for name in lead_names]
+        if sorted(canonical) != sorted(STANDARD_LEAD_NAMES) or len(canonical) != feature_size:
+            raise ValueError(
+                f"lead_names must name each of the 12 standard leads once (feature_size={feature_size}), "
+                f"got {lead_names}"
+            )
+        if normalize not in _NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {_NORMALIZATIONS}, got {normalize!r}")
+        if num_samples < 1 or sampling_rate <= 0:
+            raise ValueError(f"num_samples and sampling_rate must be positive, got {num_samples}, {sampling_rate}")
+        self.num_samples = int(num_samples)
+        self.lead_names = canonical
+        self.normalize = normalize
+        self.min_duration = float(min_duration)
+
+    def __call__(
+        self,
+        ecg: ECGInput,
+        sampling_rate: Optional[float] = None,
+        lead_names: Optional[list[str]] = None,
+        units: str = "mV",
+        return_tensors: Optional[str] = None,
+        normalize: Optional[str] = "default",
+        **kwargs,
+    ) -> BatchFeature:
+        """Turn one ECG or a batch of ECGs into the model input.
+
+        Args:
+            ecg: one ECG `(leads, samples)` or a batch `(batch, leads, samples)`, as a numpy
+                array, a torch tensor or nested lists of numbers; or a list of such 2-D ECGs
+                (they may differ in length); or an `ECGRecord`, a file path (read with
+                `read_ecg_file`), or a list of those. Records and files bring their own lead
+                names and sampling rate.
+            sampling_rate: the input's rate in Hz. Required unless the input is a record/file,
+                or already exactly `num_samples` long (then the model's rate is assumed).
+            lead_names: names of the input leads, in input order (case-insensitive). Default:
+                the 12 standard leads, I, II, III, aVR, aVL, aVF, V1-V6.
+            units: `"mV"` (default), `"uV"` or `"V"`.
+            return_tensors: `"pt"` or `"np"`; `None` gives numpy arrays.
+            normalize: override the extractor's `normalize` setting for this call.
+
+        Returns:
+            `BatchFeature` with `input_values`: float32 `(batch, 12, num_samples)` in the order
+            `self.lead_names`, always batched.
+
+        Raises:
+            ValueError: empty input, NaN/inf values, an unknown or repeated lead name, a lead
+                count that does not match `lead_names` (or is not 12 without names), a recording
+                shorter than `min_duration`, or a missing sampling rate that cannot be assumed.
+            TypeError: non-numeric input (strings, booleans, complex numbers, objects).
+        """
+        if kwargs:
+            logger.warning_once(f"DBetaFeatureExtractor ignores unknown arguments: {sorted(kwargs)}")
+        normalize = self.normalize if normalize == "default" else normalize
+        if normalize not in _NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {_NORMALIZATIONS}, got {normalize!r}")
+        scale = _INPUT_UNITS_TO_MILLIVOLTS.get(str(units).strip().lower())
+        if scale is None:
+            raise ValueError(f"units must be one of 'mV', 'uV', 'V', got {units!r}")
+
+        processed = [
+            self._process_batch(signals, rate, names, scale, normalize)
+            for signals, rate, names in self._split_inputs(ecg, sampling_rate, lead_names)
+        ]
+        input_values = np.concatenate(processed, axis=0)
+        return BatchFeature({"input_values": input_values}, tensor_type=return_tensors)
+
+    # -- input parsing --------------------------------------------------------------------------
+
+    def _split_inputs(
+        self, ecg: ECGInput, sampling_rate: Optional[float], lead_names: Optional[list[str]]
+    ) -> list[tuple[np.ndarray, Optional[float], Optional[list[str]]]]:
+        """Split the input into groups of (batch, leads, samples) arrays that share rate and leads."""
+        if isinstance(ecg, (ECGRecord, str, os.PathLike)):
+            return [self._record_input(ecg, sampling_rate, lead_names)]
+        if isinstance(ecg, (list, tuple)):
+            if len(ecg) == 0:
+                raise ValueError("Empty ECG input: got an empty list")
+            if all(isinstance(item, (ECGRecord, str, os.PathLike)) for item in ecg):
+                return [self._record_input(item, sampling_rate, lead_names) for item in ecg]
+            if any(isinstance(item, (ECGRecord, str, os.PathLike)) for item in ecg):
+                raise TypeError("Do not mix records/paths with arrays in one ECG batch")
+            if all(isinstance(item, (np.ndarray, torch.Tensor)) for item in ecg) or not _is_rectangular(ecg):
+                # A list of separate ECGs, possibly of different lengths.
+                groups = []
+                for item in ecg:
+                    array = _as_numeric_array(item)
+                    if array.ndim != 2:
+                        raise ValueError(f"Each ECG of a list must be 2-D (leads, samples), got shape {array.shape}")
+                    groups.append((array[None], sampling_rate, lead_names))
+                return groups
+        array = _as_numeric_array(ecg)
+        if array.ndim == 2:
+            array = array[None]
+        elif array.ndim != 3:
+            raise ValueError(
+                f"Expected an ECG of shape (leads, samples) or a batch (batch, leads, samples), got shape "
+                f"{array.shape}. A single lead must be passed as (1, samples) with `lead_names`."
+            )
+        return [(array, sampling_rate, lead_names)]
+
+    @staticmethod
+    def _record_input(
+        record: Union[ECGRecord, str, os.PathLike], sampling_rate: Optional[float], lead_names: Optional[list[str]]
+    ) -> tuple[np.ndarray, float, list[str]]:
+        if not isinstance(record, ECGRecord):
+            record = read_ecg_file(record)
+        # The file's own description wins; explicit arguments may only confirm it.
+        if sampling_rate is not None and not math.isclose(float(sampling_rate), record.sampling_rate):
+            raise ValueError(
+                f"sampling_rate={sampling_rate} contradicts the record's rate {record.sampling_rate} "
+                f"({record.metadata.get('name', 'record')})"
+            )
+        if lead_names is not None and [canonical_lead_name(n) for n in lead_names] != [
+            canonical_lead_name(n) for n in record.lead_names
+        ]:
+            raise ValueError(f"lead_names={lead_names} contradicts the record's leads {record.lead_names}")
+        return _as_numeric_array(record.signal)[None], record.sampling_rate, list(record.lead_names)
+
+    # -- processing ------------------------------------------------------------------------------
+
+    def _process_batch(
+        self,
+        signals: np.ndarray,
+        sampling_rate: Optional[float],
+        lead_names: Optional[list[str]],
+        scale: float,
+        normalize: Optional[str],
+    ) -> np.ndarray:
+        """(batch, leads, samples) input -> (batch, 12, num_samples) float32 model input."""
+        batch_size, num_leads, length = signals.shape
+        if signals.size == 0:
+            raise ValueError(f"Empty ECG input: shape {signals.shape}")
+
+        leads, present = self._arrange_leads(signals, lead_names)
+        if not np.isfinite(leads).all():
+            raise ValueError("The ECG contains NaN or infinite values (missing samples?); clean or impute them first")
+        leads = leads * scale
+
+        rate = self._resolve_sampling_rate(sampling_rate, length)
+        duration = length / rate
+        if duration < self.min_duration:
+            raise ValueError(
+                f"The ECG is {duration:.3g} s long ({length} samples at {rate:g} Hz); at least "
+                f"{self.min_duration:g} s is required"
+            )
+        leads = self._resample(leads, rate)
+
+        valid_length = min(leads.shape[-1], self.num_samples)
+        leads = leads[..., :valid_length]
+        if normalize is not None:
+            leads = _normalize(leads, present, normalize)
+        if valid_length < self.num_samples:
+            warnings.warn(
+                f"ECG shorter than the model input ({valid_length / self.sampling_rate:.2f} s < "
+                f"{self.num_samples / self.sampling_rate:.2f} s): zero-padded at the end",
+                UserWarning,
+                stacklevel=3,
+            )
+            padding = np.full(
+                leads.shape[:-1] + (self.num_samples - valid_length,), self.padding_value, dtype=leads.dtype
+            )
+            leads = np.concatenate([leads, padding], axis=-1)
+        return np.ascontiguousarray(leads, dtype=np.float32)
+
+    def _arrange_leads(self, signals: np.ndarray, lead_names: Optional[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """Reorder/select/derive/zero-fill leads into `self.lead_names` order.
+
+        Returns the (batch, 12, samples) float64 array and a boolean (12,) mask of the leads that
+        hold data (False for zero-filled ones).
+        """
+        num_leads = signals.shape[1]
+        if lead_names is None:
+            if num_leads != len(STANDARD_LEAD_NAMES):
+                raise ValueError(
+                    f"Got {num_leads} leads without `lead_names`; unnamed input must have the 12 standard "
+                    f"leads in the order {list(STANDARD_LEAD_NAMES)}. Pass `lead_names` for other lead sets."
+                )
+            lead_names = list(STANDARD_LEAD_NAMES)
+        if isinstance(lead_names, str) or len(lead_names) != num_leads:
+            raise ValueError(f"lead_names has {len(lead_names)} entries but the ECG has {num_leads} leads")
+
+        canonical = [canonical_lead_name(name) for name in lead_names]
+        standard_positions = {name: index for index, name in enumerate(canonical) if name in STANDARD_LEAD_NAMES}
+        duplicates = sorted({name for name in canonical if canonical.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"Repeated lead names {duplicates} in {list(lead_names)}")
+        unknown = [name for name in lead_names if canonical_lead_name(name) not in STANDARD_LEAD_NAMES]
+        # With all 12 standard leads present, extra leads (e.g. Frank leads vx/vy/vz) are simply
+        # dropped; with a reduced set an unknown name is more likely a typo that would silently
+        # zero-fill a lead, so it is an error.
+        if unknown and len(standard_positions) < len(STANDARD_LEAD_NAMES):
+            raise ValueError(
+                f"Unknown lead names {unknown}; expected names among {list(STANDARD_LEAD_NAMES)} (case-insensitive)"
+            )
+        if not standard_positions:
+            raise ValueError(f"None of the leads {list(lead_names)} is a standard ECG lead")
+
+        derive_limb_leads = len(standard_positions) < len(STANDARD_LEAD_NAMES) and all(
+            name in standard_positions for name in INDEPENDENT_LEAD_NAMES
+        )
+        if len(standard_positions) < len(STANDARD_LEAD_NAMES) and not derive_limb_leads:
+            missing = [name for name in self.lead_names if name not in standard_positions]
+            logger.warning_once(f"Reduced lead set: missing leads {missing} are zero-filled (the paper's setting)")
+
+        batch_size, _, length = signals.shape
+        arranged = np.zeros((batch_size, len(self.lead_names), length), dtype=np.float64)
+        present = np.zeros(len(self.lead_names), dtype=bool)
+        for target_index, name in enumerate(self.lead_names):
+            if name in standard_positions:
+                arranged[:, target_index] = signals[:, standard_positions[name]]
+                present[target_index] = True
+            elif derive_limb_leads:
+                lead_i = signals[:, standard_positions["I"]].astype(np.float64)
+                lead_ii = signals[:, standard_positions["II"]].astype(np.float64)
+                arranged[:, target_index] = _DERIVED_LIMB_LEADS[name](lead_i, lead_ii)
+                present[target_index] = True
+        return arranged, present
+
+    def _resolve_sampling_rate(self, sampling_rate: Optional[float], length: int) -> float:
+        if sampling_rate is None:
+            # Only an input already of the model's exact length can safely be assumed to be at the
+            # model's rate; anything else would be silently stretched or squeezed.
+            if length == self.num_samples:
+                return float(self.sampling_rate)
+            raise ValueError(
+                f"sampling_rate is required: the ECG has {length} samples, not the model's "
+                f"{self.num_samples} at {self.sampling_rate} Hz, so its rate cannot be assumed"
+            )
+        if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, float, np.integer, np.floating)):
+            raise TypeError(f"sampling_rate must be a number, got {type(sampling_rate).__name__}")
+        rate = float(sampling_rate)
+        if not math.isfinite(rate) or rate <= 0:
+            raise ValueError(f"sampling_rate must be a positive number, got {sampling_rate}")
+        return rate
+
+    def _resample(self, leads: np.ndarray, rate: float) -> np.ndarray:
+        """Polyphase resampling from `rate` to `self.sampling_rate` along the last axis."""
+        ratio = (Fraction(self.sampling_rate) / Fraction(rate)).limit_denominator(10_000)
+        if ratio == 1:
+            return leads
+        if abs(float(ratio) - self.sampling_rate / rate) > 1e-6 * (self.sampling_rate / rate):
+            logger.warning_once(
+                f"Resampling {rate} Hz -> {self.sampling_rate} Hz approximated by the ratio {ratio}"
+            )
+        return scipy.signal.resample_poly(leads, ratio.numerator, ratio.denominator, axis=-1)
+
+
+def _normalize(leads: np.ndarray, present: np.ndarray, method: str) -> np.ndarray:
+    """Amplitude normalisation of the leads that hold data; zero-filled leads stay zero."""
+    leads = leads.copy()
+    data = leads[:, present]
+    if method == "zscore":  # per lead
+        mean = data.mean(axis=-1, keepdims=True)
+        std = data.std(axis=-1, keepdims=True)
+        data = (data - mean) / np.maximum(std, 1e-8)
+    elif method == "minmax":  # per recording, to [0, 1]
+        low = data.min(axis=(1, 2), keepdims=True)
+        high = data.max(axis=(1, 2), keepdims=True)
+        data = (data - low) / np.maximum(high - low, 1e-8)
+    leads[:, present] = data
+    return leads
+
+
+def _is_rectangular(nested: Union[list, tuple]) -> bool:
+    """Whether nested lists form a regular (non-ragged) array."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            array = np.asarray(nested)
+    except ValueError:
+        return False
+    return array.dtype != object
+
+
+def _as_numeric_array(values: Any) -> np.ndarray:
+    """Convert an ECG to a real-valued numpy array, rejecting non-numeric dtypes with a clear error."""
+    if isinstance(values, torch.Tensor):
+        if values.is_complex() or values.dtype == torch.bool:
+            raise TypeError(f"ECG values must be real numbers, got a tensor of dtype {values.dtype}")
+        values = values.detach().to("cpu")
+        if values.dtype in (torch.bfloat16, torch.float16):
+            values = values.float()
+        values = values.numpy()
+    try:
+        array = np.asarray(values)
+    except ValueError as error:  # ragged nested lists
+        raise ValueError(f"Could not read the ECG as an array: {error}") from error
+    if array.dtype == bool or np.issubdtype(array.dtype, np.complexfloating):
+        raise TypeError(f"ECG values must be real numbers, got dtype {array.dtype}")
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise TypeError(
+            f"ECG values must be real numbers, got dtype {array.dtype} "
+            f"(strings, objects or ragged nested lists are not accepted)"
+        )
+    return array
+
+
+# --------------------------------------------------------------------------------------------
+# Processor
+# --------------------------------------------------------------------------------------------
+
+
+class DBetaProcessor(ProcessorMixin):
+    r"""D-BETA processor: a `DBetaFeatureExtractor` for ECGs and a tokenizer for report text.
+
+    Text is passed to the tokenizer as given (no lower-casing), padded to the longest text of the
+    batch and truncated to `max_text_length` tokens (254 = the original's 256 - 2).
+
+    Args:
+        feature_extractor (`DBetaFeatureExtractor`): the ECG feature extractor.
+        tokenizer (`PreTrainedTokenizerBase`): the text tokenizer (Flan-T5's for the released
+            weights).
+        max_text_length (`int`, defaults to 254): default truncation length for text.
+    """
+
+    def __init__(self, feature_extractor, tokenizer, max_text_length: int = 254):
+        self.max_text_length = int(max_text_length)
+        super().__init__(feature_extractor, tokenizer)
+
+    def __call__(
+        self,
+        ecg: Optional[ECGInput] = None,
+        text: Optional[Union[str, list[str]]] = None,
+        sampling_rate: Optional[float] = None,
+        lead_names: Optional[list[str]] = None,
+        units: str = "mV",
+        return_tensors: Optional[str] = None,
+        padding: Union[bool, str] = "longest",
+        truncation: bool = True,
+        max_length: Optional[int] = None,
+        **kwargs,
+    ) -> BatchFeature:
+        """Prepare ECGs and/or texts.
+
+        Args:
+            ecg: anything `DBetaFeatureExtractor.__call__` accepts.
+            text: a string or a list of strings.
+            sampling_rate, lead_names, units: describe the ECG input (see the feature extractor).
+            return_tensors: `"pt"`, `"np"` or `None` (numpy arrays for the ECG, lists for text).
+            padding, truncation, max_length: tokenizer options; `max_length` defaults to
+                `max_text_length`.
+            kwargs: further feature extractor options (e.g. `normalize`).
+
+        Returns:
+            `BatchFeature` with `input_values` (when `ecg` is given) and `input_ids`,
+            `attention_mask` (when `text` is given).
+        """
+        if ecg is None and text is None:
+            raise ValueError("Provide `ecg`, `text` or both")
+        data: dict[str, Any] = {}
+        if ecg is not None:
+            data.update(
+                self.feature_extractor(
+                    ecg, sampling_rate=sampling_rate, lead_names=lead_names, units=units, **kwargs
+                )
+            )
+        if text is not None:
+            if not isinstance(text, str) and not (
+                isinstance(text, (list, tuple)) and all(isinstance(item, str) for item in text)
+            ):
+                raise TypeError("`text` must be a string or a list of strings")
+            encoding = self.tokenizer(
+                text,
+                padding=padding,
+                truncation=truncation,
+                max_length=self.max_text_length if max_length is None else max_length,
+            )
+            data.update(encoding)
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return list(dict.fromkeys(self.feature_extractor.model_input_names + self.tokenizer.model_input_names))
+
+
+# Saving writes `auto_map` entries and copies this file, so that `AutoProcessor` and
+# `AutoFeatureExtractor` load these classes from a model folder with `trust_remote_code=True`.
+DBetaFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+DBetaProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = [
+    "CODE_SAMPLING_RATE",
+    "DBetaFeatureExtractor",
+    "DBetaProcessor",
+    "ECGRecord",
+    "INDEPENDENT_LEAD_NAMES",
+    "MIMIC_LEAD_NAMES",
+    "STANDARD_LEAD_NAMES",
+    "canonical_lead_name",
+    "read_code_hdf5",
+    "read_cpsc2018_mat",
+    "read_ecg_file",
+    "read_wfdb_record",
+]
