@@ -45,9 +45,9 @@ def base_model(model):
 def load_model_and_processor(path: str | os.PathLike, device: str | torch.device = "cpu", dtype=None):
     """Load a D-BETA folder (or Hub id) as `(DBetaModel, DBetaProcessor)`, in eval mode.
 
-    The installed package's classes are used (no remote code). A folder without
-    `processor_config.json` gets its tokenizer from the folder and a default `DBetaFeatureExtractor`
-    (or the folder's `preprocessor_config.json`).
+    The installed package's classes are used, never the folder's remote code (so nothing prompts
+    for `trust_remote_code`). A folder without a saved feature extractor gets a default
+    `DBetaFeatureExtractor` matching the model config.
     """
     from transformers import AutoTokenizer
 
@@ -56,24 +56,18 @@ def load_model_and_processor(path: str | os.PathLike, device: str | torch.device
 
     kwargs = {"dtype": dtype} if dtype is not None else {}
     model = DBetaModel.from_pretrained(path, **kwargs).to(device).eval()
-    local = Path(path)
-    if (local / "processor_config.json").is_file() or not local.exists():
-        try:
-            return model, DBetaProcessor.from_pretrained(path)
-        except (OSError, ValueError):
-            if not local.exists():
-                raise
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if (local / "preprocessor_config.json").is_file():
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    try:
         feature_extractor = DBetaFeatureExtractor.from_pretrained(path)
-    else:
+    except OSError:
         config = model.config
         feature_extractor = DBetaFeatureExtractor(
             sampling_rate=getattr(config, "sampling_rate", 500),
             num_samples=getattr(config, "num_samples", 5000),
             lead_names=list(getattr(config, "lead_names", None) or []) or None,
         )
-    return model, DBetaProcessor(feature_extractor, tokenizer)
+    max_text_length = getattr(model.config, "max_text_length", 256) - 2
+    return model, DBetaProcessor(feature_extractor, tokenizer, max_text_length=max_text_length)
 
 
 def load_label_descriptions(model_path: str | os.PathLike | None = None) -> dict[str, str]:
