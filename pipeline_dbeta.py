@@ -70,9 +70,10 @@ class ZeroShotECGClassificationPipeline(Pipeline):
 
     >>> classifier = pipeline("zero-shot-ecg-classification", model="path/to/dbeta", trust_remote_code=True)
     >>> classifier("ludb/data/1", candidate_labels=["SR", "AFIB", "sinus bradycardia"])  # a WFDB record
-    [{'label': 'sinus bradycardia', 'score': 0.83}, {'label': 'SR', 'score': 0.41}, {'label': 'AFIB', 'score': 0.02}]
+    [{'label': ..., 'score': ...}, {'label': ..., 'score': ...}, {'label': ..., 'score': ...}]  # best first
 
     >>> classifier(signal, sampling_rate=250, candidate_labels=["AFIB", "LBBB"])  # a (12, T) array in mV
+    >>> classifier([signal_a, signal_b], sampling_rate=250, candidate_labels=["AFIB", "LBBB"], batch_size=2)
     ```
 
     Labels. A candidate equal to a code of the model folder's `label_descriptions.json` (exact,

@@ -442,7 +442,17 @@ def markdown_report(results: dict, level: int = 1) -> str:
     datasets = results["datasets"]
     zero_shot = {name: entry["zero_shot"] for name, entry in datasets.items() if "zero_shot" in entry}
     if zero_shot:
-        lines += [f"{h2} Zero-shot (test split, macro ROC-AUC %)", "", "| dataset | records | labels evaluated | macro AUROC |", "|---|---|---|---|"]
+        normalisation = (
+            "lower-cased" if results["protocol"] == "original" else "normalised like the pre-training reports (lower-cased, trimmed)"
+        )
+        lines += [
+            f"{h2} Zero-shot (test split, macro ROC-AUC %)",
+            "",
+            f"Labels without positives or negatives are left out of the mean. Prompts are shown as written; they are {normalisation} before tokenisation.",
+            "",
+            "| dataset | records | labels evaluated | macro AUROC |",
+            "|---|---|---|---|",
+        ]
         for name, entry in zero_shot.items():
             lines.append(f"| {name} | {entry['num_samples']} | {len(entry['per_label_auroc'])} | {_fmt(entry['macro_auroc'])} |")
         for name, entry in zero_shot.items():
