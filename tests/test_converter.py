@@ -15,7 +15,9 @@ from dbeta.train.convert_original_checkpoint import (
     load_original_state_dict,
     parse_conv_feature_layers,
 )
+from dbeta.train.build_demo_tokenizer import DEMO_TOKENIZER_DIR
 from modeling_dbeta import DBetaECGModel, DBetaForPreTraining, DBetaModel
+from transformers import AutoProcessor
 
 # The original implementation's tiny checkpoint and outputs (vendored from the spec's reference/).
 REFERENCE = Path(__file__).resolve().parent / "fixtures" / "reference"
@@ -38,9 +40,15 @@ def test_parse_conv_feature_layers_without_eval():
 
 def test_tiny_checkpoint_matches_the_original_implementation(tmp_path):
     reference = np.load(reference_dir() / "tiny_reference_outputs.npz")
-    model = convert_checkpoint(
-        reference_dir() / "tiny_original_checkpoint.pt", tmp_path / "converted", original_config=original_model_section()
+    convert_checkpoint(
+        reference_dir() / "tiny_original_checkpoint.pt",
+        tmp_path / "converted",
+        original_config=original_model_section(),
+        tokenizer=str(DEMO_TOKENIZER_DIR),
     )
+    processor = AutoProcessor.from_pretrained(tmp_path / "converted", trust_remote_code=True)
+    assert processor.feature_extractor.lead_names == ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6"]
+    assert processor(text=["sinus rhythm"])["input_ids"][0][-1] == 1
     # The converted folder loads back through the normal path, and is what we compare.
     model = DBetaForPreTraining.from_pretrained(tmp_path / "converted").eval()
     ecg = torch.from_numpy(reference["ecg"])
