@@ -179,8 +179,14 @@ class ZeroShotECGClassificationPipeline(Pipeline):
         repeated = sorted({label for label in labels if labels.count(label) > 1})
         if repeated:
             raise ValueError(f"Candidate labels must be unique; repeated: {repeated}.")
-        if not isinstance(hypothesis_template, str) or hypothesis_template.format("\0") == hypothesis_template:
-            raise ValueError(f"`hypothesis_template` must contain a `{{}}` placeholder, got {hypothesis_template!r}.")
+        try:
+            has_placeholder = hypothesis_template.format("\0") != hypothesis_template
+        except (AttributeError, IndexError, KeyError, ValueError):
+            has_placeholder = False
+        if not has_placeholder:
+            raise ValueError(
+                f"`hypothesis_template` must be a string with one `{{}}` placeholder, got {hypothesis_template!r}."
+            )
 
         descriptions = self.label_descriptions if labels_are_codes is not False else {}
         if labels_are_codes:
@@ -196,7 +202,12 @@ class ZeroShotECGClassificationPipeline(Pipeline):
                     f"of {LABEL_DESCRIPTIONS_NAME} ({len(descriptions)} codes); pass free text with labels_are_codes=None."
                 )
         texts = [hypothesis_template.format(descriptions.get(label, label)) for label in labels]
-        return [normalize_label_text(text) for text in texts] if normalize_text else texts
+        if normalize_text:
+            texts = [normalize_label_text(text) for text in texts]
+        empty = [label for label, text in zip(labels, texts) if not text.strip()]
+        if empty:
+            raise ValueError(f"Candidate labels {empty} leave no text once normalised.")
+        return texts
 
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """`(len(texts), hidden)` text embeddings (`get_text_features(...).pooler_output`), on the model device."""

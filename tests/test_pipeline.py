@@ -179,6 +179,8 @@ def test_file_record_and_dict_inputs(classifier):
         (["AFIB", "AFIB"], {}, "unique"),
         (["AFIB", "afib", "XYZW"], {"labels_are_codes": True}, r"'afib' \(did you mean AFIB\?\).*'XYZW'"),
         (["AFIB"], {"hypothesis_template": "no placeholder"}, "placeholder"),
+        (["AFIB"], {"hypothesis_template": "ECG {label}"}, "placeholder"),
+        (["AFIB", "***"], {}, "no text once normalised"),
         (["AFIB"], {"top_k": 0}, "top_k"),
     ],
 )
