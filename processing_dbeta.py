@@ -209,7 +209,12 @@ def _parse_wfdb_header(header_path: Path) -> _WFDBHeader:
     return _WFDBHeader(record_name, num_signals, sampling_rate, num_samples, signals, comments)
 
 
-_GAIN_FIELD = re.compile(r"^(?P<gain>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)?(?:\((?P<baseline>[-+]?\d+)\))?(?:/(?P<units>\S+))?$")
+# "gain(baseline)/units", each part optional, e.g. "1716(6)/mV", "1000/mV", "2000".
+_GAIN_FIELD = re.compile(
+    r"^(?P<gain>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)?"
+    r"(?:\((?P<baseline>[-+]?\d+)\))?"
+    r"(?:/(?P<units>\S+))?$"
+)
 _FORMAT_FIELD = re.compile(r"^(?P<fmt>\d+)(?:x\d+)?(?::\d+)?(?:\+\d+)?$")
 
 
@@ -534,7 +539,8 @@ _DERIVED_LIMB_LEADS = {
     "aVF": lambda lead_i, lead_ii: lead_ii - lead_i / 2,
 }
 
-ECGInput = Union[np.ndarray, "torch.Tensor", list, tuple, ECGRecord, str, os.PathLike]
+#: What the feature extractor accepts: arrays/tensors/nested lists, records, paths, or lists of them.
+ECGInput = Union[np.ndarray, torch.Tensor, list, tuple, ECGRecord, str, os.PathLike]
 
 
 class DBetaFeatureExtractor(SequenceFeatureExtractor):
@@ -615,7 +621,8 @@ class DBetaFeatureExtractor(SequenceFeatureExtractor):
             ecg: one ECG `(leads, samples)` or a batch `(batch, leads, samples)`, as a numpy
                 array, a torch tensor or nested lists of numbers; or a list of such 2-D ECGs
                 (they may differ in length); or an `ECGRecord`, a file path (read with
-                `read_ecg_file`), or a list of those. Records and files bring their own lead
+                `read_ecg_file`), or a list of those. A list of 1-D arrays is one ECG, one
+                trace per lead. Records and files bring their own lead
                 names and sampling rate.
             sampling_rate: the input's rate in Hz. Required unless the input is a record/file,
                 or already exactly `num_samples` long (then the model's rate is assumed).
@@ -623,7 +630,8 @@ class DBetaFeatureExtractor(SequenceFeatureExtractor):
                 the 12 standard leads, I, II, III, aVR, aVL, aVF, V1-V6.
             units: `"mV"` (default), `"uV"` or `"V"`.
             return_tensors: `"pt"` or `"np"`; `None` gives numpy arrays.
-            normalize: override the extractor's `normalize` setting for this call.
+            normalize: `None`, `"zscore"` or `"minmax"` for this call; the default `"default"`
+                uses the extractor's own `normalize` setting.
 
         Returns:
             `BatchFeature` with `input_values`: float32 `(batch, 12, num_samples)` in the order
@@ -666,6 +674,9 @@ class DBetaFeatureExtractor(SequenceFeatureExtractor):
                 return [self._record_input(item, sampling_rate, lead_names) for item in ecg]
             if any(isinstance(item, (ECGRecord, str, os.PathLike)) for item in ecg):
                 raise TypeError("Do not mix records/paths with arrays in one ECG batch")
+            if all(isinstance(item, (np.ndarray, torch.Tensor)) and item.ndim == 1 for item in ecg):
+                # One ECG given as a list of 1-D lead traces.
+                return [(np.stack([_as_numeric_array(item) for item in ecg])[None], sampling_rate, lead_names)]
             if all(isinstance(item, (np.ndarray, torch.Tensor)) for item in ecg) or not _is_rectangular(ecg):
                 # A list of separate ECGs, possibly of different lengths.
                 groups = []
