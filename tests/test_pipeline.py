@@ -47,7 +47,7 @@ def test_saved_folder_is_complete(folder):
     assert shipped == packaged and len(shipped) == 131
 
 
-def test_pipeline_loads_in_a_fresh_process(folder, classifier, tmp_path):
+def test_pipeline_and_classification_head_load_in_a_fresh_process(folder, classifier, tmp_path):
     ecgs = make_ecgs(2)
     np.save(tmp_path / "ecgs.npy", np.stack(ecgs))
     script = textwrap.dedent(
@@ -58,9 +58,13 @@ def test_pipeline_loads_in_a_fresh_process(folder, classifier, tmp_path):
         classifier = pipeline({TASK!r}, model={str(folder)!r}, trust_remote_code=True, device="cpu")
         ecgs = list(np.load("ecgs.npy"))
         results = classifier(ecgs, candidate_labels={LABELS!r}, batch_size=2)
+        from transformers import AutoModelForSequenceClassification
+        head = AutoModelForSequenceClassification.from_pretrained({str(folder)!r}, trust_remote_code=True, num_labels=4)
         print(json.dumps({{
             "pipeline": type(classifier).__module__ + "." + type(classifier).__name__,
             "model": type(classifier.model).__module__,
+            "head": type(head).__name__,
+            "head_logits": list(head(classifier.feature_extractor(ecgs[0], return_tensors="pt")["input_values"]).logits.shape),
             "results": results,
         }}))
         assert "dbeta" not in sys.modules, "the fresh process must not import the installed package"
@@ -75,6 +79,7 @@ def test_pipeline_loads_in_a_fresh_process(folder, classifier, tmp_path):
     assert output["pipeline"].startswith("transformers_modules.")
     assert output["pipeline"].endswith("pipeline_dbeta.ZeroShotECGClassificationPipeline")
     assert output["model"].startswith("transformers_modules.")
+    assert output["head"] == "DBetaForECGClassification" and output["head_logits"] == [1, 4]
 
     expected = classifier(ecgs, candidate_labels=LABELS)
     for fresh, local in zip(output["results"], expected):
