@@ -270,13 +270,16 @@ class ZeroShotECGClassificationPipeline(Pipeline):
 
     @staticmethod
     def _as_pipeline_inputs(ecgs: Any) -> Any:
-        """A 3-D array/tensor becomes a list of ECGs; a single ECG written as nested lists stays one input."""
+        """A 3-D array/tensor becomes a list of ECGs; one ECG written as nested lists or as a list of 1-D
+        leads stays one input (as `DBetaFeatureExtractor` reads them)."""
         if isinstance(ecgs, (np.ndarray, torch.Tensor)) and ecgs.ndim == 3:
             return list(ecgs)
-        if isinstance(ecgs, (list, tuple)) and ecgs and isinstance(ecgs[0], (list, tuple)):
+        if isinstance(ecgs, (list, tuple)) and ecgs:
             first = ecgs[0]
-            if first and isinstance(first[0], (int, float, np.number)):
+            if isinstance(first, (list, tuple)) and first and isinstance(first[0], (int, float, np.number)):
                 return np.asarray(ecgs, dtype=np.float32)  # one ECG given as lists of samples per lead
+            if all(isinstance(lead, (np.ndarray, torch.Tensor)) and lead.ndim == 1 for lead in ecgs):
+                return torch.stack([torch.as_tensor(lead) for lead in ecgs])  # one ECG given as 1-D leads
         if isinstance(ecgs, tuple):
             return list(ecgs)
         return ecgs

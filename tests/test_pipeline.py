@@ -115,6 +115,7 @@ def test_batch_and_single_give_identical_results(classifier):
     assert classifier(np.stack(ecgs), candidate_labels=LABELS, batch_size=2) == singles  # a (B, 12, T) array
     assert classifier(torch.from_numpy(ecgs[0]), candidate_labels=LABELS) == singles[0]
     assert classifier(ecgs[0].tolist(), candidate_labels=LABELS) == singles[0]  # one ECG as nested lists
+    assert classifier(list(ecgs[0]), candidate_labels=LABELS) == singles[0]  # one ECG as a list of 1-D leads
 
 
 def test_label_codes_expand_to_descriptions_and_free_text_is_verbatim(classifier):
