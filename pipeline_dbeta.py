@@ -108,7 +108,9 @@ class ZeroShotECGClassificationPipeline(Pipeline):
         processor = kwargs.get("processor")
         if processor is not None:
             kwargs["tokenizer"] = kwargs.get("tokenizer") or getattr(processor, "tokenizer", None)
-            kwargs["feature_extractor"] = kwargs.get("feature_extractor") or getattr(processor, "feature_extractor", None)
+            kwargs["feature_extractor"] = kwargs.get("feature_extractor") or getattr(
+                processor, "feature_extractor", None
+            )
         # Set before `Pipeline.__init__`, which already sanitises the constructor's call parameters.
         self._label_descriptions_source = label_descriptions
         self._label_descriptions = None
@@ -122,7 +124,9 @@ class ZeroShotECGClassificationPipeline(Pipeline):
             )
         super().__init__(*args, **kwargs)
         if self.tokenizer is None or self.feature_extractor is None:
-            raise ValueError("The zero-shot ECG pipeline needs a tokenizer and a DBetaFeatureExtractor (or a processor).")
+            raise ValueError(
+                "The zero-shot ECG pipeline needs a tokenizer and a DBetaFeatureExtractor (or a processor)."
+            )
 
     # -- labels ------------------------------------------------------------------------------------
 
@@ -199,7 +203,8 @@ class ZeroShotECGClassificationPipeline(Pipeline):
                     hints.append(f"{label!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
                 raise ValueError(
                     f"Unknown label codes with `labels_are_codes=True`: {'; '.join(hints)}. Known codes are the keys "
-                    f"of {LABEL_DESCRIPTIONS_NAME} ({len(descriptions)} codes); pass free text with labels_are_codes=None."
+                    f"of {LABEL_DESCRIPTIONS_NAME} ({len(descriptions)} codes); "
+                    "pass free text with labels_are_codes=None."
                 )
         texts = [hypothesis_template.format(descriptions.get(label, label)) for label in labels]
         if normalize_text:
@@ -315,7 +320,9 @@ class ZeroShotECGClassificationPipeline(Pipeline):
         forward_params = {}
         given = {
             name: value
-            for name, value in zip(_LABEL_SETTINGS, (candidate_labels, hypothesis_template, labels_are_codes, normalize_text))
+            for name, value in zip(
+                _LABEL_SETTINGS, (candidate_labels, hypothesis_template, labels_are_codes, normalize_text)
+            )
             if value is not None
         }
         settings = {**getattr(self, "_init_label_settings", {}), **given}
@@ -349,9 +356,7 @@ class ZeroShotECGClassificationPipeline(Pipeline):
                 f"Cannot read an ECG from a {type(ecg).__name__}: pass an array (leads, samples), a file path, "
                 "an ECGRecord or a dict with a 'signal'."
             )
-        if isinstance(ecg, (str, os.PathLike)) and not (
-            Path(ecg).exists() or Path(f"{ecg}.hea").is_file()
-        ):
+        if isinstance(ecg, (str, os.PathLike)) and not (Path(ecg).exists() or Path(f"{ecg}.hea").is_file()):
             raise ValueError(f"No ECG record at {str(ecg)!r} (expected a WFDB/CinC .hea record or a .mat file).")
         if isinstance(ecg, (np.ndarray, torch.Tensor)) and ecg.ndim != 2:
             raise ValueError(f"An ECG must be 2-D (leads, samples), got shape {tuple(ecg.shape)}.")
@@ -379,7 +384,9 @@ class ZeroShotECGClassificationPipeline(Pipeline):
         return [{"label": candidate_labels[index], "score": scores[index]} for index in order]
 
 
-PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=ZeroShotECGClassificationPipeline, pt_model=AutoModel, type="multimodal")
+PIPELINE_REGISTRY.register_pipeline(
+    TASK, pipeline_class=ZeroShotECGClassificationPipeline, pt_model=AutoModel, type="multimodal"
+)
 
 
 def save_pipeline_folder(

@@ -113,7 +113,9 @@ class _RecordDataset(torch.utils.data.Dataset):
         return item
 
 
-def stream_batches(records, feature_extractor, batch_size: int, num_workers: int, progress: bool) -> Iterator[tuple[list, list]]:
+def stream_batches(
+    records, feature_extractor, batch_size: int, num_workers: int, progress: bool
+) -> Iterator[tuple[list, list]]:
     """Yield `(ok_items, failed_items)` per batch, reading records in `num_workers` processes."""
     from tqdm.auto import tqdm
 
@@ -180,13 +182,20 @@ def run_embed(args: argparse.Namespace) -> int:
     )
     failures, num_ok = [], 0
     with pq.ParquetWriter(args.output, schema) as writer:
-        for ok, failed in stream_batches(records, processor.feature_extractor, args.batch_size, args.num_workers, not args.no_progress):
+        for ok, failed in stream_batches(
+            records, processor.feature_extractor, args.batch_size, args.num_workers, not args.no_progress
+        ):
             failures += failed
             if not ok:
                 continue
             embeddings = embed_ecg_batch(model, np.stack([item["input_values"] for item in ok])).numpy()
-            columns = {name: [item[name] for item in ok] for name in ("record", "path", "sampling_rate", "num_leads", "duration_s")}
-            columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), pa.float32()), width)
+            columns = {
+                name: [item[name] for item in ok]
+                for name in ("record", "path", "sampling_rate", "num_leads", "duration_s")
+            }
+            columns["embedding"] = pa.FixedSizeListArray.from_arrays(
+                pa.array(embeddings.reshape(-1), pa.float32()), width
+            )
             writer.write_table(pa.table(columns, schema=schema))
             num_ok += len(ok)
     _write_errors(args.errors, failures)
@@ -220,7 +229,9 @@ def run_classify(args: argparse.Namespace) -> int:
     with open(args.output, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["record", *args.labels])
-        for ok, failed in stream_batches(records, processor.feature_extractor, args.batch_size, args.num_workers, not args.no_progress):
+        for ok, failed in stream_batches(
+            records, processor.feature_extractor, args.batch_size, args.num_workers, not args.no_progress
+        ):
             failures += failed
             if not ok:
                 continue
@@ -257,14 +268,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     classify = commands.add_parser("classify", help="zero-shot label scores -> CSV (record, one column per label)")
     common(classify)
-    classify.add_argument("--labels", nargs="+", required=True, help="label codes (AFIB, LBBB, ...) and/or free-text descriptions")
+    classify.add_argument(
+        "--labels", nargs="+", required=True, help="label codes (AFIB, LBBB, ...) and/or free-text descriptions"
+    )
     classify.add_argument("--hypothesis_template", default="{}", help='e.g. "ECG showing {}."')
-    classify.add_argument("--softmax", action="store_true", help="softmax across labels instead of independent sigmoid scores")
+    classify.add_argument(
+        "--softmax", action="store_true", help="softmax across labels instead of independent sigmoid scores"
+    )
     classify.add_argument(
         "--labels_are_codes",
         choices=("auto", "yes", "no"),
         default="auto",
-        help="auto: known codes expand to their descriptions, other text is used as given; yes: all must be codes; no: never expand",
+        help="auto: known codes expand to their descriptions, other text is used as given; "
+        "yes: all must be codes; no: never expand",
     )
     classify.set_defaults(run=run_classify)
     return parser

@@ -1,4 +1,5 @@
 """`dbeta embed` / `dbeta classify` on real WFDB records, a CODE-style HDF5 file and a corrupt record."""
+
 import csv
 import shutil
 import subprocess
@@ -53,8 +54,23 @@ def test_find_records(records):
 
 def test_classify_reports_the_corrupt_record_and_scores_the_others(model_folder, records, tmp_path, capsys):
     output, errors = tmp_path / "scores.csv", tmp_path / "errors.csv"
-    status = main(["classify", str(records), "--model", str(model_folder), "--labels", *LABELS,
-                   "--output", str(output), "--errors", str(errors), "--batch_size", "3", "--no_progress"])
+    status = main(
+        [
+            "classify",
+            str(records),
+            "--model",
+            str(model_folder),
+            "--labels",
+            *LABELS,
+            "--output",
+            str(output),
+            "--errors",
+            str(errors),
+            "--batch_size",
+            "3",
+            "--no_progress",
+        ]
+    )
     assert status == 1  # some records failed, the rest were written
     stderr = capsys.readouterr().err
     assert "skipped ludb/broken" in stderr and "8 records written" in stderr
@@ -67,7 +83,9 @@ def test_classify_reports_the_corrupt_record_and_scores_the_others(model_folder,
 
     # The CLI scores are the pipeline's scores.
     classifier = pipeline(TASK, model=str(model_folder), trust_remote_code=True, device="cpu")
-    expected = {item["label"]: item["score"] for item in classifier(str(records / "ludb" / "2"), candidate_labels=LABELS)}
+    expected = {
+        item["label"]: item["score"] for item in classifier(str(records / "ludb" / "2"), candidate_labels=LABELS)
+    }
     row = next(row for row in rows if row["record"] == "ludb/2")
     for label in LABELS:
         assert float(row[label]) == pytest.approx(expected[label], rel=1e-5)
@@ -75,19 +93,61 @@ def test_classify_reports_the_corrupt_record_and_scores_the_others(model_folder,
 
 def test_classify_softmax_and_unknown_code(model_folder, records, tmp_path, capsys):
     output = tmp_path / "softmax.csv"
-    assert main(["classify", str(records / "ludb"), "--model", str(model_folder), "--labels", "AFIB", "LBBB",
-                 "--softmax", "--output", str(output), "--no_progress"]) == 1
+    assert (
+        main(
+            [
+                "classify",
+                str(records / "ludb"),
+                "--model",
+                str(model_folder),
+                "--labels",
+                "AFIB",
+                "LBBB",
+                "--softmax",
+                "--output",
+                str(output),
+                "--no_progress",
+            ]
+        )
+        == 1
+    )
     for row in read_csv(output):
         assert float(row["AFIB"]) + float(row["LBBB"]) == pytest.approx(1.0, abs=1e-5)
-    status = main(["classify", str(records), "--model", str(model_folder), "--labels", "AFIBB", "--labels_are_codes",
-                   "yes", "--output", str(tmp_path / "x.csv"), "--no_progress"])
+    status = main(
+        [
+            "classify",
+            str(records),
+            "--model",
+            str(model_folder),
+            "--labels",
+            "AFIBB",
+            "--labels_are_codes",
+            "yes",
+            "--output",
+            str(tmp_path / "x.csv"),
+            "--no_progress",
+        ]
+    )
     assert status == 2 and "did you mean AFIB" in capsys.readouterr().err
 
 
 def test_embed_writes_parquet(model_folder, records, tmp_path):
     output = tmp_path / "embeddings.parquet"
-    status = main(["embed", str(records), "--model", str(model_folder), "--output", str(output), "--batch_size", "4",
-                   "--num_workers", "2", "--no_progress"])
+    status = main(
+        [
+            "embed",
+            str(records),
+            "--model",
+            str(model_folder),
+            "--output",
+            str(output),
+            "--batch_size",
+            "4",
+            "--num_workers",
+            "2",
+            "--no_progress",
+        ]
+    )
     assert status == 1
     table = pd.read_parquet(output)
     assert sorted(table["record"]) == sorted(GOOD)
@@ -106,7 +166,10 @@ def test_embed_writes_parquet(model_folder, records, tmp_path):
 
 def test_empty_folder_and_console_script(model_folder, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert main(["embed", str(tmp_path / "empty"), "--model", str(model_folder), "--output", str(tmp_path / "x.parquet")]) == 2
+    assert (
+        main(["embed", str(tmp_path / "empty"), "--model", str(model_folder), "--output", str(tmp_path / "x.parquet")])
+        == 2
+    )
     assert "no ECG records" in capsys.readouterr().err
     executable = shutil.which("dbeta")
     assert executable is not None, "the `dbeta` console script is not installed"

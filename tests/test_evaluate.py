@@ -1,4 +1,5 @@
 """train/evaluate.py: end to end on real LUDB records, the original protocol, linear probe, fine-tuning."""
+
 import json
 
 import numpy as np
@@ -24,8 +25,23 @@ def model_folder(tmp_path_factory):
 
 def test_evaluate_end_to_end_on_ludb(model_folder, tmp_path):
     output_dir, card = tmp_path / "eval", tmp_path / "card" / "README.md"
-    results = main(["--model", str(model_folder), "--dataset", f"ludb={LUDB_FIXTURES}", "--tasks", "zero_shot",
-                    "retrieval", "linear_probe", "--output_dir", str(output_dir), "--model_card", str(card), "--no_progress"])
+    results = main(
+        [
+            "--model",
+            str(model_folder),
+            "--dataset",
+            f"ludb={LUDB_FIXTURES}",
+            "--tasks",
+            "zero_shot",
+            "retrieval",
+            "linear_probe",
+            "--output_dir",
+            str(output_dir),
+            "--model_card",
+            str(card),
+            "--no_progress",
+        ]
+    )
 
     saved = json.loads((output_dir / "results.json").read_text())
     assert saved == results
@@ -46,9 +62,13 @@ def test_evaluate_end_to_end_on_ludb(model_folder, tmp_path):
     assert zero_shot["prompts"] == {name: name for name in dataset.label_names}  # not codes: used as written
     classifier = pipeline(TASK, model=str(model_folder), trust_remote_code=True, device="cpu")
     outputs = classifier([dataset.read(i) for i in range(len(dataset))], candidate_labels=dataset.label_names)
-    scores = np.array([[{d["label"]: d["score"] for d in out}[name] for name in dataset.label_names] for out in outputs])
+    scores = np.array(
+        [[{d["label"]: d["score"] for d in out}[name] for name in dataset.label_names] for out in outputs]
+    )
     for column, name in enumerate(dataset.label_names):
-        assert zero_shot["per_label_auroc"][name] == pytest.approx(roc_auc_score(dataset.labels[:, column], scores[:, column]))
+        assert zero_shot["per_label_auroc"][name] == pytest.approx(
+            roc_auc_score(dataset.labels[:, column], scores[:, column])
+        )
     assert zero_shot["macro_auroc"] == pytest.approx(np.mean(list(zero_shot["per_label_auroc"].values())))
 
     retrieval = ludb["retrieval"]
@@ -73,7 +93,9 @@ def test_original_protocol_preparation_and_prompts(model_folder, tmp_path):
     rng = np.random.default_rng(0)
     signal = rng.standard_normal((12, 4096)).astype(np.float32)
     prepared = prepare_original(ECGRecord(signal, ["I"] * 12, 400.0))
-    np.testing.assert_allclose(prepared, scipy.signal.resample(signal.astype(np.float64), 5120, axis=-1)[:, :5000], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        prepared, scipy.signal.resample(signal.astype(np.float64), 5120, axis=-1)[:, :5000], rtol=1e-5, atol=1e-6
+    )
     short = prepare_original(ECGRecord(signal[:, :2000], ["I"] * 12, 500.0))
     assert short.shape == (12, 5000) and not short[:, 2000:].any()
     with pytest.raises(ValueError, match="12 leads"):
@@ -83,8 +105,21 @@ def test_original_protocol_preparation_and_prompts(model_folder, tmp_path):
     prompts = label_prompts("code-test", ["1dAVb", "RBBB", "LBBB"], descriptions, {"LBBB": "left bundle"})
     assert prompts == {"1dAVb": "First degree AV block.", "RBBB": "Right bundle branch block.", "LBBB": "left bundle"}
 
-    results = main(["--model", str(model_folder), "--dataset", f"ludb={LUDB_FIXTURES}", "--tasks", "zero_shot",
-                    "--protocol", "original", "--output_dir", str(tmp_path), "--no_progress"])
+    results = main(
+        [
+            "--model",
+            str(model_folder),
+            "--dataset",
+            f"ludb={LUDB_FIXTURES}",
+            "--tasks",
+            "zero_shot",
+            "--protocol",
+            "original",
+            "--output_dir",
+            str(tmp_path),
+            "--no_progress",
+        ]
+    )
     assert results["protocol"] == "original" and (tmp_path / "roc_ludb_original.png").is_file()
     assert 0.0 <= results["datasets"]["ludb"]["zero_shot"]["macro_auroc"] <= 1.0
 
@@ -125,7 +160,9 @@ def test_finetuning_with_the_classification_head(model_folder, tmp_path):
         labels=labels,
         label_names=["A", "B"],
         splits=np.array(["train"] * 6 + ["validation"] * 3 + ["test"] * 3, dtype=object),
-        reader=lambda index: ECGRecord(signals[index], ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"], 500.0),
+        reader=lambda index: ECGRecord(
+            signals[index], ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"], 500.0
+        ),
     )
     result = finetune(str(model_folder), dataset, DBetaFeatureExtractor(), tmp_path / "ft", epochs=1, batch_size=4)
     assert result["num_train"] == 6 and result["epochs"] == 1

@@ -1,4 +1,5 @@
 """Metrics: macro ROC-AUC against scikit-learn, labels without positives, recall@k by hand."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,5 @@
 """Zero-shot ECG classification pipeline: saved folder in a fresh process, scores, batching, labels, errors."""
+
 import json
 import os
 import subprocess
@@ -39,8 +40,16 @@ def test_saved_folder_is_complete(folder):
     config = json.loads((folder / "config.json").read_text())
     assert config["custom_pipelines"][TASK]["impl"] == "pipeline_dbeta.ZeroShotECGClassificationPipeline"
     assert config["custom_pipelines"][TASK]["pt"] == ["AutoModel"]
-    for name in ("pipeline_dbeta.py", "processing_dbeta.py", "modeling_dbeta.py", "configuration_dbeta.py",
-                 "processor_config.json", "preprocessor_config.json", "tokenizer.json", "label_descriptions.json"):
+    for name in (
+        "pipeline_dbeta.py",
+        "processing_dbeta.py",
+        "modeling_dbeta.py",
+        "configuration_dbeta.py",
+        "processor_config.json",
+        "preprocessor_config.json",
+        "tokenizer.json",
+        "label_descriptions.json",
+    ):
         assert (folder / name).is_file(), name
     shipped = json.loads((folder / "label_descriptions.json").read_text())
     packaged = json.loads((Path(__file__).resolve().parents[1] / "dbeta" / "label_descriptions.json").read_text())
@@ -95,7 +104,9 @@ def test_scores_are_sigmoid_of_the_ets_logit_sorted_by_logit(classifier):
     description = classifier.label_descriptions["AFIB"]
     texts = [description.lower(), classifier.label_descriptions["LBBB"].lower(), LABELS[2]]
     with torch.no_grad():
-        ecg_embeds = model.get_ecg_features(classifier.feature_extractor(ecg, return_tensors="pt")["input_values"]).pooler_output
+        ecg_embeds = model.get_ecg_features(
+            classifier.feature_extractor(ecg, return_tensors="pt")["input_values"]
+        ).pooler_output
         logits = []
         for text in texts:  # one text at a time, unpadded
             tokens = tokenizer(text, return_tensors="pt")
@@ -125,7 +136,9 @@ def test_label_codes_expand_to_descriptions_and_free_text_is_verbatim(classifier
         "afib",  # not a code: codes match case-sensitively
         "left bundle branch block",
     ]
-    assert classifier.label_texts(["AFIB"], hypothesis_template="ECG: {}", normalize_text=False) == [f"ECG: {description}"]
+    assert classifier.label_texts(["AFIB"], hypothesis_template="ECG: {}", normalize_text=False) == [
+        f"ECG: {description}"
+    ]
     assert classifier.label_texts(["AFIB"], labels_are_codes=False) == ["afib"]
     assert classifier.label_texts("AFIB") == [normalize_label_text(description)]  # one string is one label
 
@@ -220,9 +233,17 @@ def test_missing_labels_and_bad_signals(classifier, tmp_path):
 
 
 def test_ecg_only_model_is_rejected(classifier):
-    ecg_model = DBetaECGModel(DBetaECGConfig(conv_dim=[32] * 4, hidden_size=64, num_hidden_layers=1,
-                                             num_attention_heads=4, intermediate_size=128, num_conv_pos_embeddings=16,
-                                             projection_dim=64))
+    ecg_model = DBetaECGModel(
+        DBetaECGConfig(
+            conv_dim=[32] * 4,
+            hidden_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=128,
+            num_conv_pos_embeddings=16,
+            projection_dim=64,
+        )
+    )
     with pytest.raises(ValueError, match="both towers"):
         ZeroShotECGClassificationPipeline(
             model=ecg_model, tokenizer=classifier.tokenizer, feature_extractor=classifier.feature_extractor

@@ -1,4 +1,5 @@
 """Shared test helpers: a tiny random D-BETA saved as a complete zero-shot folder, real ECG records."""
+
 import shutil
 from pathlib import Path
 

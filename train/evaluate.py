@@ -161,7 +161,13 @@ def embed_split(model, prepare, dataset, batch_size: int, progress: bool = True)
     """Embed every record of `dataset` (one split); unreadable records are skipped and listed."""
     thunks = [lambda index=index: dataset.read(index) for index in range(len(dataset))]
     embeddings, failures = embed_ecgs(
-        model, prepare, thunks, batch_size=batch_size, record_ids=dataset.record_ids, skip_failures=True, progress=progress
+        model,
+        prepare,
+        thunks,
+        batch_size=batch_size,
+        record_ids=dataset.record_ids,
+        skip_failures=True,
+        progress=progress,
     )
     for failure in failures:
         logger.warning(f"{dataset.name}: record {failure.record_id} skipped ({failure.error})")
@@ -264,10 +270,25 @@ def linear_probe(
     synchronisation made it 50x slower on a busy 2-core machine.
     """
     with torch_threads(1):
-        return _linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, label_names, epochs, batch_size, learning_rate, seed, progress)
+        return _linear_probe(
+            train_x,
+            train_y,
+            val_x,
+            val_y,
+            test_x,
+            test_y,
+            label_names,
+            epochs,
+            batch_size,
+            learning_rate,
+            seed,
+            progress,
+        )
 
 
-def _linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, label_names, epochs, batch_size, learning_rate, seed, progress):
+def _linear_probe(
+    train_x, train_y, val_x, val_y, test_x, test_y, label_names, epochs, batch_size, learning_rate, seed, progress
+):
     from tqdm.auto import tqdm
 
     generator = torch.Generator().manual_seed(seed)
@@ -317,7 +338,10 @@ class _ECGClassificationDataset(torch.utils.data.Dataset):
     def __getitem__(self, item):
         index = self.indices[item]
         values = self.prepare(self.dataset.read(index))["input_values"][0]
-        return {"input_values": torch.as_tensor(values), "labels": torch.as_tensor(self.dataset.labels[index], dtype=torch.float32)}
+        return {
+            "input_values": torch.as_tensor(values),
+            "labels": torch.as_tensor(self.dataset.labels[index], dtype=torch.float32),
+        }
 
 
 def finetune(
@@ -349,13 +373,19 @@ def finetune(
     skip = skip or {}
 
     def split_indices(name):
-        return [i for i in np.flatnonzero(dataset.splits == name) if dataset.record_ids[i] not in skip.get(name, set())]
+        return [
+            i for i in np.flatnonzero(dataset.splits == name) if dataset.record_ids[i] not in skip.get(name, set())
+        ]
 
     train_indices = split_indices("train")
     train_indices = [train_indices[i] for i in probe_subset(len(train_indices), ratio)]
     splits = {
         name: _ECGClassificationDataset(dataset, indices, feature_extractor)
-        for name, indices in (("train", train_indices), ("validation", split_indices("validation")), ("test", split_indices("test")))
+        for name, indices in (
+            ("train", train_indices),
+            ("validation", split_indices("validation")),
+            ("test", split_indices("test")),
+        )
     }
 
     def compute_metrics(prediction):
@@ -420,7 +450,9 @@ def plot_roc(curves: dict, aurocs: dict[str, float], path: Path, title: str) -> 
     for name, (fpr, tpr) in curves.items():
         axis.plot(fpr, tpr, label=f"{name} ({aurocs[name]:.3f})", linewidth=1.2)
     axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
-    axis.set(xlabel="False positive rate", ylabel="True positive rate", title=title, xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
+    axis.set(
+        xlabel="False positive rate", ylabel="True positive rate", title=title, xlim=(-0.01, 1.01), ylim=(-0.01, 1.01)
+    )
     axis.legend(loc="lower right", fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -443,20 +475,31 @@ def markdown_report(results: dict, level: int = 1) -> str:
     zero_shot = {name: entry["zero_shot"] for name, entry in datasets.items() if "zero_shot" in entry}
     if zero_shot:
         normalisation = (
-            "lower-cased" if results["protocol"] == "original" else "normalised like the pre-training reports (lower-cased, trimmed)"
+            "lower-cased"
+            if results["protocol"] == "original"
+            else "normalised like the pre-training reports (lower-cased, trimmed)"
         )
         lines += [
             f"{h2} Zero-shot (test split, macro ROC-AUC %)",
             "",
-            f"Labels without positives or negatives are left out of the mean. Prompts are shown as written; they are {normalisation} before tokenisation.",
+            "Labels without positives or negatives are left out of the mean. Prompts are shown as written; "
+            f"they are {normalisation} before tokenisation.",
             "",
             "| dataset | records | labels evaluated | macro AUROC |",
             "|---|---|---|---|",
         ]
         for name, entry in zero_shot.items():
-            lines.append(f"| {name} | {entry['num_samples']} | {len(entry['per_label_auroc'])} | {_fmt(entry['macro_auroc'])} |")
+            lines.append(
+                f"| {name} | {entry['num_samples']} | {len(entry['per_label_auroc'])} | {_fmt(entry['macro_auroc'])} |"
+            )
         for name, entry in zero_shot.items():
-            lines += ["", f"{h3} {name}: per label", "", "| label | positives | AUROC % | prompt |", "|---|---|---|---|"]
+            lines += [
+                "",
+                f"{h3} {name}: per label",
+                "",
+                "| label | positives | AUROC % | prompt |",
+                "|---|---|---|---|",
+            ]
             for label, positives in entry["num_positives"].items():
                 auroc = entry["per_label_auroc"].get(label)
                 note = _fmt(auroc) if auroc is not None else f"left out ({entry['skipped_labels'][label]})"
@@ -485,7 +528,10 @@ def markdown_report(results: dict, level: int = 1) -> str:
     if probe:
         ratios = sorted({ratio for entry in probe.values() for ratio in entry.get("ratios", {})}, key=float)
         lines += ["", f"{h2} Linear probe (test macro ROC-AUC % at the best validation epoch)", ""]
-        lines += ["| dataset | " + " | ".join(f"{float(r):.0%}" for r in ratios) + " |", "|---|" + "---|" * len(ratios)]
+        lines += [
+            "| dataset | " + " | ".join(f"{float(r):.0%}" for r in ratios) + " |",
+            "|---|" + "---|" * len(ratios),
+        ]
         for name, entry in probe.items():
             if "skipped" in entry:
                 lines.append(f"| {name} | " + " | ".join("skipped" for _ in ratios) + " |")
@@ -494,7 +540,13 @@ def markdown_report(results: dict, level: int = 1) -> str:
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     tuned = {name: entry["finetune"] for name, entry in datasets.items() if "finetune" in entry}
     if tuned:
-        lines += ["", f"{h2} Fine-tuning (test macro ROC-AUC %)", "", "| dataset | AUROC | best val |", "|---|---|---|"]
+        lines += [
+            "",
+            f"{h2} Fine-tuning (test macro ROC-AUC %)",
+            "",
+            "| dataset | AUROC | best val |",
+            "|---|---|---|",
+        ]
         for name, entry in tuned.items():
             if "skipped" in entry:
                 lines.append(f"| {name} | skipped | {entry['skipped']} |")
@@ -511,8 +563,6 @@ def markdown_report(results: dict, level: int = 1) -> str:
     return "\n".join(lines) + "\n"
 
 
-
-
 def update_model_card(card_path: Path, results: dict, figures: Sequence[Path]) -> Path:
     """Add the zero-shot / probe numbers to the card's `model-index` and (re)write its evaluation
     section (tables + ROC figures, copied next to the card)."""
@@ -521,7 +571,11 @@ def update_model_card(card_path: Path, results: dict, figures: Sequence[Path]) -
     card_path = Path(card_path)
     card_path.parent.mkdir(parents=True, exist_ok=True)
     name = card_path.parent.resolve().name or "dbeta"
-    card = ModelCard.load(card_path) if card_path.is_file() else ModelCard(f"---\nlibrary_name: transformers\n---\n\n# {name}\n")
+    card = (
+        ModelCard.load(card_path)
+        if card_path.is_file()
+        else ModelCard(f"---\nlibrary_name: transformers\n---\n\n# {name}\n")
+    )
     data = card.data
     if not data.model_name:
         data.model_name = name
@@ -571,7 +625,11 @@ def update_model_card(card_path: Path, results: dict, figures: Sequence[Path]) -
                         )
                     )
     replaced = {(r.task_type, r.task_name, r.dataset_type, r.metric_name) for r in new_results}
-    kept = [r for r in (data.eval_results or []) if (r.task_type, r.task_name, r.dataset_type, r.metric_name) not in replaced]
+    kept = [
+        r
+        for r in (data.eval_results or [])
+        if (r.task_type, r.task_name, r.dataset_type, r.metric_name) not in replaced
+    ]
     data.eval_results = kept + new_results
 
     figure_links = []
@@ -598,8 +656,12 @@ def update_model_card(card_path: Path, results: dict, figures: Sequence[Path]) -
 def _git_revision() -> dict:
     root = Path(__file__).resolve().parent.parent
     try:
-        revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True).stdout
+        revision = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout
         return {"revision": revision, "dirty": bool(status.strip())}
     except (OSError, subprocess.CalledProcessError):
         return {"revision": None, "dirty": None}
@@ -607,7 +669,18 @@ def _git_revision() -> dict:
 
 def provenance(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     versions = {}
-    for package in ("dbeta", "torch", "transformers", "numpy", "scipy", "scikit-learn", "huggingface_hub", "tokenizers", "wfdb", "h5py"):
+    for package in (
+        "dbeta",
+        "torch",
+        "transformers",
+        "numpy",
+        "scipy",
+        "scikit-learn",
+        "huggingface_hub",
+        "tokenizers",
+        "wfdb",
+        "h5py",
+    ):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
@@ -672,9 +745,16 @@ def evaluate_dataset(args, name: str, path: str, model, processor, descriptions,
         summary, curves = evaluate_zero_shot(model, tokenizer, test, dataset.label_names, prompts, args.protocol)
         entry["zero_shot"] = summary
         if curves:
-            figure = plot_roc(curves, summary["per_label_auroc"], output_dir / f"roc_{name}_{args.protocol}.png", f"{name}: zero-shot ROC (macro {_fmt(summary['macro_auroc'])}%)")
+            figure = plot_roc(
+                curves,
+                summary["per_label_auroc"],
+                output_dir / f"roc_{name}_{args.protocol}.png",
+                f"{name}: zero-shot ROC (macro {_fmt(summary['macro_auroc'])}%)",
+            )
             figures.append(figure)
-        logger.info(f"{name}: zero-shot macro AUROC {_fmt(summary['macro_auroc'])}%; left out {summary['skipped_labels']}")
+        logger.info(
+            f"{name}: zero-shot macro AUROC {_fmt(summary['macro_auroc'])}%; left out {summary['skipped_labels']}"
+        )
     if "retrieval" in args.tasks:
         if dataset.reports is None:
             entry["retrieval"] = {"skipped": "the dataset has no report text"}
@@ -691,22 +771,44 @@ def evaluate_dataset(args, name: str, path: str, model, processor, descriptions,
             for ratio in args.probe_ratios:
                 subset = probe_subset(len(train.embeddings), ratio)
                 ratios[str(ratio)] = linear_probe(
-                    train.embeddings[subset], train.labels[subset], val.embeddings, val.labels, test.embeddings, test.labels,
-                    dataset.label_names, epochs=args.probe_epochs, batch_size=args.probe_batch_size,
-                    learning_rate=args.probe_lr, seed=args.seed, progress=progress,
+                    train.embeddings[subset],
+                    train.labels[subset],
+                    val.embeddings,
+                    val.labels,
+                    test.embeddings,
+                    test.labels,
+                    dataset.label_names,
+                    epochs=args.probe_epochs,
+                    batch_size=args.probe_batch_size,
+                    learning_rate=args.probe_lr,
+                    seed=args.seed,
+                    progress=progress,
                 )
                 ratios[str(ratio)]["subset_seed"] = SPLIT_SEED
-                logger.info(f"{name}: linear probe {ratio:.0%} -> test macro AUROC {_fmt(ratios[str(ratio)]['test_macro_auroc'])}%")
+                logger.info(
+                    f"{name}: linear probe {ratio:.0%} -> test macro AUROC {_fmt(ratios[str(ratio)]['test_macro_auroc'])}%"
+                )
             entry["linear_probe"] = {"ratios": ratios, "stratified": False}
     if "finetune" in args.tasks:
         if not (splits_present["train"] and splits_present["validation"] and splits_present["test"]):
             entry["finetune"] = {"skipped": f"needs train/validation/test splits, has {splits_present}"}
         else:
-            skip = {split: {f["record"] for f in cache[split, "package"].failures} for split in downstream.SPLITS if (split, "package") in cache}
+            skip = {
+                split: {f["record"] for f in cache[split, "package"].failures}
+                for split in downstream.SPLITS
+                if (split, "package") in cache
+            }
             entry["finetune"] = finetune(
-                args.model, dataset, processor.feature_extractor, output_dir / f"finetune-{name}",
-                epochs=args.finetune_epochs, batch_size=args.finetune_batch_size, learning_rate=args.finetune_lr,
-                seed=args.seed, ratio=args.finetune_ratio, skip=skip,
+                args.model,
+                dataset,
+                processor.feature_extractor,
+                output_dir / f"finetune-{name}",
+                epochs=args.finetune_epochs,
+                batch_size=args.finetune_batch_size,
+                learning_rate=args.finetune_lr,
+                seed=args.seed,
+                ratio=args.finetune_ratio,
+                skip=skip,
             )
     for (split, protocol), embedded in cache.items():
         entry.setdefault("embedded", {})[f"{split}/{protocol}"] = len(embedded.record_ids)
@@ -717,16 +819,36 @@ def evaluate_dataset(args, name: str, path: str, model, processor, descriptions,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", required=True, help="D-BETA model folder (or Hub id)")
-    parser.add_argument("--dataset", action="append", required=True, metavar="NAME=PATH", help=f"repeatable; NAME in {sorted(DATASETS)}")
+    parser.add_argument(
+        "--dataset",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help=f"repeatable; NAME in {sorted(DATASETS)}",
+    )
     parser.add_argument("--tasks", nargs="+", default=["zero_shot", "retrieval"], choices=TASKS)
-    parser.add_argument("--protocol", default="package", choices=PROTOCOLS, help="zero-shot preprocessing/scoring (see above)")
+    parser.add_argument(
+        "--protocol", default="package", choices=PROTOCOLS, help="zero-shot preprocessing/scoring (see above)"
+    )
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--prompts", help="JSON {label: text} overriding the label texts")
-    parser.add_argument("--label_descriptions", help="JSON {code: description}; default: the model folder's file, else the packaged one")
-    parser.add_argument("--split_file", help="CSV (record, split) for CPSC 2018 / CSN / CinC 2021 instead of the seeded split")
-    parser.add_argument("--split_seed", type=int, default=42, help="seed of the documented random split (datasets without an official one)")
+    parser.add_argument(
+        "--label_descriptions",
+        help="JSON {code: description}; default: the model folder's file, else the packaged one",
+    )
+    parser.add_argument(
+        "--split_file", help="CSV (record, split) for CPSC 2018 / CSN / CinC 2021 instead of the seeded split"
+    )
+    parser.add_argument(
+        "--split_seed",
+        type=int,
+        default=42,
+        help="seed of the documented random split (datasets without an official one)",
+    )
     parser.add_argument("--seed", type=int, default=42, help="seed of probe / fine-tuning training")
     parser.add_argument("--batch_size", type=int, default=32, help="ECGs per forward pass when embedding")
     parser.add_argument("--recall_ks", type=int, nargs="+", default=list(DEFAULT_RECALL_KS))
@@ -738,7 +860,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--finetune_batch_size", type=int, default=16)
     parser.add_argument("--finetune_lr", type=float, default=5e-5)
     parser.add_argument("--finetune_ratio", type=float, default=1.0)
-    parser.add_argument("--max_records", type=int, help="evaluate only the first N records of each dataset (smoke runs)")
+    parser.add_argument(
+        "--max_records", type=int, help="evaluate only the first N records of each dataset (smoke runs)"
+    )
     parser.add_argument("--model_card", help="model card (README.md) to update with model-index entries and figures")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
@@ -779,7 +903,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     }
     figures = []
     for name, path in datasets:
-        entry, dataset_figures = evaluate_dataset(args, name, path, model, processor, descriptions, prompt_overrides, output_dir)
+        entry, dataset_figures = evaluate_dataset(
+            args, name, path, model, processor, descriptions, prompt_overrides, output_dir
+        )
         results["datasets"][name] = entry
         figures += dataset_figures
 

@@ -195,7 +195,9 @@ class ECGTextIndex:
         ecg_ids / texts: optional names returned with the hits.
     """
 
-    def __init__(self, ecg_embeds, text_embeds, ecg_ids: Sequence[str] | None = None, texts: Sequence[str] | None = None):
+    def __init__(
+        self, ecg_embeds, text_embeds, ecg_ids: Sequence[str] | None = None, texts: Sequence[str] | None = None
+    ):
         self.ecg_embeds = torch.as_tensor(ecg_embeds, dtype=torch.float32)
         self.text_embeds = torch.as_tensor(text_embeds, dtype=torch.float32)
         if self.ecg_embeds.shape[-1] != self.text_embeds.shape[-1]:
