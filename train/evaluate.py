@@ -235,6 +235,8 @@ def probe_subset(num_train: int, ratio: float, seed: int = SPLIT_SEED) -> np.nda
     indices = np.arange(num_train)
     if ratio >= 1.0:
         return indices
+    if int(np.floor(ratio * num_train)) < 1:
+        raise ValueError(f"{ratio:.0%} of {num_train} training records is no record")
     subset, _ = train_test_split(indices, train_size=ratio, random_state=seed)
     return np.sort(subset)
 
@@ -377,6 +379,10 @@ def finetune(
             i for i in np.flatnonzero(dataset.splits == name) if dataset.record_ids[i] not in skip.get(name, set())
         ]
 
+    validation_labels = dataset.labels[split_indices("validation")]
+    positives = validation_labels.sum(axis=0)
+    if not ((positives > 0) & (positives < len(validation_labels))).any():
+        raise ValueError("the validation split has no label with both positives and negatives")
     train_indices = split_indices("train")
     train_indices = [train_indices[i] for i in probe_subset(len(train_indices), ratio)]
     splits = {
@@ -505,7 +511,9 @@ def markdown_report(results: dict, level: int = 1) -> str:
                 note = _fmt(auroc) if auroc is not None else f"left out ({entry['skipped_labels'][label]})"
                 prompt = entry["prompts"][label].replace("|", "\\|")
                 lines.append(f"| {label} | {positives} | {note} | {prompt} |")
-    retrieval = {name: entry["retrieval"] for name, entry in datasets.items() if "retrieval" in entry}
+    retrieval = {
+        name: entry["retrieval"] for name, entry in datasets.items() if "recall_at_k" in entry.get("retrieval", {})
+    }
     if retrieval:
         lines += ["", f"{h2} Retrieval (recall@k %, identical reports interchangeable; strict in brackets)", ""]
         for name, entry in retrieval.items():
@@ -536,7 +544,10 @@ def markdown_report(results: dict, level: int = 1) -> str:
             if "skipped" in entry:
                 lines.append(f"| {name} | " + " | ".join("skipped" for _ in ratios) + " |")
                 continue
-            cells = [_fmt(entry["ratios"][r]["test_macro_auroc"]) if r in entry["ratios"] else "" for r in ratios]
+            cells = [
+                _fmt(entry["ratios"][r].get("test_macro_auroc")) if "skipped" not in entry["ratios"][r] else "skipped"
+                for r in ratios
+            ]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     tuned = {name: entry["finetune"] for name, entry in datasets.items() if "finetune" in entry}
     if tuned:
@@ -557,6 +568,12 @@ def markdown_report(results: dict, level: int = 1) -> str:
         for name, entry in datasets.items()
         for task in ("linear_probe", "finetune", "retrieval")
         if isinstance(entry.get(task), dict) and "skipped" in entry[task]
+    ]
+    skipped += [
+        f"- {name} / linear probe {float(ratio):.0%}: {result['skipped']}"
+        for name, entry in probe.items()
+        for ratio, result in entry.get("ratios", {}).items()
+        if "skipped" in result
     ]
     if skipped:
         lines += ["", f"{h2} Skipped", "", *skipped]
@@ -769,25 +786,28 @@ def evaluate_dataset(args, name: str, path: str, model, processor, descriptions,
             train, val, test = (split_embeddings(split, "package") for split in downstream.SPLITS)
             ratios = {}
             for ratio in args.probe_ratios:
-                subset = probe_subset(len(train.embeddings), ratio)
-                ratios[str(ratio)] = linear_probe(
-                    train.embeddings[subset],
-                    train.labels[subset],
-                    val.embeddings,
-                    val.labels,
-                    test.embeddings,
-                    test.labels,
-                    dataset.label_names,
-                    epochs=args.probe_epochs,
-                    batch_size=args.probe_batch_size,
-                    learning_rate=args.probe_lr,
-                    seed=args.seed,
-                    progress=progress,
-                )
-                ratios[str(ratio)]["subset_seed"] = SPLIT_SEED
-                logger.info(
-                    f"{name}: linear probe {ratio:.0%} -> test macro AUROC {_fmt(ratios[str(ratio)]['test_macro_auroc'])}%"
-                )
+                try:
+                    subset = probe_subset(len(train.embeddings), ratio)
+                    probe = linear_probe(
+                        train.embeddings[subset],
+                        train.labels[subset],
+                        val.embeddings,
+                        val.labels,
+                        test.embeddings,
+                        test.labels,
+                        dataset.label_names,
+                        epochs=args.probe_epochs,
+                        batch_size=args.probe_batch_size,
+                        learning_rate=args.probe_lr,
+                        seed=args.seed,
+                        progress=progress,
+                    )
+                except ValueError as error:  # too few records / no evaluable validation label
+                    ratios[str(ratio)] = {"skipped": str(error)}
+                    logger.warning(f"{name}: linear probe {ratio:.0%} skipped ({error})")
+                    continue
+                ratios[str(ratio)] = {**probe, "subset_seed": SPLIT_SEED}
+                logger.info(f"{name}: linear probe {ratio:.0%} -> test macro AUROC {_fmt(probe['test_macro_auroc'])}%")
             entry["linear_probe"] = {"ratios": ratios, "stratified": False}
     if "finetune" in args.tasks:
         if not (splits_present["train"] and splits_present["validation"] and splits_present["test"]):
@@ -798,18 +818,22 @@ def evaluate_dataset(args, name: str, path: str, model, processor, descriptions,
                 for split in downstream.SPLITS
                 if (split, "package") in cache
             }
-            entry["finetune"] = finetune(
-                args.model,
-                dataset,
-                processor.feature_extractor,
-                output_dir / f"finetune-{name}",
-                epochs=args.finetune_epochs,
-                batch_size=args.finetune_batch_size,
-                learning_rate=args.finetune_lr,
-                seed=args.seed,
-                ratio=args.finetune_ratio,
-                skip=skip,
-            )
+            try:
+                entry["finetune"] = finetune(
+                    args.model,
+                    dataset,
+                    processor.feature_extractor,
+                    output_dir / f"finetune-{name}",
+                    epochs=args.finetune_epochs,
+                    batch_size=args.finetune_batch_size,
+                    learning_rate=args.finetune_lr,
+                    seed=args.seed,
+                    ratio=args.finetune_ratio,
+                    skip=skip,
+                )
+            except ValueError as error:  # too few records / no evaluable validation label
+                entry["finetune"] = {"skipped": str(error)}
+                logger.warning(f"{name}: fine-tuning skipped ({error})")
     for (split, protocol), embedded in cache.items():
         entry.setdefault("embedded", {})[f"{split}/{protocol}"] = len(embedded.record_ids)
         if embedded.failures:
