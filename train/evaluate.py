@@ -17,6 +17,7 @@ Tasks (each on every `--dataset NAME=PATH`; dataset names in `DATASETS`):
   lower-cased and embedded one by one, raw dot product.
 - ``retrieval``: datasets with reports (LUDB): recall@1/5/10 for ECG -> report and report -> ECG.
   Identical reports are interchangeable (`recall_at_k`); the strict one-to-one numbers are given too.
+  Reports are normalised as in pre-training; ECGs always go through the package's processor.
 - ``linear_probe``: a linear layer on the frozen 768-d ECG embeddings, trained with BCE and Adam
   (lr 1e-3, batch 16) on 1 %, 10 % and 100 % of the training split; the subsets are
   `train_test_split(train_size=ratio, random_state=42)` (not stratified, as MERL); the reported
