@@ -84,3 +84,95 @@ def print_table(headers: list[str], rows: list[list]) -> None:
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
         print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |")
+
+
+def _attention_block_flops(queries: int, keys: int, width: int, projections_on_keys: bool = True) -> float:
+    """q/out projections on the queries, k/v projections on the keys, scores and weighted values."""
+    flops = 2.0 * 2 * queries * width * width
+    flops += 2.0 * 2 * keys * width * width if projections_on_keys else 0.0
+    return flops + 2.0 * 2 * queries * keys * width
+
+
+def pretraining_forward_flops(config, text_length: int, num_masked_text_tokens: float) -> float:
+    """Forward FLOPs per (ECG, report) pair of a pre-training step, as `DBetaForPreTraining` runs
+    it: the MEM-masked ECG tower, the T5 encoder, both fusion stacks, the MLM head on the masked
+    tokens only, the MEM decoder over every patch, poolers and the ETM head. A training step
+    costs about 3x this (backward = 2x forward)."""
+    ecg_config, text_config, width = config.ecg_config, config.text_config, config.hidden_size
+    num_tokens = ecg_config.num_tokens(config.num_samples)
+    kept = int(num_tokens * (1 - ecg_config.mask_ratio))
+    ecg_length = kept + 1
+    flops = ecg_tower_flops(ecg_config, config.num_samples, num_kept_tokens=kept)
+
+    # T5 encoder (no biases; gated FFN has two input projections).
+    inner = text_config.num_heads * text_config.d_kv
+    per_t5_layer = 2.0 * 4 * text_length * text_config.d_model * inner + 2.0 * 2 * text_length**2 * inner
+    per_t5_layer += 2.0 * 3 * text_length * text_config.d_model * text_config.d_ff
+    flops += text_config.num_layers * per_t5_layer + 2.0 * text_length * text_config.d_model * width
+
+    # Fusion: each layer = self-attention + cross-attention + FFN, for both streams.
+    for queries, context in ((text_length, ecg_length), (ecg_length, text_length)):
+        per_layer = _attention_block_flops(queries, queries, width)
+        per_layer += _attention_block_flops(queries, context, width)
+        per_layer += 2.0 * 2 * queries * width * config.fusion_intermediate_size
+        flops += config.num_fusion_layers * per_layer
+
+    # MLM head on masked tokens only.
+    flops += num_masked_text_tokens * (2.0 * width * width + 2.0 * width * text_config.vocab_size)
+    # MEM decoder over CLS + every patch.
+    decoder_width, decoder_length = config.mem_decoder_hidden_size, num_tokens + 1
+    flops += 2.0 * ecg_length * width * decoder_width
+    per_block = _attention_block_flops(decoder_length, decoder_length, decoder_width)
+    per_block += 2.0 * 2 * decoder_length * decoder_width * 4 * decoder_width
+    flops += config.mem_decoder_num_layers * per_block
+    flops += 2.0 * decoder_length * decoder_width * ecg_config.num_leads * ecg_config.samples_per_token
+    # Poolers and the ETM head.
+    flops += 2.0 * 4 * width * width + 2.0 * 2 * width * 2
+    return flops
+
+
+class PeakRSSSampler:
+    """Samples this process's resident memory in a background thread; `peak` is the largest seen.
+
+    CPU tensors have no allocator statistics, so peak activation memory is read as the RSS peak
+    during a step minus the RSS just before it (after `malloc_trim`, so freed memory is returned).
+    """
+
+    def __init__(self, interval: float = 0.002):
+        import threading
+
+        import psutil
+
+        self._process = psutil.Process()
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.peak = 0
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            self._stop.wait(self._interval)
+
+    def __enter__(self):
+        self.peak = self._process.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+
+def current_rss_after_trim() -> int:
+    """Resident memory after asking glibc to return freed pages to the OS."""
+    import ctypes
+
+    import psutil
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
+    return psutil.Process().memory_info().rss
