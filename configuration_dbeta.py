@@ -261,7 +261,9 @@ class DBetaConfig(PreTrainedConfig):
         if not isinstance(self.text_config, T5Config):
             raise ValueError(f"`text_config` must be a T5Config or a dict, got {type(self.text_config).__name__}.")
         self.text_config.tie_word_embeddings = True
-        if isinstance(self.ecg_config, dict):
+        if self.ecg_config is None:
+            self.ecg_config = DBetaECGConfig()
+        elif isinstance(self.ecg_config, dict):
             self.ecg_config.pop("model_type", None)
             self.ecg_config = DBetaECGConfig(**self.ecg_config)
         elif self.ecg_config is not None and not isinstance(self.ecg_config, DBetaECGConfig):
