@@ -152,6 +152,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model = parser.add_argument_group("model")
     model.add_argument("--model_name_or_path", default=None, help="Continue from a saved D-BETA folder or Hub id.")
     model.add_argument("--config_name", default=None, help="A DBetaConfig JSON; default: the published architecture (demo: a small one).")
+    model.add_argument("--config_overrides", default=None, help='Top-level config fields to change, e.g. "mlm_probability=0.15,ets_loss_weight=2".')
     model.add_argument("--text_encoder", default=None, help="Initialise the T5 tower from this checkpoint (e.g. google/flan-t5-base).")
     model.add_argument("--tokenizer_name", default=None, help="Default: --text_encoder's (demo: the packaged demo tokenizer).")
     model.add_argument("--gradient_checkpointing", action="store_true")
@@ -352,6 +353,8 @@ def build_model(args: argparse.Namespace, tokenizer) -> DBetaForPreTraining:
             config = demo_model_config(tokenizer)
         else:
             config = DBetaConfig()
+        if args.config_overrides:
+            config.update_from_string(args.config_overrides)
         if args.text_encoder:
             model = DBetaForPreTraining.from_text_encoder_pretrained(args.text_encoder, config=config)
         else:
@@ -541,11 +544,13 @@ def export_hub_folder(accelerator: Accelerator, model, processor, folder: str | 
         from pipeline_dbeta import save_pipeline_folder
     except ImportError:  # the pipeline file is optional in a checkout
         save_pipeline_folder = None
+    was_training = unwrapped.training
     if save_pipeline_folder is not None:
         save_pipeline_folder(unwrapped, processor, folder, label_descriptions=label_descriptions)
     else:
         unwrapped.save_pretrained(folder)
         processor.save_pretrained(folder)
+    unwrapped.train(was_training)
     for name, text in extra_files.items():
         (folder / name).write_text(text, encoding="utf-8")
     card.save(folder / "README.md")
@@ -596,6 +601,9 @@ def evaluate(
         text_embeds.append(gathered[1].cpu())
         indices.append(gathered[2].cpu())
     ecg_embeds, text_embeds, indices = torch.cat(ecg_embeds), torch.cat(text_embeds), torch.cat(indices).numpy()
+    # Spread of the embeddings over the validation set: near 0 means a tower collapsed to a constant.
+    metrics["ecg_embedding_std"] = float(ecg_embeds.std(dim=0).mean())
+    metrics["text_embedding_std"] = float(text_embeds.std(dim=0).mean())
     reports = [normalize_report(validation_reports[i]) for i in indices]
 
     prompts = [prompt for prompt, _ in label_set.values()]

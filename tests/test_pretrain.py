@@ -1,0 +1,364 @@
+"""train/pretrain.py end to end on a tiny model: exact resume, the Hub folder (fresh-process
+loading, model card with the measured numbers), pushes to a stand-in Hub, TensorBoard logging,
+streaming and a real 2-process run."""
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dbeta.train import pretrain
+from tests.pretraining_helpers import demo_tokenizer, write_tiny_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LOSS_TERMS = ("loss", "mlm_loss", "mem_loss", "etm_loss", "ets_loss")
+HUB_FILES = {
+    "README.md",
+    "config.json",
+    "configuration_dbeta.py",
+    "model.safetensors",
+    "modeling_dbeta.py",
+    "preprocessor_config.json",
+    "processing_dbeta.py",
+    "processor_config.json",
+    "results.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+}
+if (REPO_ROOT / "pipeline_dbeta.py").is_file():
+    HUB_FILES |= {"pipeline_dbeta.py", "label_descriptions.json"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast unit tests
+# ---------------------------------------------------------------------------------------------
+
+
+def test_tri_stage_schedule_by_hand():
+    multiplier = pretrain.tri_stage_lambda(100, warmup_ratio=0.1, hold_ratio=0.4, init_lr_scale=0.01, final_lr_scale=0.01)
+    assert multiplier(0) == pytest.approx(0.01)
+    assert multiplier(5) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert multiplier(10) == multiplier(49) == 1.0
+    assert multiplier(50) == 1.0
+    assert multiplier(75) == pytest.approx(math.exp(math.log(0.01) * 25 / 50))
+    assert multiplier(100) == pytest.approx(0.01) and multiplier(150) == pytest.approx(0.01)
+
+
+def test_demo_and_paper_defaults():
+    demo = pretrain.parse_args([])
+    assert demo.is_demo and demo.output_dir == "outputs/dbeta-demo" and demo.zero_shot_labels == "demo"
+    assert demo.learning_rate == pretrain.DEMO_DEFAULTS["learning_rate"]
+    paper = pretrain.parse_args(["--dataset_dir", "data/mimic_prepared"])
+    assert not paper.is_demo
+    assert (paper.learning_rate, paper.adam_beta1, paper.adam_beta2, paper.adam_epsilon, paper.weight_decay) == (5e-5, 0.9, 0.98, 1e-6, 0.01)
+    assert (paper.lr_scheduler_type, paper.warmup_ratio, paper.hold_ratio) == ("tri_stage", 0.1, 0.4)
+    assert paper.zero_shot_labels == "mimic" and paper.n3s_mode == "far" and paper.n3s_num_candidates == 64
+    with pytest.raises(ValueError, match="max_train_steps"):
+        pretrain.parse_args(["--dataset_dir", "x", "--streaming"])
+    with pytest.raises(ValueError, match="hub_model_id"):
+        pretrain.parse_args(["--push_to_hub"])
+
+
+def test_step_seed_depends_on_seed_step_and_process_only():
+    assert pretrain.step_seed(0, 5, 1) == pretrain.step_seed(0, 5, 1)
+    assert len({pretrain.step_seed(0, 5, 1), pretrain.step_seed(1, 5, 1), pretrain.step_seed(0, 6, 1), pretrain.step_seed(0, 5, 0)}) == 4
+
+
+def test_checkpoint_rotation_and_latest(tmp_path):
+    for step in (2, 10, 4, 8):
+        (tmp_path / "checkpoints" / f"step_{step}").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "not_a_checkpoint").mkdir()
+    assert pretrain.resolve_checkpoint("latest", str(tmp_path)).name == "step_10"
+    pretrain.rotate_checkpoints(str(tmp_path), keep=2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["not_a_checkpoint", "step_10", "step_8"]
+    assert pretrain.resolve_checkpoint("latest", str(tmp_path / "elsewhere")) is None
+    assert pretrain.resolve_checkpoint(None, str(tmp_path)) is None
+
+
+def test_keyword_labels_respect_word_boundaries():
+    labels = pretrain.zero_shot_label_set("mimic")
+    reports = ["Sinus rhythm. Abnormal ECG", "sinus rhythm normal ecg", "atrial fibrillation with pvcs"]
+    matrix = pretrain.keyword_labels(reports, labels)
+    names = list(labels)
+    assert matrix[0, names.index("normal ecg")] == 0  # "abnormal ecg" is not "normal ecg"
+    assert matrix[1, names.index("normal ecg")] == 1
+    assert matrix[2, names.index("ventricular premature complexes")] == 1
+    demo = pretrain.zero_shot_label_set("demo")
+    assert demo["atrial_fibrillation"][0] == "atrial fibrillation"
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prepared_dataset(tmp_path_factory):
+    from dbeta.train.make_demo_corpus import make_demo_corpus
+    from dbeta.train.mimic_iv_ecg import prepare_mimic_iv_ecg
+
+    root = tmp_path_factory.mktemp("corpus")
+    make_demo_corpus(root / "raw", num_records=60, num_subjects=30, seed=0)
+    prepare_mimic_iv_ecg(root / "raw", root / "prepared", val_fraction=0.2, seed=0, progress=False)
+    return root / "prepared"
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(prepared_dataset, tmp_path_factory):
+    tokenizer = demo_tokenizer()
+    folder = tmp_path_factory.mktemp("setup")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    config = write_tiny_config(tokenizer, folder / "tiny_config.json")
+    return SimpleNamespace(dataset=prepared_dataset, config=config, tokenizer=folder / "tokenizer")
+
+
+def common_args(setup, output_dir, *extra):
+    return [
+        "--dataset_dir", str(setup.dataset), "--config_name", str(setup.config), "--tokenizer_name", str(setup.tokenizer),
+        "--output_dir", str(output_dir), "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
+        "--gradient_accumulation_steps", "2", "--max_train_steps", "6", "--learning_rate", "1e-3",
+        "--checkpointing_steps", "2", "--eval_steps", "0", "--logging_steps", "1", "--report_to", "none", *extra,
+    ]  # fmt: skip
+
+
+def run_main(argv):
+    """pretrain.main in this process, with accelerate's process-wide singletons reset around it."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    try:
+        return pretrain.main(argv)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+class StandInHub:
+    """Records what `HfApi.create_repo` / `upload_folder` would send (no network)."""
+
+    def __init__(self):
+        self.repos, self.commits = [], []
+
+    def install(self, monkeypatch):
+        import huggingface_hub
+        from huggingface_hub.utils import filter_repo_objects
+
+        hub = self
+
+        def create_repo(api, repo_id, *, private=None, exist_ok=False, **kwargs):
+            hub.repos.append({"repo_id": repo_id, "private": private, "exist_ok": exist_ok})
+            return SimpleNamespace(repo_id=repo_id)
+
+        def upload_folder(api, *, repo_id, folder_path, commit_message=None, allow_patterns=None, ignore_patterns=None, **kwargs):
+            folder = Path(folder_path)
+            files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+            uploaded = list(filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns))
+            results = json.loads((folder / "results.json").read_text())
+            hub.commits.append({"repo_id": repo_id, "message": commit_message, "files": uploaded, "results": results})
+            return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/{len(hub.commits)}")
+
+        monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+        monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_setup, tmp_path_factory):
+    """6 steps (2 epochs, gradient accumulation 2), checkpoints every 2 steps, TensorBoard, pushes."""
+    monkeypatch = pytest.MonkeyPatch()
+    hub = StandInHub()
+    hub.install(monkeypatch)
+    output_dir = tmp_path_factory.mktemp("full") / "dbeta-tiny"
+    try:
+        result = run_main(
+            common_args(tiny_setup, output_dir, "--report_to", "tensorboard", "--push_to_hub", "--hub_model_id", "test-user/dbeta-tiny")
+        )
+    finally:
+        monkeypatch.undo()
+    return SimpleNamespace(result=result, output_dir=output_dir, hub=hub)
+
+
+@pytest.mark.slow
+def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(full_run, tiny_setup, tmp_path):
+    uninterrupted = full_run.result
+    assert [entry["step"] for entry in uninterrupted.history] == [1, 2, 3, 4, 5, 6]
+    # A second run that finds step 2's checkpoint in its own folder and continues from "latest".
+    resumed_dir = tmp_path / "resumed"
+    (resumed_dir / "checkpoints").mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(full_run.output_dir / "checkpoints" / "step_2", resumed_dir / "checkpoints" / "step_2")
+    resumed = run_main(common_args(tiny_setup, resumed_dir, "--resume_from_checkpoint", "latest"))
+    assert [entry["step"] for entry in resumed.history] == [3, 4, 5, 6]
+    assert resumed.history == uninterrupted.history[2:]  # every loss term, bit for bit
+    final, final_resumed = load_file(full_run.output_dir / "model.safetensors"), load_file(resumed_dir / "model.safetensors")
+    assert final.keys() == final_resumed.keys()
+    assert all(torch.equal(final[key], final_resumed[key]) for key in final)
+    assert resumed.metrics == uninterrupted.metrics
+
+
+@pytest.mark.slow
+def test_checkpoints_hold_the_training_state(full_run):
+    checkpoints = sorted(p.name for p in (full_run.output_dir / "checkpoints").iterdir())
+    assert checkpoints == ["step_2", "step_4", "step_6"]  # checkpoints_total_limit defaults to 3
+    files = {p.name for p in (full_run.output_dir / "checkpoints" / "step_4").iterdir()}
+    assert {"model.safetensors", "optimizer.bin", "scheduler.bin", "custom_checkpoint_0.pkl"} <= files
+
+
+@pytest.mark.slow
+def test_hub_folder_is_complete_and_loads_in_a_fresh_process(full_run, tmp_path):
+    folder = full_run.output_dir
+    assert HUB_FILES <= {p.name for p in folder.iterdir()}
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_dbeta.DBetaModel"
+    assert config["architectures"] == ["DBetaForPreTraining"]
+
+    script = r"""
+import json, sys, torch
+from transformers import AutoModel, AutoProcessor
+folder = sys.argv[1]
+model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+ecg = torch.linspace(-1, 1, 12 * 5000).reshape(12, 5000).numpy()
+inputs = processor(ecg=ecg, sampling_rate=500, text=["sinus rhythm"], return_tensors="pt")
+with torch.no_grad():
+    output = model(**inputs)
+print(json.dumps({"module": type(model).__module__, "class": type(model).__name__,
+                  "ecg": output.ecg_embeds[0].tolist(), "logit": output.logits_per_ecg.item()}))
+"""
+    completed = subprocess.run(
+        [sys.executable, "-c", script, str(folder)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
+    assert completed.returncode == 0, completed.stderr
+    loaded = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert loaded["class"] == "DBetaModel"
+    assert loaded["module"].startswith("transformers_modules")  # the folder's remote code, not the package
+
+    from modeling_dbeta import DBetaForPreTraining
+    from processing_dbeta import DBetaProcessor
+
+    model = DBetaForPreTraining.from_pretrained(folder).eval()
+    processor = DBetaProcessor.from_pretrained(folder)
+    ecg = torch.linspace(-1, 1, 12 * 5000).reshape(12, 5000).numpy()
+    inputs = processor(ecg=ecg, sampling_rate=500, text=["sinus rhythm"], return_tensors="pt")
+    with torch.no_grad():
+        ecg_embeds = model.get_ecg_features(inputs["input_values"]).pooler_output
+        text_embeds = model.get_text_features(inputs["input_ids"], inputs["attention_mask"]).pooler_output
+    torch.testing.assert_close(torch.tensor(loaded["ecg"]), ecg_embeds[0], atol=1e-5, rtol=1e-5)
+    assert loaded["logit"] == pytest.approx((ecg_embeds @ text_embeds.T).item(), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_model_card_renders_the_measured_numbers(full_run, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from dbeta.train.model_card import _format_value
+
+    folder = full_run.output_dir
+    results = json.loads((folder / "results.json").read_text())
+    metrics = results["metrics"]
+    assert metrics == pytest.approx(full_run.result.metrics)
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "transformers" and card.data.license == "cc-by-nc-4.0"
+    zero_shot = card.data.eval_results[0]
+    assert zero_shot.metric_type == "roc_auc" and zero_shot.dataset_split == "validation"
+    assert zero_shot.metric_value == round(metrics["zero_shot_macro_auroc"], 4)
+    text = card.text
+    assert f"| zero-shot macro AUROC ({metrics['zero_shot_num_labels']} labels) | {_format_value(metrics['zero_shot_macro_auroc'])} |" in text
+    assert f"| validation ets loss | {_format_value(metrics['ets_loss'])} |" in text
+    assert f"| retrieval ECG -> report recall@1 | {_format_value(metrics['ecg_to_text_recall@1'])} |" in text
+    assert "| learning rate | 0.001 |" in text and "| optimiser steps | 6 |" in text
+    assert "for 6 optimiser steps" in text and "@inproceedings{pham2025dbeta" in text
+    assert re.search(r"\| train records \| \d+ \|", text)
+
+    # The usage snippet runs as written against the folder (remote code, fresh process).
+    snippet = re.search(r"```python\n(.*?)```", text, re.S).group(1).replace("test-user/dbeta-tiny", str(folder))
+    completed = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+
+
+@pytest.mark.slow
+def test_push_uploads_a_commit_per_checkpoint_and_the_final_folder(full_run):
+    hub = full_run.hub
+    assert hub.repos == [{"repo_id": "test-user/dbeta-tiny", "private": False, "exist_ok": True}]
+    assert [commit["message"] for commit in hub.commits] == [
+        "Training in progress, step 2",
+        "Training in progress, step 4",
+        "Training in progress, step 6",
+        "End of training (step 6)",
+    ]
+    for commit in hub.commits[:3]:
+        assert set(commit["files"]) == HUB_FILES  # exactly the Hub folder, nothing else
+    final = set(hub.commits[-1]["files"])
+    assert HUB_FILES <= final
+    assert {name for name in final - HUB_FILES if not name.startswith("runs/")} == set()
+    assert not any(name.startswith(("checkpoints/", ".hub_staging/")) for name in final)
+    assert hub.commits[-1]["results"]["completed_steps"] == 6
+    assert [commit["results"]["completed_steps"] for commit in hub.commits[:3]] == [2, 4, 6]
+    staging = full_run.output_dir / pretrain.HUB_STAGING_FOLDER
+    assert not staging.exists() or not any(staging.iterdir())  # staged copies removed after upload
+
+
+@pytest.mark.slow
+def test_tensorboard_logs_every_loss_term_lr_and_throughput(full_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(full_run.output_dir / "runs" / "dbeta-pretrain")).Reload()
+    tags = set(events.Tags()["scalars"])
+    expected = {f"train/{term}" for term in LOSS_TERMS} | {"train/learning_rate", "train/samples_per_second"}
+    expected |= {f"validation/{term}" for term in LOSS_TERMS} | {"validation/zero_shot_macro_auroc", "validation/ecg_to_text_recall@1"}
+    assert expected <= tags
+    assert [event.step for event in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+    losses = [event.value for event in events.Scalars("train/ets_loss")]
+    assert losses == pytest.approx([entry["ets_loss"] for entry in full_run.result.history], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_streaming_training(tiny_setup, tmp_path):
+    result = run_main(common_args(tiny_setup, tmp_path / "streamed", "--streaming", "--max_train_steps", "3", "--checkpointing_steps", "0"))
+    assert result.completed_steps == 3
+    assert all(math.isfinite(entry["loss"]) for entry in result.history)
+    assert (tmp_path / "streamed" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_two_real_processes_train_with_gathered_ets(tiny_setup, tmp_path):
+    """torchrun starts 2 gloo processes (accelerate launch --cpu --num_processes 2 would start one)."""
+    output_dir = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(REPO_ROOT / "train" / "pretrain.py"), "--cpu",
+        *common_args(tiny_setup, output_dir, "--max_train_steps", "2", "--gradient_accumulation_steps", "1"),
+    ]  # fmt: skip
+    completed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    results = json.loads((output_dir / "results.json").read_text())
+    assert results["completed_steps"] == 2
+    assert results["samples_seen"] == 2 * 8 * 2  # 2 steps x 8 per process x 2 processes
+    assert "| processes | 2 |" in (output_dir / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["single_gpu", "multi_gpu", "fsdp", "cpu_2_processes"])
+def test_accelerate_configs_parse(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(REPO_ROOT / "train" / "configs" / f"{name}.yaml"))
+    assert config.compute_environment.value == "LOCAL_MACHINE"
+    if name == "fsdp":
+        assert config.distributed_type.value == "FSDP"
+        assert "DBetaFusionLayer" in config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"]
+        import modeling_dbeta
+
+        for class_name in config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"].split(","):
+            assert class_name == "T5Block" or hasattr(modeling_dbeta, class_name)
+    if name == "cpu_2_processes":
+        assert config.num_processes == 2
