@@ -328,3 +328,19 @@ def test_loading_in_bfloat16(tiny_model, tmp_path):
         reference = tiny_model.get_ecg_features(ecg).pooler_output
     assert features.dtype == torch.bfloat16
     torch.testing.assert_close(features.float(), reference, atol=0.02, rtol=0.02)
+
+
+def test_feature_extractor_gemm_path_equals_convolution():
+    """Stride == kernel windows are computed as one GEMM; they must equal Conv1d + GroupNorm + GELU."""
+    torch.manual_seed(0)
+    model = DBetaECGModel(tiny_config().ecg_config).eval()
+    ecg = make_ecg(2)
+    expected = ecg
+    for index, layer in enumerate(model.ecg_model.feature_extractor.conv_layers):
+        expected = layer.conv(expected)
+        if index == 0:
+            expected = layer.layer_norm(expected)
+        expected = torch.nn.functional.gelu(expected)
+    with torch.no_grad():
+        actual = model.ecg_model.feature_extractor(ecg)
+    torch.testing.assert_close(actual, expected.detach().transpose(1, 2), atol=1e-5, rtol=1e-5)
