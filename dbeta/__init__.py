@@ -7,10 +7,10 @@ remote code.
 """
 from pathlib import Path
 
-from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
+from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, AutoModelForSequenceClassification
 
 from configuration_dbeta import DBetaConfig, DBetaECGConfig
-from modeling_dbeta import DBetaECGModel, DBetaForPreTraining, DBetaModel
+from modeling_dbeta import DBetaECGModel, DBetaForECGClassification, DBetaForPreTraining, DBetaModel
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ASSETS_DIR = PACKAGE_DIR / "assets"
@@ -21,12 +21,14 @@ AutoConfig.register(DBetaECGConfig.model_type, DBetaECGConfig, exist_ok=True)
 AutoModel.register(DBetaConfig, DBetaModel, exist_ok=True)
 AutoModel.register(DBetaECGConfig, DBetaECGModel, exist_ok=True)
 AutoModelForPreTraining.register(DBetaConfig, DBetaForPreTraining, exist_ok=True)
+AutoModelForSequenceClassification.register(DBetaConfig, DBetaForECGClassification, exist_ok=True)
 
 __version__ = "0.1.0"
 __all__ = [
     "DBetaConfig",
     "DBetaECGConfig",
     "DBetaECGModel",
+    "DBetaForECGClassification",
     "DBetaForPreTraining",
     "DBetaModel",
     "LABEL_DESCRIPTIONS_FILE",
