@@ -72,8 +72,16 @@ def run_shard(rank: int, init_file: str, result_file: str):
 @pytest.fixture(scope="module")
 def two_process_results(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ets")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(run_shard, args=(str(folder / "init"), str(folder / "result")), nprocs=WORLD_SIZE, join=True)
+    # One thread per child process; restored afterwards so later subprocesses keep the defaults.
+    previous = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        mp.spawn(run_shard, args=(str(folder / "init"), str(folder / "result")), nprocs=WORLD_SIZE, join=True)
+    finally:
+        if previous is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = previous
     return [torch.load(folder / f"result.{rank}") for rank in range(WORLD_SIZE)]
 
 
