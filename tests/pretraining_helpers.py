@@ -1,7 +1,6 @@
 """Shared pieces of the pre-training tests: the packaged demo tokenizer, prepared-style rows and
 a tiny configuration that fits that tokenizer."""
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +10,9 @@ from tests.tiny import tiny_config
 
 def demo_tokenizer():
     """The offline T5-style tokenizer that ships in `dbeta/assets/demo_tokenizer`."""
-    from transformers import AutoTokenizer
+    from dbeta.train.build_demo_tokenizer import load_demo_tokenizer
 
-    from dbeta.train.pretrain import demo_tokenizer_dir
-
-    return AutoTokenizer.from_pretrained(os.environ.get("DBETA_TEST_TOKENIZER", str(demo_tokenizer_dir())))
+    return load_demo_tokenizer()
 
 
 def tiny_pretraining_config(tokenizer, **overrides):

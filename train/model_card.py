@@ -203,8 +203,9 @@ classifier(ecg, sampling_rate=500, candidate_labels={list(report.zero_shot_label
 ## Evaluation (validation split, measured at the end of training)
 
 Zero-shot scores are the ETS logits between each validation ECG and the prompt of each label;
-labels come from keyword matches in the held-out reports. Retrieval ranks all validation
-reports for every ECG (and the reverse) by the same logit; identical reports count as one.
+labels come from keyword matches in the held-out reports. Retrieval ranks the distinct
+validation reports for every validation ECG by the same logit (ECG -> report), and all validation
+ECGs for every distinct report, where any ECG carrying that report is a hit (report -> ECG).
 
 {_table(evaluation_rows(metrics, report.zero_shot_labels), ("metric", "value"))}
 

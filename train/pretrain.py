@@ -53,8 +53,9 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from configuration_dbeta import DBetaConfig
+from dbeta.train.build_demo_tokenizer import DEMO_TOKENIZER_DIR
 from dbeta.train.collator import DBetaPretrainingCollator, EpochShuffleSampler, IndexedDataset, PretrainingBatchSettings
-from dbeta.train.metrics import cross_modal_recall, multilabel_auroc
+from dbeta.train.metrics import multilabel_auroc, recall_at_k
 from dbeta.train.model_card import PretrainingReport, build_model_card
 from dbeta.train.n3s import N3S_MODES, N3SSettings, default_cache_dir, load_or_build_n3s_index
 from dbeta.train.text import normalize_report
@@ -80,9 +81,9 @@ DEMO_DEFAULTS = {
     "learning_rate": 1e-3,
     "per_device_train_batch_size": 32,
     "per_device_eval_batch_size": 64,
-    "max_train_steps": 600,
-    "eval_steps": 300,
-    "checkpointing_steps": 300,
+    "max_train_steps": 1500,
+    "eval_steps": 500,
+    "checkpointing_steps": 500,
     "logging_steps": 20,
     "lr_scheduler_type": "cosine",
     "warmup_ratio": 0.05,
@@ -227,12 +228,6 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
 # --------------------------------------------------------------------------------------------
 
 
-def demo_tokenizer_dir() -> Path:
-    import dbeta
-
-    return Path(dbeta.__file__).resolve().parent / "assets" / "demo_tokenizer"
-
-
 def prepare_demo_dataset(args: argparse.Namespace) -> str:
     """Write the simulated corpus and prepare it, unless that was done before; returns the dataset dir."""
     from dbeta.train.make_demo_corpus import make_demo_corpus
@@ -309,10 +304,13 @@ class _StreamingRows(torch.utils.data.IterableDataset):
 
 
 def demo_model_config(tokenizer) -> DBetaConfig:
-    """The demo's small D-BETA (~2.7M parameters): every module of the real one, narrower and shallower."""
+    """The demo's small D-BETA (2.7M parameters): every module of the real one, narrower and shallower."""
     return DBetaConfig(
         ecg_config=dict(
-            conv_dim=[64] * 4,
+            # Five stride-2 convolutions: one token per 32 samples (64 ms), 156 tokens per ECG.
+            conv_dim=[64] * 5,
+            conv_kernel=[2] * 5,
+            conv_stride=[2] * 5,
             hidden_size=128,
             num_hidden_layers=4,
             num_attention_heads=4,
@@ -320,6 +318,9 @@ def demo_model_config(tokenizer) -> DBetaConfig:
             num_conv_pos_embeddings=32,
             num_conv_pos_embedding_groups=16,
             projection_dim=128,
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+            feat_proj_dropout=0.0,
         ),
         text_config=dict(
             vocab_size=len(tokenizer),
@@ -328,6 +329,7 @@ def demo_model_config(tokenizer) -> DBetaConfig:
             d_ff=256,
             num_layers=2,
             num_heads=4,
+            dropout_rate=0.0,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
             decoder_start_token_id=tokenizer.pad_token_id,
@@ -336,10 +338,15 @@ def demo_model_config(tokenizer) -> DBetaConfig:
         num_fusion_layers=2,
         fusion_num_attention_heads=4,
         fusion_intermediate_size=512,
+        fusion_dropout=0.0,
         mem_decoder_hidden_size=64,
         mem_decoder_num_layers=2,
         mem_decoder_num_attention_heads=4,
         mem_fusion_layer=1,
+        # From-scratch towers start with almost input-independent pooled embeddings at the usual
+        # 0.02; ETS (no bias, unnormalised features) then settles in the constant "all pairs
+        # negative" solution. A wider initialisation lets the demo leave it within minutes.
+        initializer_range=0.05,
     )
 
 
@@ -608,14 +615,24 @@ def evaluate(
 
     prompts = [prompt for prompt, _ in label_set.values()]
     encoded = tokenizer([normalize_report(p) for p in prompts], padding=True, return_tensors="pt").to(accelerator.device)
-    prompt_embeds = unwrapped.get_text_features(encoded["input_ids"], encoded["attention_mask"]).pooler_output.float().cpu()
-    scores = unwrapped.dbeta.ets_logits(ecg_embeds.to(prompt_embeds.dtype), prompt_embeds)
+    prompt_embeds = unwrapped.get_text_features(encoded["input_ids"], encoded["attention_mask"]).pooler_output
+    # The ETS logits (scale and bias live on the model's device, possibly learnable).
+    scores = unwrapped.dbeta.ets_logits(ecg_embeds.to(prompt_embeds), prompt_embeds).float().cpu()
     auroc = multilabel_auroc(keyword_labels(reports, label_set), scores.numpy(), list(label_set))
     metrics["zero_shot_macro_auroc"] = auroc.macro
     metrics["zero_shot_num_labels"] = len(auroc.per_label)
     metrics.update({f"zero_shot_auroc/{label}": value for label, value in auroc.per_label.items()})
 
-    recall = cross_modal_recall(ecg_embeds.numpy(), text_embeds.numpy(), ks=recall_ks, groups=reports)
+    # Retrieval over the distinct reports: an ECG finds its report among the unique validation
+    # reports, and a report finds any ECG that carries it (identical reports count as one).
+    unique_reports, first_row = np.unique(np.array(reports, dtype=object), return_index=True)
+    unique_text_embeds = text_embeds[torch.as_tensor(first_row)].numpy()
+    similarity = ecg_embeds.numpy() @ unique_text_embeds.T
+    ks = [k for k in recall_ks if k <= len(unique_reports)] or [1]
+    recall = {
+        "ecg_to_text": recall_at_k(similarity, ks, query_groups=reports, gallery_groups=list(unique_reports)),
+        "text_to_ecg": recall_at_k(similarity.T, ks, query_groups=list(unique_reports), gallery_groups=reports),
+    }
     for direction, values in recall.items():
         metrics.update({f"{direction}_recall@{k}": value for k, value in values.items()})
     if was_training:
@@ -691,7 +708,7 @@ def main(argv: Sequence[str] | None = None) -> PretrainingResult:
         with accelerator.main_process_first():
             args.dataset_dir = prepare_demo_dataset(args)
     if args.tokenizer_name is None:
-        args.tokenizer_name = args.text_encoder or args.model_name_or_path or (str(demo_tokenizer_dir()) if args.is_demo else "google/flan-t5-base")
+        args.tokenizer_name = args.text_encoder or args.model_name_or_path or (str(DEMO_TOKENIZER_DIR) if args.is_demo else "google/flan-t5-base")
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name)
     train_data, validation_data, train_reports = load_splits(args)
 
