@@ -144,7 +144,8 @@ def main(argv=None):
     from configuration_dbeta import DBetaConfig
     from dbeta.train.collator import DBetaPretrainingCollator, IndexedDataset, PretrainingBatchSettings
     from dbeta.train.n3s import N3SSettings, default_cache_dir, load_or_build_n3s_index
-    from dbeta.train.pretrain import build_model, demo_tokenizer_dir, load_splits, parse_args, prepare_demo_dataset
+    from dbeta.train.build_demo_tokenizer import DEMO_TOKENIZER_DIR
+    from dbeta.train.pretrain import build_model, load_splits, parse_args, prepare_demo_dataset
     from modeling_dbeta import DBetaForPreTraining
 
     torch.set_num_threads(options.threads)
@@ -166,7 +167,7 @@ def main(argv=None):
         started = time.perf_counter()
         args.dataset_dir = prepare_demo_dataset(args)
         prepare_seconds = time.perf_counter() - started
-        tokenizer = AutoTokenizer.from_pretrained(str(demo_tokenizer_dir()))
+        tokenizer = AutoTokenizer.from_pretrained(str(DEMO_TOKENIZER_DIR))
         train_data, _, train_reports = load_splits(args)
         n3s_settings = N3SSettings(args.n3s_encoder, args.n3s_mode, args.n3s_num_candidates, args.n3s_hard_max_similarity)
         n3s_index = load_or_build_n3s_index(train_reports, default_cache_dir(args.dataset_dir, args.train_split), n3s_settings)
