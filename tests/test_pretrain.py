@@ -247,7 +247,7 @@ print(json.dumps({"module": type(model).__module__, "class": type(model).__name_
     from processing_dbeta import DBetaProcessor
 
     model = DBetaForPreTraining.from_pretrained(folder).eval()
-    processor = DBetaProcessor.from_pretrained(folder)
+    processor = DBetaProcessor.from_pretrained(folder, trust_remote_code=True)
     ecg = torch.linspace(-1, 1, 12 * 5000).reshape(12, 5000).numpy()
     inputs = processor(ecg=ecg, sampling_rate=500, text=["sinus rhythm"], return_tensors="pt")
     with torch.no_grad():

@@ -27,7 +27,7 @@ class PretrainingReport:
     """What a pre-training run measured and how it was configured (input of `build_model_card`).
 
     Attributes:
-        model_name: the repository id or folder name the card is for.
+        model_name: the repository id, or the folder, that the usage snippet loads.
         is_demo: trained on the simulated demo corpus (changes the data, licence and limitation text).
         dataset_description: one line naming the training data.
         data_counts: e.g. `{"train records": 2707, "validation records": 293, "unique train reports": 30}`.
@@ -57,6 +57,8 @@ class PretrainingReport:
     license: str = "apache-2.0"
     hub_dataset_ids: list[str] = field(default_factory=list)
     software: Mapping[str, str] = field(default_factory=dict)
+    #: Departures of this run's configuration from the paper's, one sentence each.
+    notes: list[str] = field(default_factory=list)
 
 
 def _format_value(value: Any) -> str:
@@ -129,8 +131,9 @@ def build_model_card(report: PretrainingReport) -> ModelCard:
                 metric_value=round(float(metrics["ecg_to_text_recall@1"]), 4),
             )
         )
+    title = report.model_name.rstrip("/").split("/")[-1]
     card_data = ModelCardData(
-        model_name=report.model_name,
+        model_name=title,
         library_name="transformers",
         pipeline_tag="feature-extraction",
         license=report.license,
@@ -165,11 +168,14 @@ def build_model_card(report: PretrainingReport) -> ModelCard:
         )
 
     prompt_rows = {label: f'"{prompt}"' for label, prompt in report.zero_shot_labels.items()}
+    notes_text = "".join(f"\n- {note}" for note in report.notes)
+    if notes_text:
+        notes_text = "\nDifferences from the paper's configuration:\n" + notes_text + "\n"
     content = f"""---
 {card_data.to_yaml()}
 ---
 
-# {report.model_name}
+# {title}
 
 A D-BETA model (*Boosting Masked ECG-Text Auto-Encoders as Discriminative Learners*, ICML 2025):
 an ECG transformer and a T5 text encoder pre-trained together with four objectives — masked
@@ -226,7 +232,7 @@ Zero-shot prompts:
 Architecture:
 
 {_table(report.architecture, ("component", "size"))}
-
+{notes_text}
 Software: {", ".join(f"{name} {version}" for name, version in report.software.items()) or "n/a"}.
 
 ## Limitations
