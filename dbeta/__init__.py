@@ -7,10 +7,18 @@ remote code.
 """
 from pathlib import Path
 
-from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, AutoModelForSequenceClassification
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    AutoModelForPreTraining,
+    AutoModelForSequenceClassification,
+    AutoProcessor,
+)
 
 from configuration_dbeta import DBetaConfig, DBetaECGConfig
 from modeling_dbeta import DBetaECGModel, DBetaForECGClassification, DBetaForPreTraining, DBetaModel
+from processing_dbeta import DBetaFeatureExtractor, DBetaProcessor
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ASSETS_DIR = PACKAGE_DIR / "assets"
@@ -22,6 +30,9 @@ AutoModel.register(DBetaConfig, DBetaModel, exist_ok=True)
 AutoModel.register(DBetaECGConfig, DBetaECGModel, exist_ok=True)
 AutoModelForPreTraining.register(DBetaConfig, DBetaForPreTraining, exist_ok=True)
 AutoModelForSequenceClassification.register(DBetaConfig, DBetaForECGClassification, exist_ok=True)
+for config_class in (DBetaConfig, DBetaECGConfig):
+    AutoFeatureExtractor.register(config_class, DBetaFeatureExtractor, exist_ok=True)
+AutoProcessor.register(DBetaConfig, DBetaProcessor, exist_ok=True)
 
 __version__ = "0.1.0"
 __all__ = [
@@ -29,7 +40,9 @@ __all__ = [
     "DBetaECGConfig",
     "DBetaECGModel",
     "DBetaForECGClassification",
+    "DBetaFeatureExtractor",
     "DBetaForPreTraining",
+    "DBetaProcessor",
     "DBetaModel",
     "LABEL_DESCRIPTIONS_FILE",
 ]
