@@ -72,6 +72,16 @@ def test_step_seed_depends_on_seed_step_and_process_only():
     assert len({pretrain.step_seed(0, 5, 1), pretrain.step_seed(1, 5, 1), pretrain.step_seed(0, 6, 1), pretrain.step_seed(0, 5, 0)}) == 4
 
 
+def test_cpu_threads_are_shared_by_the_local_processes(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert pretrain.cpu_threads_per_process(None, num_processes=1) == 8
+    assert pretrain.cpu_threads_per_process(None, num_processes=3) == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # several machines: only this machine's processes share
+    assert pretrain.cpu_threads_per_process(None, num_processes=16) == 2
+    assert pretrain.cpu_threads_per_process(5, num_processes=16) == 5
+
+
 def test_checkpoint_rotation_and_latest(tmp_path):
     for step in (2, 10, 4, 8):
         (tmp_path / "checkpoints" / f"step_{step}").mkdir(parents=True)

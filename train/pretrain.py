@@ -38,6 +38,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,6 +189,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--num_train_epochs", type=int, default=1)
     optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="Default: accelerate config.")
     optim.add_argument("--cpu", action="store_true", help="Train on the CPU even when a GPU is present.")
+    optim.add_argument(
+        "--num_cpu_threads",
+        type=int,
+        default=None,
+        help="Threads per process when training on the CPU. Default: the cores available, shared by the local "
+        "processes (`accelerate launch` sets OMP_NUM_THREADS=1, which would leave cores idle).",
+    )
     optim.add_argument("--seed", type=int, default=0)
 
     run = parser.add_argument_group("logging, checkpoints, export")
@@ -432,6 +440,15 @@ def build_scheduler(args: argparse.Namespace, optimizer, total_steps: int, num_p
     )
 
 
+def cpu_threads_per_process(requested: int | None, num_processes: int) -> int:
+    """`requested`, or the cores this process may use divided among the processes of this machine."""
+    if requested:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", num_processes))
+    return max(1, cores // max(1, local_processes))
+
+
 def step_seed(seed: int, micro_step: int, process_index: int) -> int:
     """The seed of one forward pass: a function of (seed, micro-step, process) only."""
     return int(np.random.SeedSequence([seed, micro_step, process_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
@@ -578,6 +595,28 @@ def export_hub_folder(accelerator: Accelerator, model, processor, folder: str | 
 # --------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def full_parameters(accelerator: Accelerator, model):
+    """Under FSDP, make the root module's own (sharded) parameters whole, so that its sub-modules
+    (`get_ecg_features`, `get_text_features`) can be called outside its `forward`."""
+    if accelerator.distributed_type != DistributedType.FSDP:
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):  # FSDP2: wrapped blocks unshard themselves when called
+        model.unshard()
+        try:
+            yield
+        finally:
+            model.reshard()
+    else:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        with FullyShardedDataParallel.summon_full_params(model, writeback=False):
+            yield
+
+
 @torch.no_grad()
 def evaluate(
     accelerator: Accelerator,
@@ -611,8 +650,9 @@ def evaluate(
 
     ecg_embeds, text_embeds, indices = [], [], []
     for batch in embedding_loader:
-        ecg = unwrapped.get_ecg_features(batch["input_values"]).pooler_output
-        text = unwrapped.get_text_features(batch["input_ids"], batch["attention_mask"]).pooler_output
+        with full_parameters(accelerator, model):
+            ecg = unwrapped.get_ecg_features(batch["input_values"]).pooler_output
+            text = unwrapped.get_text_features(batch["input_ids"], batch["attention_mask"]).pooler_output
         gathered = accelerator.gather_for_metrics((ecg.float(), text.float(), batch["sample_index"]))
         ecg_embeds.append(gathered[0].cpu())
         text_embeds.append(gathered[1].cpu())
@@ -625,9 +665,10 @@ def evaluate(
 
     prompts = [prompt for prompt, _ in label_set.values()]
     encoded = tokenizer([normalize_report(p) for p in prompts], padding=True, return_tensors="pt").to(accelerator.device)
-    prompt_embeds = unwrapped.get_text_features(encoded["input_ids"], encoded["attention_mask"]).pooler_output
-    # The ETS logits (scale and bias live on the model's device, possibly learnable).
-    scores = unwrapped.dbeta.ets_logits(ecg_embeds.to(prompt_embeds), prompt_embeds).float().cpu()
+    with full_parameters(accelerator, model):
+        prompt_embeds = unwrapped.get_text_features(encoded["input_ids"], encoded["attention_mask"]).pooler_output
+        # The ETS logits (scale and bias live on the model's device, possibly learnable).
+        scores = unwrapped.dbeta.ets_logits(ecg_embeds.to(prompt_embeds), prompt_embeds).float().cpu()
     auroc = multilabel_auroc(keyword_labels(reports, label_set), scores.numpy(), list(label_set))
     metrics["zero_shot_macro_auroc"] = auroc.macro
     metrics["zero_shot_num_labels"] = len(auroc.per_label)
@@ -713,6 +754,8 @@ def main(argv: Sequence[str] | None = None) -> PretrainingResult:
     else:
         datasets.utils.logging.set_verbosity_error()
         transformers.utils.logging.set_verbosity_error()
+    if accelerator.device.type == "cpu":
+        torch.set_num_threads(cpu_threads_per_process(args.num_cpu_threads, accelerator.num_processes))
     logger.info(accelerator.state, main_process_only=False)
     set_seed(args.seed)  # model initialisation
 
