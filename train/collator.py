@@ -37,7 +37,7 @@ from processing_dbeta import canonical_lead_name
 #: The mask token of MLM: T5 has none, so its first sentinel stands in for it (DECISIONS 13).
 MLM_MASK_TOKEN = "<extra_id_0>"
 
-# Independent random streams per sample (the last entry of the seed sequence).
+# Independent random streams (the third entry of every seed sequence).
 _LEAD_MASK_STREAM = 0
 _NEGATIVE_DRAW_STREAM = 1
 _MLM_STREAM = 2
@@ -111,8 +111,9 @@ class DBetaPretrainingCollator:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def _rng(self, *key: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, *key])
+    def _rng(self, stream: int, *key: int) -> np.random.Generator:
+        """A generator keyed by (seed, epoch, stream, key...): one independent stream per purpose."""
+        return np.random.default_rng([self.seed, self.epoch, stream, *key])
 
     # -- ECG ---------------------------------------------------------------------------------
 
@@ -132,7 +133,7 @@ class DBetaPretrainingCollator:
     def choose_negative_rows(self, indices: Sequence[int]) -> np.ndarray:
         """The rows that get an N3S negative: `int(negative_fraction * B + U[0, 1))` distinct rows."""
         batch_size = len(indices)
-        rng = self._rng(_NEGATIVE_ROWS_STREAM, *indices)
+        rng = self._rng(_NEGATIVE_ROWS_STREAM, len(indices), *indices)
         count = min(batch_size, int(self.settings.negative_fraction * batch_size + rng.random()))
         return np.sort(rng.choice(batch_size, size=count, replace=False))
 
@@ -162,11 +163,11 @@ class DBetaPretrainingCollator:
         is_aligned = np.ones(batch_size, dtype=np.int64)
         if self.augment:
             for row, index in enumerate(indices):
-                dropped = self._rng(index, _LEAD_MASK_STREAM).random(ecgs.shape[1]) < settings.lead_masking_probability
+                dropped = self._rng(_LEAD_MASK_STREAM, index).random(ecgs.shape[1]) < settings.lead_masking_probability
                 ecgs[row, dropped] = 0.0
             if self.negatives is not None:
                 for row in self.choose_negative_rows(indices):
-                    negative = self.negatives.sample_negative(reports[row], self._rng(indices[row], _NEGATIVE_DRAW_STREAM))
+                    negative = self.negatives.sample_negative(reports[row], self._rng(_NEGATIVE_DRAW_STREAM, indices[row]))
                     if negative is not None:
                         reports[row] = negative
                         is_aligned[row] = 0
@@ -180,7 +181,7 @@ class DBetaPretrainingCollator:
         for row, ids in enumerate(encoded):
             ids = np.asarray(ids, dtype=np.int64)
             if self.augment and is_aligned[row] and settings.mlm_probability > 0:
-                ids, mlm_labels[row, : ids.size] = self._mask_tokens(ids, self._rng(indices[row], _MLM_STREAM))
+                ids, mlm_labels[row, : ids.size] = self._mask_tokens(ids, self._rng(_MLM_STREAM, indices[row]))
             input_ids[row, : ids.size] = ids
             attention_mask[row, : ids.size] = 1
 
