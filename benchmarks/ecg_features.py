@@ -59,10 +59,9 @@ def main():
     from configuration_dbeta import DBetaConfig
 
     torch.set_num_threads(args.threads)
-    gemm = measure_gemm_gflops()
+    gemm_before = measure_gemm_gflops()
     flops = ecg_tower_flops(DBetaConfig().ecg_config)
     print(f"device: {args.device}, threads: {args.threads}, torch {torch.__version__}")
-    print(f"fp32 GEMM 2504x768x3072: {gemm:.1f} GFLOP/s; ECG tower: {flops / 1e9:.1f} GFLOP per 10 s ECG")
 
     rows, baseline = [], {}
     for batch_size in args.batch_sizes:
@@ -73,17 +72,16 @@ def main():
                 )
                 baseline.setdefault(batch_size, samples_per_s)
                 peak = gpu_peak if gpu_peak is not None else peak_rss
-                rows.append(
-                    [
-                        batch_size,
-                        attn,
-                        dtype_name,
-                        f"{samples_per_s:.2f}",
-                        f"{samples_per_s / baseline[batch_size]:.2f}x",
-                        f"{samples_per_s * flops / 1e9 / gemm:.0%}",
-                        f"{peak:.0f}",
-                    ]
-                )
+                rows.append([batch_size, attn, dtype_name, samples_per_s, baseline[batch_size], peak])
+    # The limit is measured before and after the workload and the higher figure kept, so a transient
+    # load on the machine cannot inflate the fractions.
+    gemm = max(gemm_before, measure_gemm_gflops())
+    print(f"fp32 GEMM 2504x768x3072: {gemm_before:.1f} / {gemm:.1f} GFLOP/s (before / max with after); "
+          f"ECG tower: {flops / 1e9:.1f} GFLOP per 10 s ECG")
+    rows = [
+        [batch, attn, dtype, f"{speed:.2f}", f"{speed / base:.2f}x", f"{speed * flops / 1e9 / gemm:.0%}", f"{peak:.0f}"]
+        for batch, attn, dtype, speed, base, peak in rows
+    ]
     memory = "peak GPU MiB" if args.device == "cuda" else "peak RSS MiB"
     print_table(["batch", "attention", "precision", "samples/s", "vs sdpa fp32", "of fp32 GEMM limit", memory], rows)
 
