@@ -19,16 +19,28 @@ cleaned report and its identifiers. Train and validation never share a subject.
 
 Work is split in shards that worker processes write independently under ``output_dir/.shards``;
 a killed run resumes from the finished shards. The final splits hard-link the shards' Arrow files,
-so the signals are written once.
+so the signals are written once. Worker processes end with the process that started them, even
+when it is killed (SIGKILL) without a chance to clean up.
+
+Inputs are not trusted: a ``record_list.csv`` path (or a signal file named in a header) that
+resolves outside ``mimic_root`` is never opened, a study listed twice is kept once, and every
+study left out is counted under a named reason (:data:`SKIP_REASONS`) and listed in
+``skipped.csv``. A malformed CSV (missing column, non-integer identifier) is an error naming the
+file, the column and the first bad row, raised before any record is read.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import signal
+import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -50,18 +62,28 @@ NUM_SAMPLES = 5000
 #: needs a smaller gain to fit. MIMIC stores 5 uV steps, so 1000/mV is lossless for it.
 DEFAULT_STORAGE_GAIN = 1000.0
 INT16_LIMIT = 32767
-PREPARATION_VERSION = 1
+#: 2: flat leads by peak-to-peak amplitude, infinite values, duplicate studies, path confinement.
+PREPARATION_VERSION = 2
+#: A lead whose peak-to-peak amplitude over the 10 s kept is under this many millivolts (10 uV,
+#: two MIMIC ADC steps) carries no ECG: constant (at any level, zero or not) or disconnected.
+FLAT_LEAD_PEAK_TO_PEAK_MV = 0.01
 
 #: Why a study can be left out, in the order the checks run.
 SKIP_REASONS: dict[str, str] = {
+    "duplicate_study": "the study_id is listed again in record_list.csv (same or another subject); the first listing is kept",
     "missing_report": "no machine_measurements row, or every report_N column is empty",
+    "path_outside_root": (
+        "the record_list.csv `path`, after resolving symbolic links, lies outside --mimic_root, or a signal "
+        "file named in its header lies outside the header's folder; such files are never opened"
+    ),
     "missing_file": "the WFDB header named by record_list.csv `path` does not exist",
     "unreadable": "the reader rejected the record (bad header, truncated or damaged signal file)",
     "missing_leads": "one of the 12 standard leads is absent",
     "unexpected_sampling_rate": f"sampling rate other than {SAMPLING_RATE:g} Hz (no resampling, as the original)",
     "too_short": f"fewer than {NUM_SAMPLES} samples",
     "nan_values": "a sample is NaN (WFDB invalid sample)",
-    "flat_lead": "a lead has zero variance over the record",
+    "infinite_values": "a sample is infinite, or too large for float32 (it would become infinite)",
+    "flat_lead": f"a lead's peak-to-peak amplitude over the 10 s kept is under {FLAT_LEAD_PEAK_TO_PEAK_MV * 1000:g} uV (constant or disconnected)",
 }
 SPLITS = ("train", "validation")
 SHARDS_FOLDER = ".shards"
@@ -108,6 +130,9 @@ class PreparationSummary:
     kept_by_split: dict[str, int] = field(default_factory=dict)
     subjects_by_split: dict[str, int] = field(default_factory=dict)
     measurements_without_record: int = 0
+    #: ``machine_measurements.csv`` rows repeating an earlier (subject_id, study_id): the first row's
+    #: report is used, the repeats are ignored.
+    duplicate_measurement_rows: int = 0
     trimmed_to_num_samples: int = 0
     seconds: float = 0.0
     output_dir: str = ""
@@ -164,12 +189,16 @@ def convert_record(record: Any) -> tuple[np.ndarray, np.ndarray, list[str], bool
     ``trimmed`` is True when a longer record was cut to its first 10 s (DECISIONS 8).
 
     Raises:
-        SkipRecord: for missing leads, another sampling rate, a short record, NaN or a flat lead.
+        SkipRecord: for missing leads, another sampling rate, a short record, NaN, infinite (or
+            float32-overflowing) values or a flat lead (peak-to-peak under
+            :data:`FLAT_LEAD_PEAK_TO_PEAK_MV`).
     """
     indices = _standard_lead_indices(list(record.lead_names))
     if not np.isclose(float(record.sampling_rate), SAMPLING_RATE):
         raise SkipRecord("unexpected_sampling_rate", f"{record.sampling_rate:g} Hz")
     signal = np.asarray(record.signal)[indices]
+    if signal.ndim != 2:
+        raise SkipRecord("unreadable", f"signal of shape {signal.shape}")
     if signal.shape[1] < NUM_SAMPLES:
         raise SkipRecord("too_short", f"{signal.shape[1]} samples")
     trimmed = signal.shape[1] > NUM_SAMPLES
@@ -178,10 +207,22 @@ def convert_record(record: Any) -> tuple[np.ndarray, np.ndarray, list[str], bool
     nan_leads = [lead_names[row] for row in np.flatnonzero(np.isnan(signal).any(axis=1))]
     if nan_leads:
         raise SkipRecord("nan_values", f"NaN in {', '.join(nan_leads)}")
-    flat_leads = [lead_names[row] for row in np.flatnonzero(signal.std(axis=1) == 0)]
-    if flat_leads:
+    # The stored row decodes to float32: a finite float64 beyond its range (1e300) becomes inf.
+    with np.errstate(over="ignore"):
+        infinite = ~np.isfinite(signal.astype(np.float32))
+    infinite_leads = [lead_names[row] for row in np.flatnonzero(infinite.any(axis=1))]
+    if infinite_leads:
+        raise SkipRecord("infinite_values", f"infinite (or beyond float32) values in {', '.join(infinite_leads)}")
+    signal = signal.astype(np.float64)
+    peak_to_peak = np.ptp(signal, axis=1)
+    # A small tolerance so that two float32 ADC steps of 5 uV (9.9999998 uV) are not called flat.
+    flat_rows = np.flatnonzero(peak_to_peak < FLAT_LEAD_PEAK_TO_PEAK_MV - 1e-6)
+    if flat_rows.size:
+        flat_leads = [f"{lead_names[row]} ({peak_to_peak[row] * 1000:.3g} uV peak-to-peak)" for row in flat_rows]
         raise SkipRecord("flat_lead", f"flat {', '.join(flat_leads)}")
     samples, gain = encode_signal(signal)
+    if not (np.isfinite(gain).all() and (gain > 0).all()):  # cannot happen after the checks above
+        raise SkipRecord("infinite_values", "amplitude too large to store")
     return samples, gain, lead_names, trimmed
 
 
@@ -209,41 +250,152 @@ def dataset_features():
 # --------------------------------------------------------------------------------------------
 
 
-def read_study_index(root: str | os.PathLike) -> tuple[list[StudyEntry], list[dict], int, int]:
-    """Join ``record_list.csv`` with the reports of ``machine_measurements.csv``.
+_INTEGER_TEXT = re.compile(r"^\s*\+?(\d{1,18})(?:\.0*)?\s*$")
 
-    Returns ``(entries with a report, skipped rows (missing_report), studies listed,
-    measurement rows without a record)``. The report is the non-empty ``report_N`` columns
-    joined with single spaces and normalised (:func:`dbeta.train.text.normalize_report`).
+
+def _read_index_csv(path: Path, usecols: Any = None, keep_default_na: bool = False) -> Any:
+    """A CSV of the MIMIC index as text columns; clear errors naming it.
+
+    Empty cells are ``""``, unless ``keep_default_na`` (pandas' NaN markers, as the original
+    preprocessing reads the report columns).
     """
     import pandas as pd
 
-    root = Path(root)
-    records = pd.read_csv(root / "record_list.csv", dtype={"path": str, "ecg_time": str})
-    header = pd.read_csv(root / "machine_measurements.csv", nrows=0).columns
-    report_columns = [column for column in MIMIC_REPORT_COLUMNS if column in header]
-    measurements = pd.read_csv(
-        root / "machine_measurements.csv",
-        usecols=["subject_id", "study_id", *report_columns],
-        dtype={column: str for column in report_columns},
-    )
-    joined = records.merge(measurements, on=["subject_id", "study_id"], how="left", indicator="match")
-    has_measurements = (joined["match"] == "both").to_numpy()
-    measurements_without_record = len(measurements) - int(has_measurements.sum())
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (--mimic_root must hold record_list.csv and machine_measurements.csv)")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=keep_default_na, usecols=usecols)
+    except Exception as error:  # pandas ParserError, UnicodeDecodeError, EmptyDataError...
+        raise ValueError(f"Cannot read {path}: {type(error).__name__}: {error}") from error
 
-    entries, skipped = [], []
-    report_matrix = joined[report_columns].to_numpy(dtype=object)
-    for row, lines, matched in zip(joined.itertuples(index=False), report_matrix, has_measurements):
-        report = normalize_report(join_report_lines(lines))
-        subject_id, study_id = int(row.subject_id), int(row.study_id)
-        if not report:
-            detail = "all report columns empty" if matched else "no machine_measurements row"
+
+def _require_columns(frame: Any, path: Path, columns: list[str]) -> None:
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"{path}: missing column(s) {', '.join(repr(column) for column in missing)} "
+            f"(found: {', '.join(repr(str(column)) for column in frame.columns) or 'none'})"
+        )
+
+
+def _bad_row_message(path: Path, column: str, index: int, value: Any, expected: str) -> str:
+    # Row numbers count data rows from 1; the file line assumes no line breaks inside quoted cells.
+    return f"{path}: column {column!r}, row {index + 1} (line {index + 2} of the file): {value!r} is not {expected}"
+
+
+def _integer_column(frame: Any, path: Path, column: str) -> np.ndarray:
+    """The column as int64, or a ValueError naming the CSV, the column and the first bad row."""
+    text = frame[column].fillna("").astype(str)
+    parsed = text.str.extract(_INTEGER_TEXT, expand=False)
+    bad = np.flatnonzero(parsed.isna().to_numpy())
+    if bad.size:
+        index = int(bad[0])
+        raise ValueError(
+            _bad_row_message(path, column, index, text.iloc[index], "an integer")
+            + (f" ({bad.size} bad rows in all)" if bad.size > 1 else "")
+        )
+    return parsed.astype(np.int64).to_numpy()
+
+
+def read_study_index(root: str | os.PathLike) -> tuple[list[StudyEntry], list[dict], int, int, int]:
+    """Join ``record_list.csv`` with the reports of ``machine_measurements.csv``.
+
+    Returns ``(entries with a report, skipped rows (duplicate_study, missing_report), studies
+    listed, measurement rows without a record, duplicate measurement rows)``. The report is the
+    non-empty ``report_N`` columns joined with single spaces and normalised
+    (:func:`dbeta.train.text.normalize_report`).
+
+    A study_id listed more than once in ``record_list.csv`` (under the same or another subject) is
+    kept at its first listing; the later ones are skipped as ``duplicate_study``, so one study can
+    never be in two splits. A (subject_id, study_id) with several ``machine_measurements.csv`` rows
+    takes the report of the first row; the repeats are counted.
+
+    Raises:
+        FileNotFoundError: a CSV is missing.
+        ValueError: a CSV is unreadable, lacks a required column (``subject_id``, ``study_id``,
+            ``path``; ``report_0``...), or holds a non-integer identifier or an empty ``path``; the
+            message names the CSV, the column and the first bad row.
+    """
+    root = Path(root)
+    records_path = root / "record_list.csv"
+    measurements_path = root / "machine_measurements.csv"
+    records = _read_index_csv(records_path)
+    _require_columns(records, records_path, ["subject_id", "study_id", "path"])
+    record_subjects = _integer_column(records, records_path, "subject_id")
+    record_studies = _integer_column(records, records_path, "study_id")
+    paths = records["path"].astype(str).str.strip().to_numpy(dtype=object)
+    empty = np.flatnonzero(paths == "")
+    if empty.size:
+        raise ValueError(_bad_row_message(records_path, "path", int(empty[0]), records["path"].iloc[int(empty[0])], "a record path"))
+    ecg_times = records["ecg_time"].astype(str).to_numpy(dtype=object) if "ecg_time" in records.columns else [""] * len(records)
+
+    measurements = _read_measurements(measurements_path)
+    report_columns = [column for column in MIMIC_REPORT_COLUMNS if column in measurements.columns]
+    measurement_subjects = _integer_column(measurements, measurements_path, "subject_id")
+    measurement_studies = _integer_column(measurements, measurements_path, "study_id")
+    report_matrix = measurements[report_columns].to_numpy(dtype=object)
+    reports: dict[tuple[int, int], Any] = {}
+    duplicate_measurements = 0
+    for key, lines in zip(zip(measurement_subjects.tolist(), measurement_studies.tolist()), report_matrix):
+        if key in reports:
+            duplicate_measurements += 1
+        else:
+            reports[key] = lines
+    if duplicate_measurements:
+        logger.warning(
+            "%s: %d rows repeat an earlier (subject_id, study_id); the first row's report is used",
+            measurements_path, duplicate_measurements,
+        )
+
+    entries, skipped, seen_studies, matched = [], [], {}, set()
+    for subject_id, study_id, path, ecg_time in zip(record_subjects.tolist(), record_studies.tolist(), paths, ecg_times):
+        if study_id in seen_studies:
+            first_subject, first_path = seen_studies[study_id]
             skipped.append(
-                {"subject_id": subject_id, "study_id": study_id, "path": row.path, "reason": "missing_report", "detail": detail}
+                {
+                    "subject_id": subject_id, "study_id": study_id, "path": path, "reason": "duplicate_study",
+                    "detail": f"already listed (subject {first_subject}, path {first_path})",
+                }
             )
             continue
-        entries.append(StudyEntry(subject_id, study_id, str(row.path), str(row.ecg_time), report))
-    return entries, skipped, len(records), measurements_without_record
+        seen_studies[study_id] = (subject_id, path)
+        lines = reports.get((subject_id, study_id))
+        if lines is not None:
+            matched.add((subject_id, study_id))
+        report = normalize_report(join_report_lines(lines)) if lines is not None else ""
+        if not report:
+            detail = "all report columns empty" if lines is not None else "no machine_measurements row"
+            skipped.append({"subject_id": subject_id, "study_id": study_id, "path": path, "reason": "missing_report", "detail": detail})
+            continue
+        entries.append(StudyEntry(subject_id, study_id, path, ecg_time, report))
+    listed_keys = set(zip(record_subjects.tolist(), record_studies.tolist()))
+    measurements_without_record = sum(1 for key in reports if key not in listed_keys)
+    if len(entries) + len(skipped) != len(records):  # checked before any work, never after it
+        raise RuntimeError("Internal error: the study index lost rows of record_list.csv")
+    return entries, skipped, len(records), measurements_without_record, duplicate_measurements
+
+
+def _read_measurements(path: Path) -> Any:
+    """``machine_measurements.csv``: identifiers and report columns only, as text."""
+    columns = _read_index_csv_header(path)
+    missing = [column for column in ("subject_id", "study_id") if column not in columns]
+    report_columns = [column for column in MIMIC_REPORT_COLUMNS if column in columns]
+    if missing or not report_columns:
+        wanted = [repr(column) for column in missing] + ([] if report_columns else ["'report_0' ... 'report_17' (none present)"])
+        raise ValueError(f"{path}: missing column(s) {', '.join(wanted)} (found: {', '.join(repr(c) for c in columns) or 'none'})")
+    # Pandas' NaN markers stay on for the report columns: the original read them this way.
+    return _read_index_csv(path, usecols=["subject_id", "study_id", *report_columns], keep_default_na=True)
+
+
+def _read_index_csv_header(path: Path) -> list[str]:
+    import pandas as pd
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (--mimic_root must hold record_list.csv and machine_measurements.csv)")
+    try:
+        return [str(column) for column in pd.read_csv(path, nrows=0).columns]
+    except Exception as error:
+        raise ValueError(f"Cannot read {path}: {type(error).__name__}: {error}") from error
 
 
 def split_subjects(subject_ids: list[int], val_fraction: float, seed: int) -> set[int]:
@@ -280,13 +432,71 @@ def plan_shards(
 # --------------------------------------------------------------------------------------------
 
 
+def _header_signal_files(header_path: Path) -> list[str]:
+    """The signal-file names of a WFDB header (first field of each signal line); [] if unparsable.
+
+    Only what confinement needs: a header this cannot parse is left to the reader to reject.
+    """
+    try:
+        text = header_path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    if not lines:
+        return []
+    fields = lines[0].split()
+    try:
+        num_signals = int(fields[1]) if len(fields) > 1 else 0
+    except ValueError:
+        return []
+    return [line.split()[0] for line in lines[1 : 1 + max(num_signals, 0)]]
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or path.is_relative_to(folder)
+
+
+def _confined_record_base(root: Path, entry: StudyEntry) -> Path:
+    """``root / entry.path``, checked to stay inside ``root`` with its signal files.
+
+    Symbolic links are resolved first. The header must resolve inside ``root``; each signal file
+    its header names must resolve inside the header's folder (the readers' rule). Raises
+    SkipRecord('path_outside_root') otherwise, and SkipRecord('missing_file') for a missing header.
+    """
+    relative = entry.path
+    if "\x00" in relative:
+        raise SkipRecord("path_outside_root", f"path {relative!r} holds a NUL byte")
+    resolved_root = root.resolve()
+    base = root / relative  # an absolute `path` replaces root here, and is then refused below
+    header_path = base.with_name(base.name + ".hea")
+    resolved_header = header_path.resolve()
+    if not _inside(resolved_header, resolved_root):
+        raise SkipRecord("path_outside_root", f"{relative}.hea resolves to {resolved_header}, outside {resolved_root}")
+    if not header_path.is_file():
+        raise SkipRecord("missing_file", f"{relative}.hea not found")
+    folder = header_path.parent.resolve()
+    for name in _header_signal_files(header_path):
+        if name == "~":  # WFDB: no signal file
+            continue
+        if "\x00" in name:
+            raise SkipRecord("path_outside_root", f"{relative}.hea names signal file {name!r}, which holds a NUL byte")
+        target = (header_path.parent / name).resolve()
+        if not (_inside(target, folder) and target != folder and _inside(target, resolved_root)):
+            raise SkipRecord(
+                "path_outside_root", f"{relative}.hea names signal file {name!r}, which resolves to {target}, outside {folder}"
+            )
+    return base
+
+
 def read_study(root: Path, entry: StudyEntry) -> dict[str, Any]:
     """Read and convert one study into a dataset row; raises SkipRecord."""
     from processing_dbeta import read_wfdb_record
 
-    base = root / entry.path
-    if not base.with_name(base.name + ".hea").is_file():
-        raise SkipRecord("missing_file", f"{entry.path}.hea not found")
+    try:
+        base = _confined_record_base(root, entry)
+    except (OSError, ValueError) as error:  # a path the OS cannot resolve (too long, loop...)
+        raise SkipRecord("missing_file", f"{entry.path}: {type(error).__name__}: {error}") from error
     try:
         record = read_wfdb_record(base)
     except Exception as error:  # any reader failure is a damaged record, never a crash
@@ -344,6 +554,43 @@ def process_shard(task: ShardTask, shards_dir: str) -> dict[str, Any]:
 
 def _process_shard_star(arguments: tuple[ShardTask, str]) -> dict[str, Any]:
     return process_shard(*arguments)
+
+
+_PR_SET_PDEATHSIG = 1
+_PARENT_POLL_SECONDS = 1.0
+
+
+def _end_with_parent(main_pid: int) -> None:
+    """Worker initializer: make this worker exit when the process that started it dies.
+
+    A worker blocked on the task queue never notices its parent's death (it holds the queue's
+    pipe itself), so a parent killed with SIGKILL or SIGTERM would leave it running forever.
+    On Linux the kernel kills it (``prctl(PR_SET_PDEATHSIG, SIGKILL)``); everywhere, a daemon
+    thread also polls the parent process id and exits when it changes (the worker was adopted).
+    """
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl (unusual libc): the polling thread remains
+            pass
+    try:
+        os.kill(main_pid, 0)  # the main process died before prctl took effect
+    except ProcessLookupError:
+        os._exit(1)
+    except PermissionError:
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(_PARENT_POLL_SECONDS)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="dbeta-parent-watch", daemon=True).start()
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,7 +673,7 @@ def prepare_mimic_iv_ecg(
     output_dir.mkdir(parents=True, exist_ok=True)
     shards_dir = output_dir / SHARDS_FOLDER
 
-    entries, report_skips, records_listed, orphan_measurements = read_study_index(root)
+    entries, index_skips, records_listed, orphan_measurements, duplicate_measurements = read_study_index(root)
     validation_subjects = split_subjects([entry.subject_id for entry in entries], val_fraction, seed)
     tasks = plan_shards(root, entries, validation_subjects, shard_size)
     settings = {
@@ -458,8 +705,12 @@ def prepare_mimic_iv_ecg(
     _run_shards(pending, shards_dir, num_proc, progress, total_records=sum(len(t.entries) for t in pending))
 
     results = [json.loads((shards_dir / task.name / "result.json").read_text()) for task in tasks]
-    summary = PreparationSummary(records_listed=records_listed, measurements_without_record=orphan_measurements)
-    skipped_rows = list(report_skips)
+    summary = PreparationSummary(
+        records_listed=records_listed,
+        measurements_without_record=orphan_measurements,
+        duplicate_measurement_rows=duplicate_measurements,
+    )
+    skipped_rows = list(index_skips)
     for result in results:
         summary.records_read += result["read"]
         summary.records_kept += result["kept"]
@@ -471,7 +722,9 @@ def prepare_mimic_iv_ecg(
     if summary.records_kept + summary.records_skipped != records_listed:
         raise RuntimeError("Internal error: kept + skipped does not equal the studies listed")
 
-    skipped_study_ids = {row["study_id"] for row in skipped_rows}
+    # Studies are unique across the shards (duplicates are skipped in the index), so a study_id
+    # skipped by a shard worker identifies that shard entry.
+    skipped_study_ids = {row["study_id"] for result in results for row in result["skipped"]}
     for split in SPLITS:
         split_tasks = [task for task in tasks if task.split == split]
         if split_tasks:
@@ -503,9 +756,15 @@ def _run_shards(tasks: list[ShardTask], shards_dir: Path, num_proc: int, progres
                 result = process_shard(task, str(shards_dir))
                 bar.update(result["read"])
         else:
-            with ProcessPoolExecutor(max_workers=num_proc) as pool:
+            pool = ProcessPoolExecutor(max_workers=num_proc, initializer=_end_with_parent, initargs=(os.getpid(),))
+            try:
                 for result in pool.map(_process_shard_star, [(task, str(shards_dir)) for task in tasks]):
                     bar.update(result["read"])
+            except BaseException:
+                # Interrupted or failed: drop the shards not started instead of running them all.
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
     finally:
         bar.close()
 
@@ -566,6 +825,7 @@ with anyone who has not signed its data use agreement. (If `{root}` is the simul
 | kept, train split | {summary.kept_by_split.get("train", 0)} ({summary.subjects_by_split.get("train", 0)} subjects) |
 | kept, validation split | {summary.kept_by_split.get("validation", 0)} ({summary.subjects_by_split.get("validation", 0)} subjects) |
 | `machine_measurements.csv` rows without a record | {summary.measurements_without_record} |
+| `machine_measurements.csv` rows repeating a (subject_id, study_id) (first row used) | {summary.duplicate_measurement_rows} |
 | longer than {NUM_SAMPLES} samples, cut to the first {NUM_SAMPLES} | {summary.trimmed_to_num_samples} |
 
 ## Filters (skipped studies; each one is listed in `skipped.csv`)
