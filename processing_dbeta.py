@@ -267,7 +267,7 @@ def _parse_wfdb_header(header_path: Path) -> _WFDBHeader:
 
 # "gain(baseline)/units", each part optional, e.g. "1716(6)/mV", "1000/mV", "2000".
 _GAIN_FIELD = re.compile(
-    r"^(?P<gain>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)?"
+    r"^(?P<gain>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?i:nan|inf(?:inity)?))?"
     r"(?:\((?P<baseline>[-+]?\d+)\))?"
     r"(?:/(?P<units>\S+))?$"
 )
