@@ -980,7 +980,7 @@ class DBetaFeatureExtractor(SequenceFeatureExtractor):
             try:
                 processed.append(self._process_batch(group, scale, normalize, units))
             except (ValueError, TypeError) as error:
-                if group.label is None:
+                if group.label is None or str(error).startswith(group.label):
                     raise
                 raise type(error)(f"{group.label}: {error}") from error
         input_values = np.concatenate(processed, axis=0)
@@ -1102,7 +1102,8 @@ class DBetaFeatureExtractor(SequenceFeatureExtractor):
             )
         leads *= scale
         millivolts = self._resample(leads, rate)[..., : self.num_samples]
-        as_float32 = millivolts.astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            as_float32 = millivolts.astype(np.float32)
         # Finite input can still overflow once scaled, resampled and cast to float32 (1e300).
         bad = np.flatnonzero(~np.isfinite(as_float32).all(axis=(1, 2)))
         if bad.size:
@@ -1274,7 +1275,7 @@ class _ECGGroup:
     def describe(self, rows: np.ndarray) -> str:
         """Name the batch rows `rows` in a message."""
         if self.item_labels is None:
-            return "The ECG"
+            return self.label or "The ECG"
         named = [self.item_labels[row] for row in rows[:5]]
         more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
         return ", ".join(named) + more
