@@ -7,6 +7,7 @@ the training/evaluation library are installed under the `dbeta` namespace.
 from setuptools import setup
 
 HUB_MODULES = ["configuration_dbeta", "modeling_dbeta", "processing_dbeta", "pipeline_dbeta"]
+ONNX_REQUIREMENTS = ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"]
 
 setup(
     name="dbeta",
@@ -47,7 +48,11 @@ setup(
             "matplotlib>=3.7",
             "tqdm>=4.60",
         ],
-        "dev": ["pytest>=7.4"],
+        # ONNX export (`dbeta export-onnx`) and onnxruntime inference; onnxruntime alone runs the
+        # exported zero-shot scorer.
+        "onnx": ONNX_REQUIREMENTS,
+        # The tests export and run the ONNX towers, so CI's `.[train,dev]` brings them.
+        "dev": ["pytest>=7.4", *ONNX_REQUIREMENTS],
     },
     entry_points={"console_scripts": ["dbeta=dbeta.cli:main"]},
 )

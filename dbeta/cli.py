@@ -283,7 +283,21 @@ def build_parser() -> argparse.ArgumentParser:
         "yes: all must be codes; no: never expand",
     )
     classify.set_defaults(run=run_classify)
+
+    from dbeta.export_onnx import add_arguments as add_export_onnx_arguments
+
+    export_onnx = commands.add_parser(
+        "export-onnx", help="ONNX files of the ECG and text towers (+ a numpy/onnxruntime zero-shot scorer)"
+    )
+    add_export_onnx_arguments(export_onnx)
+    export_onnx.set_defaults(run=run_export_onnx, batch_size=1)
     return parser
+
+
+def run_export_onnx(args: argparse.Namespace) -> int:
+    from dbeta.export_onnx import run
+
+    return run(args)
 
 
 def _version() -> str:

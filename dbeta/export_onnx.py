@@ -1,0 +1,404 @@
+"""Export D-BETA's two towers to ONNX, for inference without PyTorch.
+
+    dbeta export-onnx MODEL --output DIR [--labels AFIB LBBB "sinus rhythm"] [--opset 18]
+    python -m dbeta.export_onnx MODEL --output DIR ...
+
+Writes to DIR:
+
+- `ecg_encoder.onnx`: `input_values` float32 `(batch, 12, 5000)` (millivolts, 500 Hz, the model's
+  lead order: what `DBetaFeatureExtractor` makes) -> `pooler_output` float32 `(batch, 768)`, the
+  ECG embedding (`get_ecg_features(...).pooler_output`). The batch is dynamic.
+- `text_encoder.onnx` (models with a text tower): `input_ids` int64 `(batch, length)` and
+  `attention_mask` int64 `(batch, length)` -> `pooler_output` float32 `(batch, 768)`
+  (`get_text_features(...).pooler_output`). Batch and length are dynamic.
+- `tokenizer/`: the model's tokenizer (`tokenizer.json` works with the `tokenizers` library alone).
+- `dbeta_onnx.json`: opset, input/output names and shapes, the preprocessing the ECG input needs
+  (sampling rate, samples, lead order), the ETS logit scale and bias, versions, and the largest
+  difference to PyTorch measured on the export's check inputs.
+- with `--labels`: `label_embeddings.npz` (labels, texts, embeddings) and `onnx_zero_shot.py`, a
+  zero-shot scorer that needs only numpy and onnxruntime:
+  `python onnx_zero_shot.py DIR ecg.npy` prints the label scores of a `(12, 5000)` array.
+
+Both graphs come from the dynamo exporter (`torch.onnx.export(..., dynamo=True)`, onnxscript
+translation) at opset 18 by default. The T5 text tower is traced with transformers' eager
+attention (its SDPA path reshapes a transposed tensor that the exporter cannot view with symbolic
+shapes); eager and SDPA attention compute the same function, and the check below compares the
+ONNX graphs with the model as loaded (SDPA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import json
+import logging
+import shutil
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger("dbeta.export_onnx")
+
+DEFAULT_OPSET = 18
+ECG_FILE = "ecg_encoder.onnx"
+TEXT_FILE = "text_encoder.onnx"
+METADATA_FILE = "dbeta_onnx.json"
+LABELS_FILE = "label_embeddings.npz"
+SCORER_FILE = "onnx_zero_shot.py"
+TOKENIZER_DIR = "tokenizer"
+
+
+class ECGTower(torch.nn.Module):
+    """`input_values (B, leads, samples)` -> the ECG embedding `(B, hidden)`."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        return self.model.get_ecg_features(input_values).pooler_output
+
+
+class TextTower(torch.nn.Module):
+    """`input_ids, attention_mask (B, L)` -> the text embedding `(B, hidden)`."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+
+
+def _base(model):
+    return getattr(model, "dbeta", model)
+
+
+def _quiet_export(module, args, path: Path, opset: int, input_names, dynamic_shapes) -> None:
+    # The exporter logs every translation step and warns about constant folding; keep the first
+    # error, drop the chatter.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module,
+            args,
+            dynamo=True,
+            opset_version=opset,
+            input_names=list(input_names),
+            output_names=["pooler_output"],
+            dynamic_shapes=dynamic_shapes,
+            optimize=True,
+            verbose=False,
+        )
+    # One self-contained file when it fits in protobuf's 2 GB, else weights beside it (`.data`).
+    program.save(str(path), external_data=_parameter_bytes(module) > 1_800_000_000)
+
+
+def _parameter_bytes(module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def export_ecg_tower(model, path: str | Path, opset: int = DEFAULT_OPSET, num_samples: int | None = None) -> Path:
+    """Export the ECG tower of `model` (`DBetaModel`, `DBetaForPreTraining` or `DBetaECGModel`) to `path`."""
+    base = _base(model)
+    config = base.config
+    ecg_config = getattr(config, "ecg_config", config)
+    num_samples = int(num_samples or getattr(config, "num_samples", 5000))
+    example = torch.zeros(2, ecg_config.num_leads, num_samples, dtype=torch.float32)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    path = Path(path)
+    was_training = base.training
+    base.eval()
+    try:
+        _quiet_export(ECGTower(base), (example,), path, opset, ["input_values"], {"input_values": {0: batch}})
+    finally:
+        base.train(was_training)
+    return path
+
+
+@contextlib.contextmanager
+def _eager_text_attention(base):
+    t5 = base.text_model.t5
+    previous = t5.config._attn_implementation
+    t5.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        t5.set_attn_implementation(previous)
+
+
+def export_text_tower(model, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+    """Export the text tower (T5 encoder + projection + pooler) of `model` to `path`."""
+    base = _base(model)
+    example_ids = torch.ones(2, 8, dtype=torch.long)
+    example_mask = torch.ones(2, 8, dtype=torch.long)
+    example_mask[1, 6:] = 0
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    length = torch.export.Dim("length", min=2, max=4096)
+    path = Path(path)
+    was_training = base.training
+    base.eval()
+    try:
+        with _eager_text_attention(base):
+            _quiet_export(
+                TextTower(base),
+                (example_ids, example_mask),
+                path,
+                opset,
+                ["input_ids", "attention_mask"],
+                {"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}},
+            )
+    finally:
+        base.train(was_training)
+    return path
+
+
+def onnx_session(path: str | Path, threads: int | None = None):
+    """An onnxruntime CPU session for an exported tower."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def compare_ecg(model, session, input_values) -> float:
+    """Largest |ONNX - PyTorch| of the ECG embeddings of `input_values` (B, 12, samples)."""
+    values = np.ascontiguousarray(input_values, dtype=np.float32)
+    expected = _base(model).get_ecg_features(torch.from_numpy(values)).pooler_output.float().numpy()
+    (actual,) = session.run(None, {"input_values": values})
+    return float(np.abs(actual - expected).max())
+
+
+@torch.no_grad()
+def compare_text(model, session, input_ids, attention_mask) -> float:
+    """Largest |ONNX - PyTorch| of the text embeddings of a tokenised batch."""
+    input_ids = np.asarray(input_ids, dtype=np.int64)
+    attention_mask = np.asarray(attention_mask, dtype=np.int64)
+    expected = (
+        _base(model)
+        .get_text_features(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(attention_mask))
+        .pooler_output.float()
+        .numpy()
+    )
+    (actual,) = session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
+    return float(np.abs(actual - expected).max())
+
+
+def _versions() -> dict:
+    versions = {}
+    for package in ("dbeta", "torch", "transformers", "onnx", "onnxscript", "onnxruntime"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def _load(model_path: str):
+    """`(model, processor_or_None)`: a full D-BETA folder, or an ECG-only one (`DBetaECGModel`)."""
+    from transformers import AutoConfig
+
+    import dbeta  # noqa: F401 - registers the D-BETA configs with AutoConfig
+    from configuration_dbeta import DBetaECGConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    if isinstance(config, DBetaECGConfig):
+        from modeling_dbeta import DBetaECGModel
+        from processing_dbeta import DBetaFeatureExtractor
+
+        model = DBetaECGModel.from_pretrained(model_path).eval()
+        try:
+            feature_extractor = DBetaFeatureExtractor.from_pretrained(model_path)
+        except OSError:
+            feature_extractor = DBetaFeatureExtractor()
+        return model, None, feature_extractor
+    from dbeta.train.retrieval import load_model_and_processor
+
+    model, processor = load_model_and_processor(model_path)
+    return model, processor, processor.feature_extractor
+
+
+def export_onnx(
+    model_path: str,
+    output_dir: str | Path,
+    opset: int = DEFAULT_OPSET,
+    labels: Sequence[str] | None = None,
+    hypothesis_template: str = "{}",
+    labels_are_codes: bool | None = None,
+    check: bool = True,
+    seed: int = 0,
+) -> dict:
+    """Export the towers of the D-BETA folder `model_path` to `output_dir`; return the metadata written.
+
+    With `check` (default) the exported graphs are run with onnxruntime on random inputs (ECG batch
+    of 3; texts of batch 3 with padding, a length unlike the export's example) and the largest
+    difference to PyTorch is recorded; above 1e-4 the export fails.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model, processor, feature_extractor = _load(model_path)
+    base = _base(model)
+    has_text = hasattr(base, "get_text_features")
+    config = base.config
+    num_samples = int(feature_extractor.num_samples)
+    num_leads = int(getattr(config, "ecg_config", config).num_leads)
+
+    logger.info(f"Exporting the ECG tower to {output_dir / ECG_FILE} (opset {opset})")
+    export_ecg_tower(model, output_dir / ECG_FILE, opset, num_samples)
+    metadata: dict = {
+        "format": "dbeta-onnx",
+        "opset": opset,
+        "exporter": "torch.onnx.export(dynamo=True)",
+        "source_model": str(model_path),
+        "versions": _versions(),
+        "ecg_encoder": {
+            "file": ECG_FILE,
+            "inputs": {"input_values": {"dtype": "float32", "shape": ["batch", num_leads, num_samples]}},
+            "outputs": {"pooler_output": {"dtype": "float32", "shape": ["batch", int(config.hidden_size)]}},
+        },
+        "preprocessing": {
+            "sampling_rate": float(feature_extractor.sampling_rate),
+            "num_samples": num_samples,
+            "lead_names": list(feature_extractor.lead_names),
+            "units": "mV",
+            "normalize": feature_extractor.normalize,
+            "crop": "first num_samples samples; shorter recordings zero-padded at the end",
+        },
+    }
+    if has_text:
+        logger.info(f"Exporting the text tower to {output_dir / TEXT_FILE}")
+        export_text_tower(model, output_dir / TEXT_FILE, opset)
+        processor.tokenizer.save_pretrained(output_dir / TOKENIZER_DIR)
+        scale = base.logit_scale if base.logit_scale is not None else config.ets_logit_scale
+        bias = base.logit_bias if base.logit_bias is not None else config.ets_logit_bias
+        metadata["text_encoder"] = {
+            "file": TEXT_FILE,
+            "inputs": {
+                "input_ids": {"dtype": "int64", "shape": ["batch", "length"]},
+                "attention_mask": {"dtype": "int64", "shape": ["batch", "length"]},
+            },
+            "outputs": {"pooler_output": {"dtype": "float32", "shape": ["batch", int(config.hidden_size)]}},
+            "tokenizer": TOKENIZER_DIR,
+            "max_length": int(getattr(config, "max_text_length", 256) - 2),
+        }
+        metadata["ets"] = {
+            "logit_scale": float(scale),
+            "logit_bias": float(bias),
+            "score": "sigmoid(logit_scale * ecg_embedding @ text_embedding.T + logit_bias)",
+        }
+
+    if check:
+        rng = np.random.default_rng(seed)
+        ecg_error = compare_ecg(
+            model, onnx_session(output_dir / ECG_FILE), 0.3 * rng.standard_normal((3, num_leads, num_samples))
+        )
+        metadata["ecg_encoder"]["max_abs_difference_to_pytorch"] = ecg_error
+        errors = {"ECG": ecg_error}
+        if has_text:
+            vocab = int(config.text_config.vocab_size)
+            ids = rng.integers(1, vocab, size=(3, 13))
+            mask = np.ones_like(ids)
+            mask[1, 9:] = 0
+            mask[2, 4:] = 0
+            text_error = compare_text(model, onnx_session(output_dir / TEXT_FILE), ids, mask)
+            metadata["text_encoder"]["max_abs_difference_to_pytorch"] = text_error
+            errors["text"] = text_error
+        bad = {name: error for name, error in errors.items() if not error <= 1e-4}
+        if bad:
+            raise RuntimeError(f"The ONNX export differs from PyTorch by more than 1e-4: {bad}")
+
+    if labels:
+        if not has_text:
+            raise ValueError("--labels needs a model with a text tower (this folder is ECG-only).")
+        metadata["zero_shot"] = write_label_embeddings(
+            model, processor, output_dir, labels, hypothesis_template, labels_are_codes, model_path
+        )
+    (output_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    return metadata
+
+
+def write_label_embeddings(
+    model, processor, output_dir: Path, labels, hypothesis_template="{}", labels_are_codes=None, model_path=None
+) -> dict:
+    """Embed the labels as the zero-shot pipeline does, save them and the numpy-only scorer."""
+    from pipeline_dbeta import ZeroShotECGClassificationPipeline
+
+    from dbeta.train.retrieval import load_label_descriptions
+
+    pipe = ZeroShotECGClassificationPipeline(
+        model=model,
+        tokenizer=processor.tokenizer,
+        feature_extractor=processor.feature_extractor,
+        device=model.device,
+        label_descriptions=load_label_descriptions(model_path if model_path and Path(model_path).exists() else None),
+    )
+    labels = list(labels)
+    texts = pipe.label_texts(labels, hypothesis_template, labels_are_codes)
+    embeddings = pipe.embed_texts(texts).float().cpu().numpy()
+    np.savez(
+        output_dir / LABELS_FILE,
+        labels=np.array(labels, dtype=str),
+        texts=np.array(texts, dtype=str),
+        embeddings=embeddings.astype(np.float32),
+    )
+    shutil.copyfile(Path(__file__).with_name(SCORER_FILE), output_dir / SCORER_FILE)
+    return {"labels_file": LABELS_FILE, "scorer": SCORER_FILE, "labels": labels, "texts": texts}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("model", help="D-BETA model folder (full, or ECG-only)")
+    parser.add_argument("--output", required=True, help="folder to write the ONNX files to")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument(
+        "--labels", nargs="+", help="also save these labels' text embeddings and the numpy-only zero-shot scorer"
+    )
+    parser.add_argument("--hypothesis_template", default="{}", help='e.g. "ECG showing {}."')
+    parser.add_argument(
+        "--labels_are_codes",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="auto: known codes expand to their descriptions; yes: all must be codes; no: never expand",
+    )
+    parser.add_argument("--no_check", action="store_true", help="skip the onnxruntime-vs-PyTorch check")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    metadata = export_onnx(
+        args.model,
+        args.output,
+        opset=args.opset,
+        labels=args.labels,
+        hypothesis_template=args.hypothesis_template,
+        labels_are_codes={"auto": None, "yes": True, "no": False}[args.labels_are_codes],
+        check=not args.no_check,
+    )
+    parts = [f"{ECG_FILE} (max |ONNX - PyTorch| {metadata['ecg_encoder'].get('max_abs_difference_to_pytorch')})"]
+    if "text_encoder" in metadata:
+        parts.append(
+            f"{TEXT_FILE} (max |ONNX - PyTorch| {metadata['text_encoder'].get('max_abs_difference_to_pytorch')})"
+        )
+    if "zero_shot" in metadata:
+        parts.append(f"{LABELS_FILE} + {SCORER_FILE} ({len(metadata['zero_shot']['labels'])} labels)")
+    print(f"dbeta: wrote {', '.join(parts)} to {args.output} (opset {args.opset})", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = add_arguments(argparse.ArgumentParser(prog="python -m dbeta.export_onnx", description=__doc__.split("\n\n")[0]))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
