@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import shutil
+import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,139 @@ def load_label_descriptions(source: str | os.PathLike | Mapping[str, str]) -> di
     if bad:
         raise ValueError(f"{origin}: codes {bad[:5]} have no description text.")
     return descriptions
+
+
+def as_label_list(candidate_labels: Any) -> list:
+    """`candidate_labels` as a list: one string is one label; any other iterable (list, tuple, generator,
+    `dict.keys()`, ...) is read once. Element checks (strings, non-blank, unique) are `label_texts`'s.
+
+    Raises:
+        TypeError: `candidate_labels` is neither a string nor an iterable (bytes count as neither).
+    """
+    if isinstance(candidate_labels, str):
+        return [candidate_labels]
+    if isinstance(candidate_labels, (bytes, bytearray)):
+        raise TypeError(f"`candidate_labels` must be strings, got {type(candidate_labels).__name__}: {candidate_labels!r}.")
+    try:
+        return list(candidate_labels)
+    except TypeError:
+        raise TypeError(
+            "`candidate_labels` must be a string or an iterable of strings, got "
+            f"{type(candidate_labels).__name__}: {candidate_labels!r}."
+        ) from None
+
+
+def _model_name(model) -> str:
+    return str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "") or "the model")
+
+
+def check_model_and_feature_extractor(model, feature_extractor) -> None:
+    """Refuse a model folder whose pieces disagree, before anything is scored.
+
+    The feature extractor must prepare exactly the input the model config describes (lead order,
+    sampling rate, number of samples and leads): a `preprocessor_config.json` edited or copied from
+    another model would otherwise change every score silently. The ETS logit scale and bias must be
+    finite (a NaN `ets_logit_scale` makes every score NaN).
+
+    Raises:
+        ValueError: listing every disagreement, naming the model.
+    """
+    base = getattr(model, "dbeta", model)
+    config = base.config
+    problems = []
+    model_leads = getattr(config, "lead_names", None)
+    extractor_leads = getattr(feature_extractor, "lead_names", None)
+    if model_leads is not None and extractor_leads is not None:
+        if [str(name).lower() for name in model_leads] != [str(name).lower() for name in extractor_leads]:
+            problems.append(
+                f"lead order: feature extractor {list(extractor_leads)} != model config {list(model_leads)}"
+            )
+    for name in ("sampling_rate", "num_samples"):
+        model_value = getattr(config, name, None)
+        extractor_value = getattr(feature_extractor, name, None)
+        if model_value is None or extractor_value is None:
+            continue
+        try:
+            agree = np.isclose(float(model_value), float(extractor_value), rtol=1e-9, atol=0)
+        except (TypeError, ValueError):
+            agree = False
+        if not agree:
+            problems.append(f"{name}: feature extractor {extractor_value!r} != model config {model_value!r}")
+    ecg_config = getattr(config, "ecg_config", None)
+    num_leads = getattr(ecg_config, "num_leads", None)
+    feature_size = getattr(feature_extractor, "feature_size", None)
+    if num_leads is not None and feature_size is not None and int(num_leads) != int(feature_size):
+        problems.append(f"number of leads: feature extractor {feature_size} != model config {num_leads}")
+    for name, attribute in (("ets_logit_scale", "logit_scale"), ("ets_logit_bias", "logit_bias")):
+        parameter = getattr(base, attribute, None)
+        value = parameter.detach().float() if isinstance(parameter, torch.Tensor) else getattr(config, name, 0.0)
+        try:
+            finite = bool(torch.isfinite(torch.as_tensor(value, dtype=torch.float32)).all())
+        except (TypeError, ValueError, RuntimeError):
+            finite = False
+        if not finite:
+            where = f"the model's `{attribute}` weight" if isinstance(parameter, torch.Tensor) else f"config.{name}"
+            problems.append(f"{where} is not finite ({value!r}): every score would be NaN")
+    if problems:
+        raise ValueError(
+            f"Inconsistent D-BETA model folder {_model_name(model)!r}: " + "; ".join(problems) + ". Re-save the "
+            "processor from the model's config (or fix config.json / preprocessor_config.json) before scoring."
+        )
+
+
+def non_finite_parameters(model, limit: int = 5) -> list[str]:
+    """Names of (up to `limit`) parameters or buffers of `model` holding NaN or infinite values."""
+    names = []
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            names.append(name)
+            if len(names) >= limit:
+                break
+    return names
+
+
+def explain_non_finite(model, what: str) -> str:
+    """A message for non-finite model outputs (`what`: which ones), naming the likely cause."""
+    bad = non_finite_parameters(model)
+    if bad:
+        cause = f"the model's weights contain NaN/inf values (e.g. {', '.join(bad)}); the checkpoint is damaged"
+    else:
+        cause = "the weights are finite, so the input or an overflow in the model is the cause"
+    return f"{what} are not finite (NaN/inf): {cause}. No scores are returned rather than NaN scores."
+
+
+class _IndexedECG:
+    """One item of a list of ECGs with its position, so that errors can name it."""
+
+    __slots__ = ("ecg", "index")
+
+    def __init__(self, index: int, ecg: Any):
+        self.index, self.ecg = index, ecg
+
+
+def _describe_ecg(index: int | None, ecg: Any) -> str:
+    """`"ECG at index 3 ('ludb/4')"`: where an item of a batch is, and its file or record name."""
+    name = None
+    if isinstance(ecg, (str, os.PathLike)):
+        name = str(ecg)
+    elif isinstance(ecg, Mapping) and isinstance(ecg.get("signal"), (str, os.PathLike)):
+        name = str(ecg["signal"])
+    else:
+        metadata = getattr(ecg, "metadata", None)
+        if isinstance(metadata, Mapping):
+            name = metadata.get("path") or metadata.get("name")
+    where = "ECG" if index is None else f"ECG at index {index}"
+    return where + (f" ({str(name)!r})" if name else "")
+
+
+def _with_context(error: BaseException, context: str) -> BaseException:
+    """The same kind of exception, its message prefixed with `context` (ValueError if it cannot be rebuilt)."""
+    message = f"{context}: {error}"
+    try:
+        rebuilt = type(error)(message)
+    except Exception:  # noqa: BLE001 - exception types with other constructors
+        rebuilt = ValueError(message)
+    return rebuilt if str(rebuilt) == message else ValueError(message)
 
 
 class ZeroShotECGClassificationPipeline(Pipeline):
@@ -111,6 +245,8 @@ class ZeroShotECGClassificationPipeline(Pipeline):
             kwargs["feature_extractor"] = kwargs.get("feature_extractor") or getattr(
                 processor, "feature_extractor", None
             )
+        if kwargs.get("candidate_labels") is not None:  # a generator is read once, here
+            kwargs["candidate_labels"] = as_label_list(kwargs["candidate_labels"])
         # Set before `Pipeline.__init__`, which already sanitises the constructor's call parameters.
         self._label_descriptions_source = label_descriptions
         self._label_descriptions = None
@@ -127,6 +263,9 @@ class ZeroShotECGClassificationPipeline(Pipeline):
             raise ValueError(
                 "The zero-shot ECG pipeline needs a tokenizer and a DBetaFeatureExtractor (or a processor)."
             )
+        # A feature extractor that prepares other input than the model expects (lead order, rate) or a
+        # NaN logit scale would change or void every score silently: refuse the folder now.
+        check_model_and_feature_extractor(self.model, self.feature_extractor)
 
     # -- labels ------------------------------------------------------------------------------------
 
@@ -172,7 +311,7 @@ class ZeroShotECGClassificationPipeline(Pipeline):
                 `labels_are_codes=True`) a label that is not a known code.
             TypeError: a label that is not a string.
         """
-        labels = [candidate_labels] if isinstance(candidate_labels, str) else list(candidate_labels or [])
+        labels = as_label_list(candidate_labels) if candidate_labels is not None else []
         if not labels:
             raise ValueError("`candidate_labels` is empty: pass at least one label code or description.")
         for label in labels:
@@ -230,7 +369,12 @@ class ZeroShotECGClassificationPipeline(Pipeline):
                 ).to(self.device)
                 output = base.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
                 embeddings.append(output.pooler_output)
-        return torch.cat(embeddings)
+        embeddings = torch.cat(embeddings)
+        finite = torch.isfinite(embeddings).all(dim=-1)
+        if not bool(finite.all()):
+            bad = [texts[index] for index in (~finite).nonzero().flatten().tolist()]
+            raise ValueError(explain_non_finite(self.model, f"The text embeddings of labels {bad[:5]}"))
+        return embeddings
 
     # -- pipeline steps ----------------------------------------------------------------------------
 
@@ -242,8 +386,9 @@ class ZeroShotECGClassificationPipeline(Pipeline):
             ecgs: one ECG (array/tensor `(leads, samples)` in mV, file path, `ECGRecord`, or dict with
                 `"signal"` and optional `"sampling_rate"`, `"lead_names"`, `"units"`), a list of them,
                 or a `(batch, leads, samples)` array.
-            candidate_labels (`str` or `list[str]`): label codes (expanded to their descriptions)
-                and/or free-text descriptions. A single string is one label.
+            candidate_labels (`str` or an iterable of `str`): label codes (expanded to their
+                descriptions) and/or free-text descriptions. A single string is one label; a list,
+                tuple, generator, ... is read once. Empty is a `ValueError`.
             hypothesis_template (`str`, *optional*, defaults to `"{}"`): wraps each label text,
                 e.g. `"ECG showing {}."`.
             multi_label (`bool`, *optional*, defaults to `True`): independent sigmoid scores;
@@ -260,8 +405,13 @@ class ZeroShotECGClassificationPipeline(Pipeline):
 
         Return:
             For one ECG, a list of `{"label": str, "score": float}` sorted by logit, best first; for
-            several, a list of such lists. Label texts are embedded once per call, whatever the
-            number of ECGs.
+            several, a list of such lists (an empty list of ECGs gives `[]`, after the labels are
+            checked). Label texts are embedded once per call, whatever the number of ECGs.
+
+        Raises:
+            ValueError: a bad label or setting; an ECG that cannot be read or prepared (for a list of
+                ECGs the message starts with `ECG at index i ('file')`); non-finite scores (NaN/inf
+                weights, named in the message) - never NaN scores.
         """
         if "ecg" in kwargs:
             ecgs = kwargs.pop("ecg")
@@ -270,8 +420,19 @@ class ZeroShotECGClassificationPipeline(Pipeline):
         if candidate_labels is None and "candidate_labels" not in self._init_label_settings:
             raise ValueError("`candidate_labels` is required: the label codes or descriptions to score.")
         if candidate_labels is not None:
-            kwargs["candidate_labels"] = candidate_labels
-        return super().__call__(self._as_pipeline_inputs(ecgs), **kwargs)
+            kwargs["candidate_labels"] = as_label_list(candidate_labels)  # a generator is read once, here
+        inputs = self._as_pipeline_inputs(ecgs)
+        if isinstance(inputs, list):
+            if not inputs:
+                # An empty batch gives an empty result; the labels and settings are still checked.
+                settings = {key: value for key, value in kwargs.items() if key not in ("batch_size", "num_workers")}
+                self._sanitize_parameters(**settings)
+                return []
+            # Each item carries its position so that a failure names it (`preprocess`).
+            inputs = [_IndexedECG(index, ecg) for index, ecg in enumerate(inputs)]
+        elif isinstance(inputs, types.GeneratorType):
+            inputs = (_IndexedECG(index, ecg) for index, ecg in enumerate(inputs))
+        return super().__call__(inputs, **kwargs)
 
     @staticmethod
     def _as_pipeline_inputs(ecgs: Any) -> Any:
@@ -304,6 +465,8 @@ class ZeroShotECGClassificationPipeline(Pipeline):
     ):
         if kwargs:
             raise TypeError(f"Unexpected arguments for the zero-shot ECG pipeline: {sorted(kwargs)}.")
+        if candidate_labels is not None:
+            candidate_labels = as_label_list(candidate_labels)
         preprocess_params = {
             name: value
             for name, value in (("sampling_rate", sampling_rate), ("lead_names", lead_names), ("units", units))
@@ -335,6 +498,21 @@ class ZeroShotECGClassificationPipeline(Pipeline):
         return preprocess_params, forward_params, postprocess_params
 
     def preprocess(self, ecg, sampling_rate=None, lead_names=None, units="mV"):
+        index = None
+        if isinstance(ecg, _IndexedECG):
+            index, ecg = ecg.index, ecg.ecg
+        try:
+            input_values = self._prepare_ecg(ecg, sampling_rate=sampling_rate, lead_names=lead_names, units=units)
+        except Exception as error:  # noqa: BLE001 - re-raised with the item's index and file name
+            if index is None and not isinstance(ecg, (str, os.PathLike)):
+                raise
+            context = _describe_ecg(index, ecg)
+            raise _with_context(error, context) from error
+        # The index travels with the batch (a list after collation) so that `_forward` can name ECGs.
+        return {"input_values": input_values, "ecg_index": -1 if index is None else index}
+
+    def _prepare_ecg(self, ecg, sampling_rate=None, lead_names=None, units="mV") -> torch.Tensor:
+        """One ECG input -> its `(1, leads, samples)` model input, in the model's dtype."""
         if isinstance(ecg, Mapping):
             unknown = set(ecg) - {"signal", "sampling_rate", "lead_names", "units"}
             if "signal" not in ecg or unknown:
@@ -365,14 +543,29 @@ class ZeroShotECGClassificationPipeline(Pipeline):
         )
         if inputs["input_values"].shape[0] != 1:
             raise ValueError(f"Expected one ECG per input, got a batch of {inputs['input_values'].shape[0]}.")
-        return {"input_values": inputs["input_values"].to(self.dtype or torch.float32)}
+        input_values = inputs["input_values"].to(self.dtype or torch.float32)
+        if not bool(torch.isfinite(input_values).all()):
+            raise ValueError(
+                f"The prepared ECG is not finite in {input_values.dtype} (NaN/inf after conversion: amplitudes "
+                "too large for the model's precision?)."
+            )
+        return input_values
 
     def _forward(self, model_inputs, label_embeds=None):
         if label_embeds is None:
             raise ValueError("`candidate_labels` is required: the label codes or descriptions to score.")
         base = getattr(self.model, "dbeta", self.model)
         ecg_embeds = base.get_ecg_features(input_values=model_inputs["input_values"]).pooler_output
-        return {"logits": base.ets_logits(ecg_embeds, label_embeds.to(ecg_embeds.dtype))}
+        logits = base.ets_logits(ecg_embeds, label_embeds.to(ecg_embeds.dtype))
+        finite = torch.isfinite(logits).all(dim=-1)
+        if not bool(finite.all()):
+            indices = model_inputs.get("ecg_index", -1)
+            indices = indices.tolist() if isinstance(indices, torch.Tensor) else indices
+            indices = indices if isinstance(indices, list) else [indices] * len(finite)
+            bad = [indices[row] for row in (~finite).nonzero().flatten().tolist()]
+            which = "the ECG" if bad == [-1] else f"the ECGs at index {[index for index in bad if index >= 0]}"
+            raise ValueError(explain_non_finite(self.model, f"The scores of {which}"))
+        return {"logits": logits}
 
     def postprocess(self, model_outputs, candidate_labels=None, multi_label=True, top_k=None):
         logits = model_outputs["logits"][0].float()
@@ -457,7 +650,11 @@ __all__ = [
     "LABEL_DESCRIPTIONS_NAME",
     "TASK",
     "ZeroShotECGClassificationPipeline",
+    "as_label_list",
+    "check_model_and_feature_extractor",
+    "explain_non_finite",
     "load_label_descriptions",
+    "non_finite_parameters",
     "normalize_label_text",
     "save_pipeline_folder",
 ]
