@@ -93,6 +93,44 @@ def test_checkpoint_rotation_and_latest(tmp_path):
     assert pretrain.resolve_checkpoint(None, str(tmp_path)) is None
 
 
+def test_real_runs_default_to_the_papers_pretrained_encoders():
+    real = pretrain.parse_args(["--dataset_dir", "data/mimic_prepared"])
+    assert real.text_encoder == "google/flan-t5-base" and real.n3s_encoder == "google/flan-t5-small"
+    assert pretrain.text_encoder_source(real) == "google/flan-t5-base (pretrained)"
+    scratch = pretrain.parse_args(["--dataset_dir", "d", "--text_encoder_from_scratch", "--n3s_encoder", "tfidf"])
+    assert scratch.text_encoder is None and scratch.n3s_encoder == "tfidf"
+    assert pretrain.text_encoder_source(scratch) == "random initialisation (--text_encoder_from_scratch)"
+    continued = pretrain.parse_args(["--dataset_dir", "d", "--model_name_or_path", "some/dbeta"])
+    assert continued.text_encoder is None and continued.n3s_encoder == "google/flan-t5-small"
+    demo = pretrain.parse_args([])
+    assert demo.text_encoder is None and demo.n3s_encoder == "tfidf"
+    assert pretrain.text_encoder_source(demo) == "random initialisation (demo: trained from scratch)"
+    with pytest.raises(ValueError, match="--text_encoder_from_scratch"):
+        pretrain.parse_args(["--dataset_dir", "d", "--text_encoder_from_scratch", "--text_encoder", "t5-small"])
+    with pytest.raises(ValueError, match="--overwrite_output_dir"):
+        pretrain.parse_args(["--dataset_dir", "d", "--overwrite_output_dir", "--resume_from_checkpoint", "latest"])
+
+
+def test_checkpoint_saves_are_published_whole_and_removed_whole(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    for name in ("step_2", "step_4", "step_6.tmp", "step_1.deleting"):
+        (checkpoints / name).mkdir(parents=True)
+        (checkpoints / name / "model.safetensors").write_text(name)
+    assert [p.name for p in pretrain.list_checkpoints(tmp_path)] == ["step_2", "step_4"]
+    assert pretrain.resolve_checkpoint("latest", str(tmp_path)).name == "step_4"
+    with pytest.raises(ValueError, match="incomplete checkpoint"):
+        pretrain.resolve_checkpoint(str(checkpoints / "step_6.tmp"), str(tmp_path))
+    pretrain.publish_checkpoint(checkpoints / "step_6.tmp", checkpoints / "step_6")
+    pretrain.rotate_checkpoints(str(tmp_path), keep=2)
+    pretrain.remove_incomplete_checkpoints(tmp_path)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step_4", "step_6"]
+    (checkpoints / "step_4.tmp").mkdir()
+    (checkpoints / "step_4.tmp" / "model.safetensors").write_text("new")
+    pretrain.publish_checkpoint(checkpoints / "step_4.tmp", checkpoints / "step_4")  # a re-run of step 4 replaces it
+    assert (checkpoints / "step_4" / "model.safetensors").read_text() == "new"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step_4", "step_6"]
+
+
 def test_keyword_labels_respect_word_boundaries():
     labels = pretrain.zero_shot_label_set("mimic")
     reports = ["Sinus rhythm. Abnormal ECG", "sinus rhythm normal ecg", "atrial fibrillation with pvcs"]
@@ -135,7 +173,9 @@ def common_args(setup, output_dir, *extra):
         "--dataset_dir", str(setup.dataset), "--config_name", str(setup.config), "--tokenizer_name", str(setup.tokenizer),
         "--output_dir", str(output_dir), "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
         "--gradient_accumulation_steps", "2", "--max_train_steps", "6", "--learning_rate", "1e-3",
-        "--checkpointing_steps", "2", "--eval_steps", "0", "--logging_steps", "1", "--report_to", "none", *extra,
+        "--checkpointing_steps", "2", "--eval_steps", "0", "--logging_steps", "1", "--report_to", "none",
+        *(() if "--text_encoder" in extra else ("--text_encoder_from_scratch",)),
+        *(() if "--n3s_encoder" in extra else ("--n3s_encoder", "tfidf")), *extra,
     ]  # fmt: skip
 
 
@@ -213,6 +253,138 @@ def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(full_run, tiny_se
     assert final.keys() == final_resumed.keys()
     assert all(torch.equal(final[key], final_resumed[key]) for key in final)
     assert resumed.metrics == uninterrupted.metrics
+
+
+@pytest.mark.slow
+def test_a_checkpoint_save_cut_short_is_ignored_and_training_resumes_bit_exact(full_run, tiny_setup, tmp_path, monkeypatch):
+    """A save killed mid-way (here: after the model, before the optimizer state) leaves no `step_4`:
+    "latest" is step 2, and the resumed run reproduces the uninterrupted one exactly."""
+    from accelerate import Accelerator
+
+    save_state = Accelerator.save_state
+
+    def save_state_killed_at_step_4(self, output_dir=None, **kwargs):
+        if "step_4" in str(output_dir):
+            save_state(self, output_dir, **kwargs)
+            (Path(output_dir) / "optimizer.bin").unlink()
+            raise KeyboardInterrupt("killed while saving")
+        return save_state(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", save_state_killed_at_step_4)
+    output_dir = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        run_main(common_args(tiny_setup, output_dir))
+    monkeypatch.undo()
+    assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["step_2", "step_4.tmp"]
+    assert pretrain.resolve_checkpoint("latest", str(output_dir)).name == "step_2"
+
+    resumed = run_main(common_args(tiny_setup, output_dir, "--resume_from_checkpoint", "latest"))
+    assert resumed.history == full_run.result.history[2:]  # steps 3..6, every loss term bit for bit
+    final, final_resumed = load_file(full_run.output_dir / "model.safetensors"), load_file(output_dir / "model.safetensors")
+    assert all(torch.equal(final[key], final_resumed[key]) for key in final)
+    assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["step_2", "step_4", "step_6"]
+
+
+def test_a_fresh_run_refuses_an_output_dir_that_holds_checkpoints(tiny_setup, tmp_path):
+    old = tmp_path / "out" / "checkpoints" / "step_5000"
+    old.mkdir(parents=True)
+    (old / "model.safetensors").write_text("another run")
+    with pytest.raises(FileExistsError, match="step_5000") as raised:
+        run_main(common_args(tiny_setup, tmp_path / "out"))
+    assert "--resume_from_checkpoint latest" in str(raised.value) and "--overwrite_output_dir" in str(raised.value)
+    assert [p.name for p in (tmp_path / "out" / "checkpoints").iterdir()] == ["step_5000"]
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_overwrite_output_dir_starts_afresh(tiny_setup, tmp_path):
+    old = tmp_path / "out" / "checkpoints" / "step_5000"
+    old.mkdir(parents=True)
+    result = run_main(common_args(tiny_setup, tmp_path / "out", "--overwrite_output_dir", "--max_train_steps", "2"))
+    assert result.completed_steps == 2
+    assert [p.name for p in (tmp_path / "out" / "checkpoints").iterdir()] == ["step_2"]
+
+
+def offline_args(setup, output_dir, *extra):
+    """common_args without the test's own encoder choices: the defaults of a real run."""
+    args = common_args(setup, output_dir, "--text_encoder", "placeholder", "--n3s_encoder", "placeholder")
+    args = args[: args.index("--text_encoder")]
+    return [*args, *extra]
+
+
+@pytest.fixture
+def hub_offline(monkeypatch):
+    """No Hub access, as on a machine without internet (HF_HUB_OFFLINE=1)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+def test_an_unreachable_flan_t5_stops_a_real_run_before_training(tiny_setup, tmp_path, hub_offline):
+    with pytest.raises(OSError) as raised:
+        run_main(offline_args(tiny_setup, tmp_path / "out", "--n3s_encoder", "tfidf"))
+    message = str(raised.value)
+    assert "--text_encoder 'google/flan-t5-base' could not be loaded" in message and "--text_encoder_from_scratch" in message
+    assert not (tmp_path / "out" / "model.safetensors").exists() and not (tmp_path / "out" / "checkpoints").exists()
+
+    with pytest.raises(OSError) as raised:
+        run_main(offline_args(tiny_setup, tmp_path / "out", "--text_encoder_from_scratch"))
+    message = str(raised.value)
+    assert "--n3s_encoder 'google/flan-t5-small' could not be loaded" in message and "--n3s_encoder tfidf" in message
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_pretrained_t5(tmp_path_factory):
+    """A small pretrained-style T5 encoder folder (weights + config + the demo tokenizer)."""
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = demo_tokenizer()
+    torch.manual_seed(123)
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("tiny-flan-t5")
+    T5EncoderModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_the_run_states_and_uses_its_text_and_n3s_encoders(tiny_setup, tiny_pretrained_t5, tmp_path, caplog):
+    """--text_encoder / --n3s_encoder as local folders: the T5 tower starts from those weights (lr 0 keeps
+    them), and the log, results.json, tracker config and model card name both encoders."""
+    from transformers import T5EncoderModel
+
+    from modeling_dbeta import DBetaForPreTraining
+
+    output_dir = tmp_path / "pretrained"
+    caplog.set_level("INFO")
+    run_main(
+        common_args(
+            tiny_setup, output_dir, "--text_encoder", str(tiny_pretrained_t5), "--n3s_encoder", str(tiny_pretrained_t5),
+            "--max_train_steps", "1", "--checkpointing_steps", "0", "--learning_rate", "0", "--report_to", "tensorboard",
+        )
+    )  # fmt: skip
+    expected_text = f"{tiny_pretrained_t5} (pretrained)"
+    assert f"Text encoder: {expected_text}; N3S encoder: {tiny_pretrained_t5}" in caplog.text
+    results = json.loads((output_dir / "results.json").read_text())
+    assert results["text_encoder"] == expected_text and results["n3s_encoder"] == str(tiny_pretrained_t5)
+    card = (output_dir / "README.md").read_text()
+    assert f"Text encoder: {expected_text}." in card and f"N3S negative reports chosen with `{tiny_pretrained_t5}` embeddings." in card
+    assert f"| text encoder init | {expected_text} |" in card
+    hparams = next((output_dir / "runs").rglob("hparams.yml"), None)
+    if hparams is not None:  # the tracker's copy of the run's configuration
+        assert "text_encoder_source" in hparams.read_text()
+    n3s_cache = tiny_setup.dataset / "n3s" / "train"
+    assert any(p.name.startswith(str(tiny_pretrained_t5).replace("/", "--")) for p in n3s_cache.iterdir())
+
+    pretrained = T5EncoderModel.from_pretrained(tiny_pretrained_t5).state_dict()
+    trained = DBetaForPreTraining.from_pretrained(output_dir).dbeta.text_model.t5.state_dict()
+    assert all(torch.equal(trained[name], pretrained[name]) for name in pretrained if name in trained)
+    assert torch.equal(trained["shared.weight"], pretrained["shared.weight"])
 
 
 @pytest.mark.slow

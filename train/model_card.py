@@ -59,6 +59,10 @@ class PretrainingReport:
     software: Mapping[str, str] = field(default_factory=dict)
     #: Departures of this run's configuration from the paper's, one sentence each.
     notes: list[str] = field(default_factory=list)
+    #: Where the T5 tower's weights came from, e.g. "google/flan-t5-base (pretrained)".
+    text_encoder: str | None = None
+    #: What embedded the reports for the N3S negatives, e.g. "google/flan-t5-small" or "tfidf".
+    n3s_encoder: str | None = None
 
 
 def _format_value(value: Any) -> str:
@@ -168,6 +172,13 @@ def build_model_card(report: PretrainingReport) -> ModelCard:
         )
 
     prompt_rows = {label: f'"{prompt}"' for label, prompt in report.zero_shot_labels.items()}
+    encoder_lines = []
+    if report.text_encoder:
+        encoder_lines.append(f"Text encoder: {report.text_encoder}.")
+    if report.n3s_encoder:
+        n3s_method = "TF-IDF (scikit-learn)" if report.n3s_encoder == "tfidf" else f"`{report.n3s_encoder}` embeddings"
+        encoder_lines.append(f"N3S negative reports chosen with {n3s_method}.")
+    encoder_text = ("\n".join(encoder_lines) + "\n\n") if encoder_lines else ""
     notes_text = "".join(f"\n- {note}" for note in report.notes)
     if notes_text:
         notes_text = "\nDifferences from the paper's configuration:\n" + notes_text + "\n"
@@ -227,7 +238,7 @@ Zero-shot prompts:
 
 ## Training procedure
 
-{_table(report.hyperparameters, ("hyper-parameter", "value"))}
+{encoder_text}{_table(report.hyperparameters, ("hyper-parameter", "value"))}
 
 Architecture:
 

@@ -58,6 +58,10 @@ DEFAULT_HARD_MAX_SIMILARITY = 0.95
 SEARCH_CHUNK_ELEMENTS = 1 << 25
 
 
+class N3SEncoderUnavailable(OSError):
+    """The text encoder that should embed the reports cannot be loaded (e.g. offline)."""
+
+
 @dataclass
 class N3SSettings:
     """What determines the candidates (part of the cache key)."""
@@ -184,10 +188,16 @@ def embed_reports_with_encoder(
     from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
-    config = AutoConfig.from_pretrained(model_name_or_path)
-    model_class = T5EncoderModel if config.model_type in ("t5", "mt5", "umt5") else AutoModel
-    model = model_class.from_pretrained(model_name_or_path).to(device).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+        config = AutoConfig.from_pretrained(model_name_or_path)
+        model_class = T5EncoderModel if config.model_type in ("t5", "mt5", "umt5") else AutoModel
+        model = model_class.from_pretrained(model_name_or_path).to(device).eval()
+    except (OSError, ValueError) as error:
+        raise N3SEncoderUnavailable(
+            f"the N3S text encoder {model_name_or_path!r} could not be loaded ({error}). Make it reachable (online, in "
+            'the Hugging Face cache, or as a local folder), or use "tfidf" (offline; not the paper\'s setting).'
+        ) from error
 
     order = np.argsort([len(report) for report in reports], kind="stable")
     embeddings = None
@@ -363,7 +373,10 @@ def main(argv: list[str] | None = None) -> None:
     settings = N3SSettings(args.encoder, args.mode, args.num_candidates, args.hard_max_similarity)
     for split in args.splits:
         cache_dir = Path(args.cache_dir) / split if args.cache_dir else default_cache_dir(args.dataset_dir, split)
-        index = load_or_build_n3s_index(data[split]["report"], cache_dir, settings, device=args.device)
+        try:
+            index = load_or_build_n3s_index(data[split]["report"], cache_dir, settings, device=args.device)
+        except N3SEncoderUnavailable as error:
+            raise SystemExit(f"--encoder {args.encoder!r}: {error}") from error
         logger.info("%s: %d unique reports, candidates in %s", split, len(index), cache_dir / settings.cache_name())
 
 

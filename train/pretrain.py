@@ -40,6 +40,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import datasets
@@ -56,9 +57,10 @@ from transformers import AutoTokenizer
 from configuration_dbeta import DBetaConfig
 from dbeta.train.build_demo_tokenizer import DEMO_TOKENIZER_DIR
 from dbeta.train.collator import DBetaPretrainingCollator, EpochShuffleSampler, IndexedDataset, PretrainingBatchSettings
+from dbeta.train.hub_export import write_hub_folder
 from dbeta.train.metrics import multilabel_auroc, recall_at_k
 from dbeta.train.model_card import PretrainingReport, build_model_card
-from dbeta.train.n3s import N3S_MODES, N3SSettings, default_cache_dir, load_or_build_n3s_index
+from dbeta.train.n3s import N3S_MODES, N3SEncoderUnavailable, N3SSettings, default_cache_dir, load_or_build_n3s_index
 from dbeta.train.text import normalize_report
 from modeling_dbeta import DBetaForPreTraining
 
@@ -68,6 +70,16 @@ DEMO_CORPUS_DIR = Path("outputs/demo_corpus")
 DEMO_DATASET_DIR = Path("outputs/demo_corpus_prepared")
 DEMO_OUTPUT_DIR = Path("outputs/dbeta-demo")
 DEMO_NUM_RECORDS = 3000
+#: Real ECG-report pairs for the demo's training split (the sim+real variant): a folder laid out
+#: like `../shared/data/real` (ludb/, cinc2021/, cpsc2018/), or None for the simulated corpus only.
+#: The vendored LUDB evaluation records are never among them (`dbeta.train.real_ecg`).
+DEMO_REAL_DIR: str | None = None
+#: How many times each real pair is repeated in the training split (they are few next to the simulated ones).
+DEMO_REAL_REPEATS = 4
+#: The paper's encoders (spec section 3, DECISIONS 16): the T5 tower starts from Flan-T5-base, and
+#: N3S embeds the reports with Flan-T5-small. Real (non-demo) runs default to both.
+DEFAULT_TEXT_ENCODER = "google/flan-t5-base"
+DEFAULT_N3S_ENCODER = "google/flan-t5-small"
 CHECKPOINTS_FOLDER = "checkpoints"
 HUB_STAGING_FOLDER = ".hub_staging"
 #: Not uploaded with the final folder (checkpoints hold optimizer states; staging is transient).
@@ -154,7 +166,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     data.add_argument("--demo_num_records", type=int, default=DEMO_NUM_RECORDS)
 
     n3s = parser.add_argument_group("N3S negatives")
-    n3s.add_argument("--n3s_encoder", default="tfidf", help='"tfidf" (offline) or a text encoder id, e.g. google/flan-t5-small.')
+    n3s.add_argument(
+        "--n3s_encoder",
+        default=None,
+        help=f'Embeds the reports for N3S: a text encoder id or folder, or "tfidf" (offline). Default: {DEFAULT_N3S_ENCODER} '
+        '(the paper); the demo: "tfidf".',
+    )
     n3s.add_argument("--n3s_mode", choices=N3S_MODES, default="far")
     n3s.add_argument("--n3s_num_candidates", type=int, default=64)
     n3s.add_argument("--n3s_hard_max_similarity", type=float, default=0.95)
@@ -165,7 +182,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model.add_argument("--model_name_or_path", default=None, help="Continue from a saved D-BETA folder or Hub id.")
     model.add_argument("--config_name", default=None, help="A DBetaConfig JSON; default: the published architecture (demo: a small one).")
     model.add_argument("--config_overrides", default=None, help='Top-level config fields to change, e.g. "mlm_probability=0.15,ets_loss_weight=2".')
-    model.add_argument("--text_encoder", default=None, help="Initialise the T5 tower from this checkpoint (e.g. google/flan-t5-base).")
+    model.add_argument(
+        "--text_encoder",
+        default=None,
+        help=f"Initialise the T5 tower from this checkpoint (id or folder). Default: {DEFAULT_TEXT_ENCODER} (the paper); "
+        "the demo trains its small T5 from scratch.",
+    )
+    model.add_argument(
+        "--text_encoder_from_scratch",
+        action="store_true",
+        help="Train the T5 tower from random weights instead of a pretrained --text_encoder (not the paper's setting).",
+    )
     model.add_argument("--tokenizer_name", default=None, help="Default: --text_encoder's (demo: the packaged demo tokenizer).")
     model.add_argument("--gradient_checkpointing", action="store_true")
     model.add_argument("--attn_implementation", choices=["sdpa", "eager"], default=None)
@@ -205,6 +232,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     run.add_argument("--checkpointing_steps", type=int, default=None, help="0: no intermediate checkpoints.")
     run.add_argument("--checkpoints_total_limit", type=int, default=3)
     run.add_argument("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint folder.')
+    run.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="Start afresh in an --output_dir that holds checkpoints of an earlier run (they are deleted).",
+    )
+    run.add_argument(
+        "--preparation_timeout",
+        type=int,
+        default=6 * 3600,
+        help="Seconds the other processes wait for the main process to prepare shared files (data, N3S cache, downloads).",
+    )
     run.add_argument("--report_to", default="tensorboard", help='Tracker(s) for accelerate ("all", "none", "tensorboard", "wandb", ...).')
     run.add_argument("--zero_shot_labels", default=None, help='"demo", "mimic" or a JSON {label: [prompt, regex]}.')
     run.add_argument("--recall_ks", type=int, nargs="+", default=[1, 5, 10])
@@ -222,6 +260,14 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     args.is_demo = args.dataset_dir is None and args.model_name_or_path is None and args.config_name is None
     if args.dataset_dir is None and not args.is_demo:
         raise ValueError("--dataset_dir is required unless running the demo (no --model_name_or_path/--config_name).")
+    if args.text_encoder_from_scratch and (args.text_encoder or args.model_name_or_path):
+        raise ValueError("--text_encoder_from_scratch excludes --text_encoder and --model_name_or_path.")
+    if args.text_encoder and args.model_name_or_path:
+        raise ValueError("--text_encoder and --model_name_or_path exclude each other (the saved model holds its own text tower).")
+    if args.text_encoder is None and not (args.is_demo or args.model_name_or_path or args.text_encoder_from_scratch):
+        args.text_encoder = DEFAULT_TEXT_ENCODER
+    if args.n3s_encoder is None:
+        args.n3s_encoder = "tfidf" if args.is_demo else DEFAULT_N3S_ENCODER
     defaults = DEMO_DEFAULTS if args.is_demo else PAPER_DEFAULTS
     for name, value in defaults.items():
         if getattr(args, name) is None:
@@ -236,6 +282,8 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError("--streaming needs --max_train_steps (a stream has no length).")
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id.")
+    if args.overwrite_output_dir and args.resume_from_checkpoint:
+        raise ValueError("--overwrite_output_dir and --resume_from_checkpoint exclude each other.")
     if args.warmup_ratio + (args.hold_ratio if args.lr_scheduler_type == "tri_stage" else 0.0) > 1.0:
         raise ValueError("--warmup_ratio + --hold_ratio must not exceed 1.")
     return args
@@ -258,9 +306,40 @@ def prepare_demo_dataset(args: argparse.Namespace) -> str:
         logger.info(f"Demo corpus: {args.demo_num_records} simulated studies in {corpus_dir} ({time.perf_counter() - started:.0f} s)")
     if not (dataset_dir / "dataset_dict.json").is_file():
         started = time.perf_counter()
-        prepare_mimic_iv_ecg(corpus_dir, dataset_dir, num_proc=min(2, os.cpu_count() or 1), val_fraction=0.1, seed=args.seed, progress=False)
+        real_dir = getattr(args, "demo_real_dir", None) or DEMO_REAL_DIR
+        target = dataset_dir.with_name(dataset_dir.name + "_simulated") if real_dir else dataset_dir
+        prepare_mimic_iv_ecg(corpus_dir, target, num_proc=min(2, os.cpu_count() or 1), val_fraction=0.1, seed=args.seed, progress=False)
+        if real_dir:
+            add_real_training_pairs(target, dataset_dir, real_dir, getattr(args, "demo_real_repeats", DEMO_REAL_REPEATS))
         logger.info(f"Demo corpus prepared in {dataset_dir} ({time.perf_counter() - started:.0f} s)")
     return str(dataset_dir)
+
+
+def add_real_training_pairs(simulated_dir: Path, dataset_dir: Path, real_dir: str | os.PathLike, repeats: int) -> None:
+    """Write `dataset_dir`: the prepared simulated corpus with the real ECG-report pairs of
+    `real_dir` (never the vendored evaluation records) appended `repeats` times to its training
+    split; the validation split stays simulated. The pairs are listed in `real_pairs.csv`."""
+    from dbeta.train.mimic_iv_ecg import SkipRecord, convert_record, dataset_features
+    from dbeta.train.real_ecg import real_training_pairs
+
+    simulated = datasets.load_from_disk(str(simulated_dir))
+    rows, listed = [], []
+    for number, pair in enumerate(real_training_pairs(real_dir)):
+        try:
+            samples, gain, lead_names, _ = convert_record(pair["record"])
+        except SkipRecord as skip:
+            logger.info(f"Real pair {pair['source']}/{pair['record_id']} skipped: {skip}")
+            continue
+        subject_id = 90_000_000 + number  # apart from the simulated subjects (10M-19M)
+        rows.append({"subject_id": subject_id, "study_id": subject_id, "ecg_time": "", "path": f"real/{pair['source']}/{pair['record_id']}",
+                     "report": normalize_report(pair["report"]), "ecg": samples, "ecg_gain": gain, "lead_names": lead_names,
+                     "sampling_rate": float(pair["sampling_rate"])})
+        listed.append(f"{pair['source']},{pair['record_id']}")
+    real = datasets.Dataset.from_list(rows, features=dataset_features())
+    train = datasets.concatenate_datasets([simulated["train"].cast(dataset_features()), *([real] * repeats)])
+    datasets.DatasetDict({"train": train, "validation": simulated["validation"]}).save_to_disk(str(dataset_dir))
+    (dataset_dir / "real_pairs.csv").write_text("source,record_id\n" + "\n".join(listed) + "\n", encoding="utf-8")
+    logger.info(f"Added {len(rows)} real ECG-report pairs x {repeats} to the demo's training split")
 
 
 def load_splits(args: argparse.Namespace):
@@ -381,7 +460,13 @@ def build_model(args: argparse.Namespace, tokenizer) -> DBetaForPreTraining:
         if args.config_overrides:
             config.update_from_string(args.config_overrides)
         if args.text_encoder:
-            model = DBetaForPreTraining.from_text_encoder_pretrained(args.text_encoder, config=config)
+            try:
+                model = DBetaForPreTraining.from_text_encoder_pretrained(args.text_encoder, config=config)
+            except OSError as error:
+                raise OSError(
+                    f"--text_encoder {args.text_encoder!r} could not be loaded ({error}); pass a reachable checkpoint, "
+                    "or --text_encoder_from_scratch to train the text tower from random weights."
+                ) from error
         else:
             model = DBetaForPreTraining(config)
     if len(tokenizer) > model.config.text_config.vocab_size:
@@ -478,12 +563,19 @@ class TrainingProgress:
         self.__dict__.update(state)
 
 
+#: `save_state` writes `step_N.tmp` and renames it to `step_N` once every process has written its
+#: part, so a `step_N` folder is always complete; stale copies are renamed to `*.deleting` before
+#: they are removed. Only `step_N` folders count as checkpoints (for "latest" and for rotation).
+INCOMPLETE_SUFFIXES = (".tmp", ".deleting")
+
+
 def checkpoint_step(path: Path) -> int:
     match = re.fullmatch(r"step_(\d+)", path.name)
     return int(match.group(1)) if match else -1
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The complete checkpoints of `output_dir`, oldest first (partial `*.tmp` folders are not listed)."""
     folder = Path(output_dir) / CHECKPOINTS_FOLDER
     if not folder.is_dir():
         return []
@@ -497,14 +589,54 @@ def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> P
         checkpoints = list_checkpoints(output_dir)
         return checkpoints[-1] if checkpoints else None
     path = Path(resume_from_checkpoint)
+    if path.name.endswith(INCOMPLETE_SUFFIXES):
+        raise ValueError(f"{path} is an incomplete checkpoint (a save that did not finish); resume from a step_N folder.")
     if not path.is_dir():
         raise FileNotFoundError(f"No checkpoint folder {path}.")
     return path
 
 
+def _remove_folder(folder: Path) -> None:
+    """Rename, then delete: a removal cut short leaves a `*.deleting` folder, never a partial `step_N`."""
+    doomed = folder.with_name(folder.name + ".deleting") if not folder.name.endswith(".deleting") else folder
+    if doomed != folder:
+        shutil.rmtree(doomed, ignore_errors=True)
+        os.replace(folder, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def remove_incomplete_checkpoints(output_dir: str | os.PathLike, keep: Sequence[Path] = ()) -> None:
+    """Delete what interrupted saves and removals left behind (`*.tmp`, `*.deleting`)."""
+    folder = Path(output_dir) / CHECKPOINTS_FOLDER
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.is_dir() and path.name.endswith(INCOMPLETE_SUFFIXES) and path not in keep:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def publish_checkpoint(staging: Path, final: Path) -> None:
+    """Make a fully written `step_N.tmp` the checkpoint `step_N` (replacing an older `step_N`)."""
+    if final.exists():
+        _remove_folder(final)
+    os.replace(staging, final)
+
+
 def rotate_checkpoints(output_dir: str, keep: int) -> None:
     for stale in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(stale, ignore_errors=True)
+        _remove_folder(stale)
+
+
+def check_output_dir(args: argparse.Namespace) -> list[Path]:
+    """Refuse to start a fresh run beside another run's checkpoints (its own would be rotated away
+    and "latest" would later resume the other run). Returns the checkpoints found."""
+    checkpoints = list_checkpoints(args.output_dir)
+    if checkpoints and not args.resume_from_checkpoint and not args.overwrite_output_dir:
+        raise FileExistsError(
+            f"--output_dir {args.output_dir} already holds checkpoints of an earlier run "
+            f"({', '.join(p.name for p in checkpoints)}). Pass --resume_from_checkpoint latest to continue it, "
+            "--overwrite_output_dir to delete them and start afresh, or choose another --output_dir."
+        )
+    return checkpoints
 
 
 # --------------------------------------------------------------------------------------------
@@ -572,22 +704,8 @@ def export_hub_folder(accelerator: Accelerator, model, processor, folder: str | 
             unwrapped = full_model
     if not accelerator.is_main_process:
         return
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        from pipeline_dbeta import save_pipeline_folder
-    except ImportError:  # the pipeline file is optional in a checkout
-        save_pipeline_folder = None
-    was_training = unwrapped.training
-    if save_pipeline_folder is not None:
-        save_pipeline_folder(unwrapped, processor, folder, label_descriptions=label_descriptions)
-    else:
-        unwrapped.save_pretrained(folder)
-        processor.save_pretrained(folder)
-    unwrapped.train(was_training)
-    for name, text in extra_files.items():
-        (folder / name).write_text(text, encoding="utf-8")
-    card.save(folder / "README.md")
+    # The same writer as train/convert_original_checkpoint.py, so both folders load the same way.
+    write_hub_folder(unwrapped, processor, folder, card, extra_files, label_descriptions)
 
 
 # --------------------------------------------------------------------------------------------
@@ -628,8 +746,11 @@ def evaluate(
     tokenizer,
     seed: int,
     recall_ks: Sequence[int],
+    real_eval_set=None,
 ) -> dict[str, float]:
-    """Validation losses (fixed negatives and masks), zero-shot AUROC and retrieval recall@k."""
+    """Validation losses (fixed negatives and masks), zero-shot AUROC and retrieval recall@k; with
+    `real_eval_set` (a `dbeta.train.real_ecg.RealEvalSet`), also the zero-shot AUROC on those real
+    ECGs with plain-text rhythm prompts, computed as the public pipeline does."""
     was_training = model.training
     model.eval()
     unwrapped = accelerator.unwrap_model(model)
@@ -686,6 +807,11 @@ def evaluate(
     }
     for direction, values in recall.items():
         metrics.update({f"{direction}_recall@{k}": value for k, value in values.items()})
+    if real_eval_set is not None:
+        from dbeta.train.real_ecg import evaluate_real_zero_shot
+
+        with full_parameters(accelerator, model):
+            metrics.update(evaluate_real_zero_shot(unwrapped, build_processor(unwrapped.config, tokenizer), real_eval_set))
     if was_training:
         model.train()
     return metrics
@@ -694,6 +820,166 @@ def evaluate(
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
+
+
+# --------------------------------------------------------------------------------------------
+# Multi-process preparation and pretrained encoders
+# --------------------------------------------------------------------------------------------
+
+
+class PreparationFailed(RuntimeError):
+    """Raised on the processes that waited for a preparation step which failed on another process."""
+
+
+class SharedPreparation:
+    """Runs the steps that write shared files before training (demo corpus, dataset preparation,
+    downloads, N3S cache) once, and lets every other process read the result.
+
+    A step runs first on the main process; then on the first process of every other machine
+    (files written to a machine-local path exist there only; where the folder is shared the step
+    finds them and does nothing); then on the remaining processes, which read what was written.
+    The processes agree after each turn: when the step raised anywhere, the failing process
+    re-raises its error and every other one raises `PreparationFailed` with that error, instead of
+    waiting in a collective until the backend's timeout. The waiting happens on a gloo group of its
+    own, so a long preparation is bounded by `--preparation_timeout`, not by the training backend's
+    timeout (10 minutes for NCCL). A process killed outright is handled by the launcher, which then
+    stops the others.
+    """
+
+    def __init__(self, accelerator: Accelerator, timeout_seconds: float = 6 * 3600):
+        self.accelerator = accelerator
+        self.group = None
+        if accelerator.num_processes > 1:
+            self.group = torch.distributed.new_group(backend="gloo", timeout=timedelta(seconds=timeout_seconds))
+        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        self.several_machines = local_world_size < accelerator.num_processes
+
+    def _turns(self) -> list[bool]:
+        """Whether this process works in each turn: main, [first of each other machine], the rest."""
+        accelerator = self.accelerator
+        turns = [accelerator.is_main_process]
+        if self.several_machines:
+            turns.append(accelerator.is_local_main_process and not accelerator.is_main_process)
+        turns.append(not accelerator.is_local_main_process)
+        return turns
+
+    def _first_error(self, error: str | None) -> str | None:
+        """Every process's error (None: succeeded) exchanged; the first one, or None."""
+        if self.group is None:
+            return error
+        failed = torch.tensor([int(error is not None)], dtype=torch.int64)
+        torch.distributed.all_reduce(failed, op=torch.distributed.ReduceOp.MAX, group=self.group)
+        if not failed.item():
+            return None
+        errors: list = [None] * self.accelerator.num_processes
+        torch.distributed.all_gather_object(errors, error, group=self.group)
+        return next((f"process {rank}: {text}" for rank, text in enumerate(errors) if text is not None), None)
+
+    def run(self, description: str, function, *args, **kwargs):
+        """`function(*args, **kwargs)` on every process, one turn after another; returns its result."""
+        result = None
+        for works in self._turns():
+            error = None
+            if works:
+                try:
+                    result = function(*args, **kwargs)
+                except BaseException as exception:  # noqa: BLE001 - re-raised below, after telling the others
+                    error = exception
+            first_error = self._first_error(None if error is None else f"{type(error).__name__}: {error}")
+            if error is not None:
+                raise error
+            if first_error is not None:
+                raise PreparationFailed(
+                    f"Process {self.accelerator.process_index} stops: {description} failed on {first_error} "
+                    "(see that process's traceback)."
+                )
+        return result
+
+    def close(self) -> None:
+        if self.group is not None:
+            torch.distributed.destroy_process_group(self.group)
+            self.group = None
+
+
+def _accelerator_available() -> bool:
+    """Whether torch sees a GPU (or another accelerator)."""
+    if hasattr(torch, "accelerator"):
+        return torch.accelerator.is_available()
+    return torch.cuda.is_available()
+
+
+def _delete_old_checkpoints(args: argparse.Namespace) -> None:
+    for folder in (Path(args.output_dir) / CHECKPOINTS_FOLDER, Path(args.output_dir) / HUB_STAGING_FOLDER):
+        if folder.exists():
+            logger.info(f"--overwrite_output_dir: deleting {folder}")
+            shutil.rmtree(folder)
+
+
+def n3s_cache_dir(args: argparse.Namespace, split: str) -> Path:
+    return Path(args.n3s_cache_dir) / split if args.n3s_cache_dir else default_cache_dir(args.dataset_dir, split)
+
+
+def text_encoder_source(args: argparse.Namespace) -> str:
+    """Where the T5 tower's weights come from (logged, in results.json and in the model card)."""
+    if args.model_name_or_path:
+        return f"{args.model_name_or_path} (the D-BETA checkpoint's own text tower)"
+    if args.text_encoder:
+        return f"{args.text_encoder} (pretrained)"
+    return "random initialisation (" + ("demo: trained from scratch" if args.is_demo else "--text_encoder_from_scratch") + ")"
+
+
+def check_pretrained_encoders(args: argparse.Namespace) -> None:
+    """Fail before any data work when a pretrained encoder the run needs cannot be loaded, naming the
+    flag (a real run must not fall back to a random text tower or to TF-IDF negatives)."""
+    if args.text_encoder:
+        try:
+            transformers.AutoConfig.from_pretrained(args.text_encoder)
+        except (OSError, ValueError) as error:
+            raise OSError(
+                f"--text_encoder {args.text_encoder!r} could not be loaded ({error}). Real pre-training starts the text "
+                f"tower from the pretrained {DEFAULT_TEXT_ENCODER} (the paper). Make it reachable (online, in the Hugging Face "
+                "cache, e.g. `huggingface-cli download google/flan-t5-base`, or as a local folder passed to --text_encoder), "
+                "or pass --text_encoder_from_scratch to train the text tower from random weights."
+            ) from error
+    if args.n3s_encoder != "tfidf" and args.dataset_dir is not None:
+        settings = N3SSettings(args.n3s_encoder, args.n3s_mode, args.n3s_num_candidates, args.n3s_hard_max_similarity)
+        cached = all(
+            (n3s_cache_dir(args, split) / settings.cache_name() / "n3s_config.json").is_file()
+            for split in (args.train_split, args.validation_split)
+        )
+        if not cached:
+            check_n3s_encoder(args.n3s_encoder)
+
+
+def check_n3s_encoder(name: str) -> None:
+    try:
+        transformers.AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise OSError(
+            f"--n3s_encoder {name!r} could not be loaded ({error}). N3S embeds the reports with {DEFAULT_N3S_ENCODER} "
+            "(the paper). Make it reachable (online, in the Hugging Face cache, or as a local folder passed to "
+            "--n3s_encoder), or pass --n3s_encoder tfidf for TF-IDF negatives (offline; not the paper's setting)."
+        ) from error
+
+
+def load_tokenizer(args: argparse.Namespace):
+    try:
+        return AutoTokenizer.from_pretrained(args.tokenizer_name)
+    except (OSError, ValueError) as error:
+        raise OSError(
+            f"The tokenizer {args.tokenizer_name!r} could not be loaded ({error}); pass a reachable one with --tokenizer_name."
+        ) from error
+
+
+def build_n3s_indexes(args: argparse.Namespace, train_reports, validation_reports, device) -> dict:
+    settings = N3SSettings(args.n3s_encoder, args.n3s_mode, args.n3s_num_candidates, args.n3s_hard_max_similarity)
+    indexes = {}
+    for split, reports in ((args.train_split, train_reports), (args.validation_split, validation_reports)):
+        try:
+            indexes[split] = load_or_build_n3s_index(reports, n3s_cache_dir(args, split), settings, device=device)
+        except N3SEncoderUnavailable as error:
+            raise OSError(f"--n3s_encoder {args.n3s_encoder!r}: {error}") from error
+    return indexes
 
 
 @dataclass
@@ -743,40 +1029,56 @@ def main(argv: Sequence[str] | None = None) -> PretrainingResult:
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
-        cpu=args.cpu,
+        # Without a GPU, `accelerate launch` with several processes (train/configs/cpu_2_processes.yaml)
+        # needs cpu=True for accelerate to join them (gloo); otherwise each would train alone.
+        cpu=args.cpu or not _accelerator_available(),
         log_with=report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
     )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
-    if accelerator.is_local_main_process:
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise RuntimeError(
+            f"The launcher started {launched} processes but accelerate joined {accelerator.num_processes} "
+            f"({accelerator.distributed_type}); check the accelerate config (distributed_type, use_cpu) or pass --cpu."
+        )
+    # Logs, progress bar and summary from the main process; the others report warnings and errors only.
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+        level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+    )  # fmt: skip
+    if accelerator.is_main_process:
         datasets.utils.logging.set_verbosity_warning()
         transformers.utils.logging.set_verbosity_warning()
     else:
         datasets.utils.logging.set_verbosity_error()
         transformers.utils.logging.set_verbosity_error()
+        datasets.disable_progress_bars()
     if accelerator.device.type == "cpu":
         torch.set_num_threads(cpu_threads_per_process(args.num_cpu_threads, accelerator.num_processes))
-    logger.info(accelerator.state, main_process_only=False)
+    logger.info(accelerator.state)
     set_seed(args.seed)  # model initialisation
+    # Everything below that writes shared files before training runs on the main process first.
+    preparation = SharedPreparation(accelerator, args.preparation_timeout)
+    existing_checkpoints = preparation.run("checking --output_dir", check_output_dir, args)
+    if existing_checkpoints and args.overwrite_output_dir:
+        preparation.run("deleting the old checkpoints (--overwrite_output_dir)", _delete_old_checkpoints, args)
+    preparation.run("loading the pretrained encoders", check_pretrained_encoders, args)
+    logger.info(f"Text encoder: {text_encoder_source(args)}; N3S encoder: {args.n3s_encoder}")
 
     # ---- data ----------------------------------------------------------------------------
     if args.is_demo:
-        with accelerator.main_process_first():
-            args.dataset_dir = prepare_demo_dataset(args)
+        args.dataset_dir = preparation.run("writing and preparing the demo corpus", prepare_demo_dataset, args)
     if args.tokenizer_name is None:
-        args.tokenizer_name = args.text_encoder or args.model_name_or_path or (str(DEMO_TOKENIZER_DIR) if args.is_demo else "google/flan-t5-base")
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name)
+        args.tokenizer_name = args.text_encoder or args.model_name_or_path or (str(DEMO_TOKENIZER_DIR) if args.is_demo else DEFAULT_TEXT_ENCODER)
+    tokenizer = preparation.run("loading the tokenizer", load_tokenizer, args)
     train_data, validation_data, train_reports = load_splits(args)
 
-    n3s_settings = N3SSettings(args.n3s_encoder, args.n3s_mode, args.n3s_num_candidates, args.n3s_hard_max_similarity)
     n3s_device = accelerator.device if args.n3s_encoder != "tfidf" else None
-    with accelerator.main_process_first():
-        indexes = {}
-        for split, reports in ((args.train_split, train_reports), (args.validation_split, validation_data["report"])):
-            cache_dir = Path(args.n3s_cache_dir) / split if args.n3s_cache_dir else default_cache_dir(args.dataset_dir, split)
-            indexes[split] = load_or_build_n3s_index(reports, cache_dir, n3s_settings, device=n3s_device)
-
-    model = build_model(args, tokenizer)
+    indexes = preparation.run(
+        "building the N3S cache", build_n3s_indexes, args, train_reports, validation_data["report"], n3s_device
+    )
+    model = preparation.run("building the model", build_model, args, tokenizer)
+    preparation.close()
     config = model.config
     batch_settings = PretrainingBatchSettings.from_config(config, negative_fraction=args.negative_fraction)
     train_collator = DBetaPretrainingCollator(tokenizer, batch_settings, indexes[args.train_split], seed=args.seed)
@@ -827,6 +1129,7 @@ def main(argv: Sequence[str] | None = None) -> PretrainingResult:
     label_set = zero_shot_label_set(args.zero_shot_labels)
     if report_to:
         hyperparameters = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in vars(args).items()}
+        hyperparameters["text_encoder_source"] = text_encoder_source(args)
         accelerator.init_trackers("dbeta-pretrain", config=hyperparameters)
 
     checkpoint = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
@@ -867,20 +1170,33 @@ def main(argv: Sequence[str] | None = None) -> PretrainingResult:
             hub_dataset_ids=[],
             software=software_versions(),
             notes=DEMO_NOTES if args.is_demo else [],
+            text_encoder=text_encoder_source(args),
+            n3s_encoder=args.n3s_encoder,
         )
-        results = {"completed_steps": progress.completed_steps, "samples_seen": progress.samples_seen, "train_seconds": progress.train_seconds, "metrics": dict(metrics_for_card)}
+        results = {
+            "completed_steps": progress.completed_steps, "samples_seen": progress.samples_seen, "train_seconds": progress.train_seconds,
+            "text_encoder": text_encoder_source(args), "n3s_encoder": args.n3s_encoder, "metrics": dict(metrics_for_card),
+        }  # fmt: skip
         export_hub_folder(
             accelerator, model, processor, folder, build_model_card(summary),
             {"results.json": json.dumps(results, indent=2) + "\n"}, label_descriptions,
         )
 
+    if args.is_demo:
+        from dbeta.train.real_ecg import load_ludb_eval_set
+
+        real_eval_set = load_ludb_eval_set()  # the vendored real ECGs, never used in training
+    else:
+        real_eval_set = None
+
     def run_validation() -> dict[str, float]:
-        values = evaluate(accelerator, model, loss_loader, embedding_loader, validation_reports, label_set, tokenizer, args.seed, args.recall_ks)
+        values = evaluate(accelerator, model, loss_loader, embedding_loader, validation_reports, label_set, tokenizer, args.seed, args.recall_ks, real_eval_set)
         accelerator.log({f"validation/{name}": value for name, value in values.items()}, step=progress.completed_steps)
         accelerator.print(
             f"step {progress.completed_steps}: validation loss {values['loss']:.4f}, zero-shot macro AUROC "
             f"{values['zero_shot_macro_auroc']:.4f}, ECG->report recall@1 {values.get('ecg_to_text_recall@1', float('nan')):.3f}, "
             f"ETM accuracy {values['etm_accuracy']:.3f}"
+            + (f", real-ECG zero-shot macro AUROC {values['real_zero_shot_macro_auroc']:.4f}" if "real_zero_shot_macro_auroc" in values else "")
         )
         return values
 
@@ -889,7 +1205,7 @@ def main(argv: Sequence[str] | None = None) -> PretrainingResult:
     logger.info("***** Pre-training *****")
     logger.info(f"  Examples = {data_counts['train records']}, steps = {args.max_train_steps}, batch = {total_batch_size} "
                 f"({args.per_device_train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps} accumulation)")
-    progress_bar = tqdm(range(args.max_train_steps), initial=progress.completed_steps, disable=not accelerator.is_local_main_process, desc="pre-training")
+    progress_bar = tqdm(range(args.max_train_steps), initial=progress.completed_steps, disable=not accelerator.is_main_process, desc="pre-training")
     mask_generator = torch.Generator(device=accelerator.device)
     step_loss_sum, micro_batches = torch.zeros(len(LOSS_NAMES), device=accelerator.device), 0
     window_started, window_samples = time.perf_counter(), 0
@@ -974,10 +1290,20 @@ def main(argv: Sequence[str] | None = None) -> PretrainingResult:
 
 def save_checkpoint(accelerator: Accelerator, args, progress: TrainingProgress, uploader: HubUploader | None, export, metrics) -> None:
     """`save_state` into `checkpoints/step_N` (keeping the last K) and, when pushing, upload an
-    exported Hub folder of this step in the background."""
+    exported Hub folder of this step in the background.
+
+    The state is written into `step_N.tmp`, which becomes `step_N` only once every process has
+    written its part: a save cut short (killed, disk full) leaves no `step_N` for "latest" to pick.
+    (The checkpoints folder must be shared by all processes, as `save_state` requires.)"""
     folder = Path(args.output_dir) / CHECKPOINTS_FOLDER / f"step_{progress.completed_steps}"
-    accelerator.save_state(str(folder))
+    staging = folder.with_name(folder.name + ".tmp")
     if accelerator.is_main_process:
+        remove_incomplete_checkpoints(args.output_dir)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        publish_checkpoint(staging, folder)
         rotate_checkpoints(args.output_dir, args.checkpoints_total_limit)
     if uploader is not None or args.push_to_hub:
         staging = Path(args.output_dir) / HUB_STAGING_FOLDER / f"step_{progress.completed_steps}"
@@ -999,7 +1325,7 @@ def training_hyperparameters(args: argparse.Namespace, accelerator: Accelerator)
         "gradient clipping": args.max_grad_norm or "off",
         "mixed precision": accelerator.mixed_precision,
         "N3S": f"{args.n3s_encoder}, {args.n3s_mode} mode, k={args.n3s_num_candidates}, {args.negative_fraction:.0%} of each batch",
-        "text encoder init": args.text_encoder or args.model_name_or_path or "random",
+        "text encoder init": text_encoder_source(args),
         "seed": args.seed,
     }
 
@@ -1019,6 +1345,13 @@ def print_summary(metrics: Mapping[str, float], label_set, output_dir: Path, wal
             print(f"  zero-shot AUROC {label:<28} {value:.4f}")
     print(f"  retrieval ECG->report recall@1/5/10: " + " / ".join(f"{metrics.get(f'ecg_to_text_recall@{k}', float('nan')):.3f}" for k in (1, 5, 10)))
     print(f"Validation zero-shot macro AUROC: {metrics['zero_shot_macro_auroc']:.4f} ({int(metrics['zero_shot_num_labels'])} labels)")
+    if "real_zero_shot_macro_auroc" in metrics:
+        print(f"Real ECGs (vendored LUDB evaluation set, {int(metrics['real_zero_shot_num_records'])} patients never used in training), "
+              "plain-text prompts:")
+        for name, value in metrics.items():
+            if name.startswith("real_zero_shot_auroc/"):
+                print(f"  zero-shot AUROC {name.split('/', 1)[1]:<28} {value:.4f}")
+        print(f"Real-ECG zero-shot macro AUROC: {metrics['real_zero_shot_macro_auroc']:.4f} ({int(metrics['real_zero_shot_num_labels'])} labels)")
     print(f"Hub folder: {output_dir.resolve()}")
 
 
