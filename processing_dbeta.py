@@ -132,6 +132,9 @@ _WFDB_BYTES_PER_SAMPLE = {
 }
 _WFDB_COMPRESSED_FORMATS = ("508", "516", "524")
 
+# Largest WFDB header read (single-segment headers are a few kB, even with long comments).
+_MAX_HEADER_BYTES = 1 << 20
+
 #: Plausible ECG sampling rates in Hz. Readers and the feature extractor refuse rates outside
 #: this range with a `ValueError` (a header claiming 0.02 Hz, or `sampling_rate=1e-9`, would
 #: otherwise ask for gigabytes when resampled to 500 Hz).
@@ -217,6 +220,12 @@ def _parse_wfdb_header(header_path: Path) -> _WFDBHeader:
     carries the signal file's extension), which `wfdb` rejects; here the extension is dropped.
     """
     try:
+        size = header_path.stat().st_size
+        if size > _MAX_HEADER_BYTES:
+            raise ValueError(
+                f"Bad WFDB header {header_path}: {size} bytes, more than the {_MAX_HEADER_BYTES} a "
+                "single-segment header can plausibly need"
+            )
         text = header_path.read_text(encoding="utf-8", errors="replace")
     except OSError as error:
         raise ValueError(f"Cannot read WFDB header {header_path}: {error}") from error
@@ -394,7 +403,16 @@ def _to_millivolts(
             )
             scale = 1.0
         physical[index] = (row - spec.baseline) / spec.gain * scale
-    return physical.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        millivolts = physical.astype(np.float32)
+    overflow = np.isinf(millivolts) & ~np.isnan(physical)
+    if overflow.any():
+        lead = int(np.flatnonzero(overflow.any(axis=1))[0])
+        raise ValueError(
+            f"{source}: signal {specs[lead].description!r} overflows float32 once converted to millivolts "
+            f"(gain {specs[lead].gain:g}, units {specs[lead].units!r}); the header or the data is wrong"
+        )
+    return millivolts
 
 
 # MATLAB v4 numeric classes (the P digit of the type code) -> numpy dtype (without byte order).
@@ -427,7 +445,9 @@ def _matlab_v4_header(path: Path) -> Optional[tuple[np.dtype, int, int, int, str
     return None
 
 
-def _read_matlab_val(path: Path, max_samples: Optional[int] = None) -> tuple[np.ndarray, int]:
+def _read_matlab_val(
+    path: Path, max_samples: Optional[int] = None, expected_rows: Optional[int] = None, header_path: Any = None
+) -> tuple[np.ndarray, int]:
     """The (num_signals, num_samples) matrix `val` of a PhysioNet/CinC `.mat` file, and its full length.
 
     MATLAB v4 files (what PhysioNet's `wfdb2mat` writes) are read directly: only the first
@@ -451,6 +471,11 @@ def _read_matlab_val(path: Path, max_samples: Optional[int] = None) -> tuple[np.
             )
         if rows == 0 or columns == 0:
             raise ValueError(f"MATLAB file {path}: 'val' is empty ({rows} x {columns})")
+        if expected_rows is not None and rows != expected_rows:  # checked before reading anything
+            raise ValueError(
+                f"{header_path}: header declares {expected_rows} signals, the signal files hold {rows} "
+                f"(MATLAB file {path})"
+            )
         kept = columns if max_samples is None else min(columns, max_samples)
         values = np.fromfile(path, dtype=dtype, count=rows * kept, offset=offset)
         # MATLAB stores matrices column by column: the `rows` values of each sample are adjacent.
@@ -506,8 +531,9 @@ def read_wfdb_record(path: Union[str, os.PathLike], max_duration: Optional[float
         path: the record path with or without extension (`"ludb/1"`, `"ludb/1.hea"`,
             `"cinc/E07501.mat"`).
         max_duration: read at most the first `max_duration` seconds (None: the whole record).
-            Only that part is read from disk for `.dat` and MATLAB v4 `.mat` files (PhysioNet's
-            format), so a 24-hour Holter costs no more than its first seconds.
+            Only that part is read from disk for `.dat` files whose header gives the record
+            length and for MATLAB v4 `.mat` files (PhysioNet's format), so a 24-hour Holter
+            costs no more than its first seconds.
 
     Returns:
         An `ECGRecord` in millivolts: `(digital - baseline) / gain`, scaled from the header's
@@ -535,7 +561,8 @@ def read_wfdb_record(path: Union[str, os.PathLike], max_duration: Optional[float
         blocks, lengths = [], set()
         for name in file_names:
             signal_path = _signal_file_inside(header_path.parent, name, header_path)
-            block, total = _read_matlab_val(signal_path, max_samples)
+            rows = sum(spec.file_name == name for spec in header.signals)
+            block, total = _read_matlab_val(signal_path, max_samples, rows, header_path)
             blocks.append(block)
             lengths.add(total)
         if len(lengths) != 1:
@@ -577,7 +604,8 @@ def _check_dat_file_sizes(header_path: Path, header: _WFDBHeader, paths: dict[st
 
     A file must hold exactly (byte offset) + (samples x signals in the file x bytes per sample),
     up to the padding of the bit-packed formats 212/310/311; with the length missing from the
-    header, a whole number of frames. Compressed (FLAC) formats are not checked.
+    header, a whole number of frames. Compressed (FLAC) formats are not checked. The length is
+    None when unknown (bit-packed or compressed formats without a length in the header).
     """
     implied: set[int] = set()
     for name, signal_path in paths.items():
@@ -614,7 +642,7 @@ def _check_dat_file_sizes(header_path: Path, header: _WFDBHeader, paths: dict[st
                     f"{header_path}: {name} has {data_bytes + offset} bytes, not a whole number of "
                     f"{len(specs)}-signal frames of format {fmt}; the header disagrees with the data"
                 )
-            if not packed:  # the padding of packed formats leaves the length to `wfdb`
+            if not packed:  # the padding of packed formats leaves the exact length to `wfdb`
                 implied.add(int(frames))
     if len(implied) > 1:
         raise ValueError(f"{header_path}: the signal files hold different lengths {sorted(implied)}")
@@ -645,7 +673,9 @@ def _read_wfdb_dat(
 
     total_samples = _check_dat_file_sizes(header_path, header, paths)
     sampto = None
-    if max_samples is not None and total_samples is not None and max_samples < total_samples:
+    # Read only the start from disk. `wfdb` (4.3) cannot take `sampto` for a header without the
+    # record length: such records are read whole.
+    if max_samples is not None and header.num_samples is not None and max_samples < header.num_samples:
         sampto = max_samples
     try:
         record = wfdb.rdrecord(str(base), physical=False, sampto=sampto)

@@ -338,3 +338,43 @@ def test_clean_records_still_read(records):
     record = read_ecg_file(write_dat_record(records))
     np.testing.assert_allclose(record.signal, digital_ecg() / 1000.0, rtol=1e-6)
     assert os.path.basename(record.metadata["name"]) == "rec"
+
+
+def test_matlab_values_that_overflow_float32(records):
+    header = write_cinc_record(records, write_mat=False)
+    values = digital_ecg().astype(np.float64)
+    values[3, 10] = 1e300
+    head = np.array([0, 12, 5000, 0, 4], dtype="<i4").tobytes() + b"val\0"  # type 0: float64
+    (records / "E00001.mat").write_bytes(head + values.T.astype("<f8").tobytes())
+    with pytest.raises(ValueError, match="E00001.hea: signal 'aVR' overflows float32"):
+        read_ecg_file(header)
+
+
+def test_oversized_header_is_refused(records):
+    header = write_dat_record(records)
+    with open(header, "a") as handle:
+        handle.write("# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(ValueError, match="more than the 1048576"):
+        read_wfdb_record(header)
+
+
+@pytest.mark.parametrize("with_length", [True, False])
+def test_packed_format_212(records, with_length):
+    wfdb = pytest.importorskip("wfdb")
+    digital = digital_ecg(12, 5001).T.astype(np.int64) // 16  # 12-bit range
+    wfdb.wrsamp("p212", fs=500, units=["mV"] * 12, sig_name=list(LEADS), d_signal=digital.astype(np.int16),
+                fmt=["212"] * 12, adc_gain=[200.0] * 12, baseline=[0] * 12, write_dir=str(records))
+    header = records / "p212.hea"
+    if not with_length:
+        lines = header.read_text().splitlines()
+        lines[0] = "p212 12 500"
+        header.write_text("\n".join(lines) + "\n")
+    record = read_wfdb_record(header)
+    np.testing.assert_allclose(record.signal, digital.T / 200.0, rtol=1e-6)
+    part = read_wfdb_record(header, max_duration=2.0)
+    np.testing.assert_array_equal(part.signal, record.signal[:, :1000])
+    data = (records / "p212.dat").read_bytes()
+    (records / "p212.dat").write_bytes(data[:-100])
+    if with_length:
+        with pytest.raises(ValueError, match="header disagrees with the data"):
+            read_wfdb_record(header)
