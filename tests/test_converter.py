@@ -1,6 +1,10 @@
 """Original-checkpoint converter: parity with the ORIGINAL implementation, strictness, safe loading."""
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +17,12 @@ from dbeta.train.convert_original_checkpoint import (
     convert_state_dict,
     load_converted_state_dict,
     load_original_state_dict,
+    main,
     parse_conv_feature_layers,
 )
 from dbeta.train.build_demo_tokenizer import DEMO_TOKENIZER_DIR
 from modeling_dbeta import DBetaECGModel, DBetaForPreTraining, DBetaModel
+from pipeline_dbeta import normalize_label_text
 from transformers import AutoProcessor
 
 # The original implementation's tiny checkpoint and outputs (vendored from the spec's reference/).
@@ -131,7 +137,7 @@ def test_full_size_synthetic_checkpoint_converts_strictly(tmp_path):
     state_dict["ecg_encoder.mask_emb"] = torch.randn(768, generator=generator)  # the release's extra key
     torch.save({"model": state_dict}, tmp_path / "synthetic.pt")
 
-    model = convert_checkpoint(tmp_path / "synthetic.pt", tmp_path / "converted")
+    model = convert_checkpoint(tmp_path / "synthetic.pt", tmp_path / "converted", tokenizer=str(DEMO_TOKENIZER_DIR))
     assert model.config.ecg_config.num_hidden_layers == 8 and model.config.text_config.num_layers == 12
     assert model.config.fusion_num_attention_heads == 12 and model.config.mem_decoder_num_attention_heads == 6
     assert sum(p.numel() for p in model.parameters()) == 321_387_330
@@ -153,3 +159,94 @@ def test_full_size_synthetic_checkpoint_converts_strictly(tmp_path):
     with torch.no_grad():
         features = reloaded(ecg).pooler_output
     assert features.shape == (1, 768) and torch.isfinite(features).all()
+
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+LUDB_RECORD = Path(__file__).resolve().parent / "fixtures" / "ludb" / "1"
+
+
+def _convert_tiny_with_the_cli(tmp_path) -> Path:
+    (tmp_path / "config.json").write_text(json.dumps({"model": original_model_section()}))
+    folder = tmp_path / "dbeta-tiny"
+    main(
+        [
+            "--checkpoint_path", str(reference_dir() / "tiny_original_checkpoint.pt"),
+            "--output_dir", str(folder),
+            "--tokenizer", str(DEMO_TOKENIZER_DIR),
+            "--original_config", str(tmp_path / "config.json"),
+        ]
+    )
+    return folder
+
+
+def test_converted_folder_is_a_complete_hub_folder(tmp_path):
+    folder = _convert_tiny_with_the_cli(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["custom_pipelines"]["zero-shot-ecg-classification"]["impl"] == "pipeline_dbeta.ZeroShotECGClassificationPipeline"
+    for name in ("configuration_dbeta.py", "modeling_dbeta.py", "processing_dbeta.py", "pipeline_dbeta.py",
+                 "model.safetensors", "processor_config.json", "preprocessor_config.json", "tokenizer.json"):
+        assert (folder / name).is_file(), name
+    shipped = json.loads((folder / "label_descriptions.json").read_text())
+    assert shipped == json.loads((PACKAGE_DIR / "dbeta" / "label_descriptions.json").read_text())
+    card = (folder / "README.md").read_text()
+    assert "license: cc-by-nc-4.0" in card and "CC BY-NC 4.0" in card
+    assert "tiny_original_checkpoint.pt" in card and "--original_config" in card
+    assert "python train/convert_original_checkpoint.py --checkpoint_path" in card
+    # Only the finished folder is left: no temporary sibling.
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["config.json", "dbeta-tiny"]
+
+
+def test_converted_folder_runs_the_zero_shot_pipeline_without_the_package(tmp_path):
+    """A fresh process that never imports `dbeta` (nothing registered): remote code only."""
+    folder = _convert_tiny_with_the_cli(tmp_path)
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from transformers import pipeline
+        classifier = pipeline("zero-shot-ecg-classification", model={str(folder)!r}, trust_remote_code=True, device="cpu")
+        embedded = []
+        embed_texts = classifier.embed_texts
+        def recording_embed_texts(texts):
+            embedded.extend(texts)
+            return embed_texts(texts)
+        classifier.embed_texts = recording_embed_texts
+        result = classifier({str(LUDB_RECORD)!r}, candidate_labels=["AFIB", "LBBB"])
+        assert "dbeta" not in sys.modules, "the fresh process must not import the installed package"
+        print(json.dumps({{"pipeline": type(classifier).__module__, "embedded": embedded, "result": result}}))
+        """
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    completed = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    output = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert output["pipeline"].startswith("transformers_modules.")
+    descriptions = json.loads((PACKAGE_DIR / "dbeta" / "label_descriptions.json").read_text())
+    # Both codes were embedded as their descriptions, not as the text "afib" / "lbbb".
+    assert output["embedded"] == [normalize_label_text(descriptions["AFIB"]), normalize_label_text(descriptions["LBBB"])]
+    assert len(output["embedded"][0]) > 20 and "fibrillation" in output["embedded"][0]
+    assert sorted(item["label"] for item in output["result"]) == ["AFIB", "LBBB"]
+    assert all(0.0 < item["score"] < 1.0 for item in output["result"])
+
+
+@pytest.mark.parametrize("tokenizer", ["/nonexistent/tokenizer-folder", None])
+def test_failed_conversion_leaves_no_folder(tmp_path, tokenizer):
+    with pytest.raises(ValueError, match="--tokenizer"):
+        convert_checkpoint(
+            reference_dir() / "tiny_original_checkpoint.pt",
+            tmp_path / "out",
+            original_config=original_model_section(),
+            tokenizer=tokenizer,
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_dir_needs_overwrite(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("earlier work")
+    arguments = dict(original_config=original_model_section(), ecg_only=True)
+    with pytest.raises(FileExistsError, match="not empty"):
+        convert_checkpoint(reference_dir() / "tiny_original_checkpoint.pt", tmp_path / "out", **arguments)
+    assert (tmp_path / "out" / "keep.txt").read_text() == "earlier work"
+    convert_checkpoint(reference_dir() / "tiny_original_checkpoint.pt", tmp_path / "out", overwrite=True, **arguments)
+    assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "model.safetensors").is_file()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
