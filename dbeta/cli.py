@@ -10,7 +10,15 @@ one record per exam, named `file.hdf5#index`). They are read with the readers of
 model in batches while the output is written, so folders of any size stream through. A record
 that cannot be read or prepared is reported on stderr (and in `--errors` if given) and skipped;
 the others go on. The exit status is 0 when every record was processed, 1 when some failed and 2
-when none could be processed.
+when none could be processed or the command cannot run (usage errors: a missing `--model`, an
+output folder that does not exist, a model folder whose pieces disagree or whose weights are not
+finite - one line on stderr, before any record is read).
+
+Output is atomic: rows go to `OUTPUT.<random>.partial` in the output's folder, renamed to OUTPUT
+only when the run completes. Interrupted (Ctrl-C / SIGINT, SIGTERM, an error), the partial file is
+removed and an existing OUTPUT is left as it was (exit 130 / 143); killed outright (SIGKILL), only
+the `.partial` file can remain, never a truncated OUTPUT. When no record could be processed, OUTPUT
+is not written either.
 """
 
 from __future__ import annotations
@@ -19,7 +27,11 @@ import argparse
 import csv
 import logging
 import os
+import re
+import signal
 import sys
+import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +42,85 @@ import torch
 logger = logging.getLogger("dbeta.cli")
 
 HDF5_SUFFIXES = (".hdf5", ".h5")
+# A Hub model id: `name` or `namespace/name` (what `huggingface_hub` accepts).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+
+
+class UsageError(Exception):
+    """The command cannot run as given (arguments, model folder, output paths): one line, exit status 2."""
+
+
+class Interrupted(BaseException):
+    """Raised in the main thread when the process receives SIGTERM (SIGINT raises KeyboardInterrupt)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class AtomicOutput:
+    """A file written under a temporary name in the target's folder and renamed over the target by
+    `commit()`. Leaving the `with` block without `commit()` (an exception, an interrupt, or nothing
+    to write) removes the temporary file, so the target is either the complete new file or untouched."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        descriptor, name = tempfile.mkstemp(prefix=f"{self.path.name}.", suffix=".partial", dir=self.path.parent)
+        os.close(descriptor)
+        self.temporary = Path(name)
+        self.committed = False
+
+    def commit(self) -> None:
+        with open(self.temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.temporary, 0o666 & ~umask)  # mkstemp makes 0600; give the usual new-file mode
+        os.replace(self.temporary, self.path)
+        self.committed = True
+
+    def discard(self) -> None:
+        if not self.committed:
+            self.temporary.unlink(missing_ok=True)
+
+    def __enter__(self) -> AtomicOutput:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.discard()
+
+
+def check_output_path(option: str, path: str | os.PathLike) -> Path:
+    """`path` can be written by an `AtomicOutput` (its folder exists and is writable, it is not a folder)."""
+    path = Path(path)
+    folder = path.parent
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder; give a file name")
+    if not folder.is_dir():
+        what = "does not exist" if not folder.exists() else "is not a folder"
+        raise UsageError(f"{option} {path}: the folder {folder} {what}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: the folder {folder} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"{option} {path} exists and is read-only")
+    return path
+
+
+def check_model_argument(model: str) -> None:
+    """`--model` names an existing model folder or looks like a Hub id (`name` or `namespace/name`)."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UsageError(f"--model {model} is a file, not a D-BETA model folder")
+        if not (path / "config.json").is_file():
+            raise UsageError(f"--model {model}: no config.json in this folder (not a saved D-BETA model)")
+    elif not _HUB_ID.match(model):
+        raise UsageError(f"--model {model}: no such model folder (and not a Hub id of the form namespace/name)")
+
+
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 @dataclass(frozen=True)
@@ -135,25 +226,73 @@ def stream_batches(
             bar.update(len(batch))
 
 
+def _preflight(args: argparse.Namespace) -> None:
+    """Everything that can be checked before any record is read or the model is loaded."""
+    output = check_output_path("--output", args.output)
+    if args.errors is not None:
+        errors = check_output_path("--errors", args.errors)
+        if errors.resolve() == output.resolve():
+            raise UsageError(f"--errors and --output are the same file ({output})")
+    check_model_argument(args.model)
+
+
 def _load(model_path: str, device: str):
+    """The model and processor, checked: a folder that cannot be loaded, a feature extractor that disagrees
+    with the model config, or non-finite weights are usage errors (nothing is scored)."""
+    from pipeline_dbeta import check_model_and_feature_extractor, non_finite_parameters
+
     from dbeta.train.retrieval import load_model_and_processor
 
-    return load_model_and_processor(model_path, device=device)
+    try:
+        model, processor = load_model_and_processor(model_path, device=device)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UsageError(f"cannot load the model {model_path!r}: {_one_line(error)}") from error
+    try:
+        check_model_and_feature_extractor(model, processor.feature_extractor)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    bad = non_finite_parameters(model)
+    if bad:
+        raise UsageError(
+            f"the weights of {model_path!r} contain NaN/inf values ({', '.join(bad)}): the checkpoint is damaged"
+        )
+    return model, processor
 
 
 def _write_errors(path: str | None, failures: list[dict]) -> None:
     if path is None:
         return
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["record", "path", "error"])
-        writer.writerows([item["record"], item["path"], item["error"]] for item in failures)
+    with AtomicOutput(path) as target:
+        with open(target.temporary, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["record", "path", "error"])
+            writer.writerows([item["record"], item["path"], item["error"]] for item in failures)
+        target.commit()
+
+
+def _split_non_finite(ok: list[dict], values: np.ndarray, what: str) -> tuple[list[dict], np.ndarray, list[dict]]:
+    """Items whose output row is finite (with those rows) and the others, as failures."""
+    finite = np.isfinite(values).all(axis=tuple(range(1, values.ndim)))
+    if finite.all():
+        return ok, values, []
+    failed = []
+    for item, keep in zip(ok, finite):
+        if not keep:
+            item = {key: item[key] for key in ("record", "path")}
+            item["error"] = f"ValueError: the {what} of this record is not finite (NaN/inf); not written"
+            print(f"dbeta: skipped {item['record']}: {item['error']}", file=sys.stderr)
+            failed.append(item)
+    return [item for item, keep in zip(ok, finite) if keep], values[finite], failed
 
 
 def _finish(num_ok: int, failures: list[dict], output: str) -> int:
-    print(f"dbeta: {num_ok} records written to {output}, {len(failures)} skipped", file=sys.stderr)
     if num_ok == 0:
+        print(
+            f"dbeta: no record could be processed ({len(failures)} skipped); {output} was not written",
+            file=sys.stderr,
+        )
         return 2
+    print(f"dbeta: {num_ok} records written to {output}, {len(failures)} skipped", file=sys.stderr)
     return 1 if failures else 0
 
 
@@ -163,6 +302,7 @@ def run_embed(args: argparse.Namespace) -> int:
 
     from dbeta.train.retrieval import embed_ecg_batch
 
+    _preflight(args)
     records = find_records(args.folder)
     if not records:
         print(f"dbeta: no ECG records found under {args.folder}", file=sys.stderr)
@@ -181,25 +321,33 @@ def run_embed(args: argparse.Namespace) -> int:
         metadata={"model": str(args.model), "embedding": "DBetaModel.get_ecg_features(...).pooler_output"},
     )
     failures, num_ok = [], 0
-    with pq.ParquetWriter(args.output, schema) as writer:
-        for ok, failed in stream_batches(
-            records, processor.feature_extractor, args.batch_size, args.num_workers, not args.no_progress
-        ):
-            failures += failed
-            if not ok:
-                continue
-            embeddings = embed_ecg_batch(model, np.stack([item["input_values"] for item in ok])).numpy()
-            columns = {
-                name: [item[name] for item in ok]
-                for name in ("record", "path", "sampling_rate", "num_leads", "duration_s")
-            }
-            columns["embedding"] = pa.FixedSizeListArray.from_arrays(
-                pa.array(embeddings.reshape(-1), pa.float32()), width
-            )
-            writer.write_table(pa.table(columns, schema=schema))
-            num_ok += len(ok)
+    with AtomicOutput(args.output) as target:
+        with pq.ParquetWriter(target.temporary, schema) as writer:
+            for ok, failed in stream_batches(
+                records, processor.feature_extractor, args.batch_size, args.num_workers, not args.no_progress
+            ):
+                failures += failed
+                if not ok:
+                    continue
+                embeddings = embed_ecg_batch(model, np.stack([item["input_values"] for item in ok])).numpy()
+                ok, embeddings, failed = _split_non_finite(ok, embeddings, "embedding")
+                failures += failed
+                if not ok:
+                    continue
+                _write_embeddings(writer, schema, ok, embeddings, width)
+                num_ok += len(ok)
+        if num_ok:
+            target.commit()
     _write_errors(args.errors, failures)
     return _finish(num_ok, failures, args.output)
+
+
+def _write_embeddings(writer, schema, ok: list[dict], embeddings: np.ndarray, width: int) -> None:
+    import pyarrow as pa
+
+    columns = {name: [item[name] for item in ok] for name in ("record", "path", "sampling_rate", "num_leads", "duration_s")}
+    columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), pa.float32()), width)
+    writer.write_table(pa.table(columns, schema=schema))
 
 
 def run_classify(args: argparse.Namespace) -> int:
@@ -207,6 +355,7 @@ def run_classify(args: argparse.Namespace) -> int:
 
     from dbeta.train.retrieval import base_model, embed_ecg_batch, load_label_descriptions
 
+    _preflight(args)
     records = find_records(args.folder)
     if not records:
         print(f"dbeta: no ECG records found under {args.folder}", file=sys.stderr)
@@ -226,23 +375,30 @@ def run_classify(args: argparse.Namespace) -> int:
     base = base_model(model)
 
     failures, num_ok = [], 0
-    with open(args.output, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["record", *args.labels])
-        for ok, failed in stream_batches(
-            records, processor.feature_extractor, args.batch_size, args.num_workers, not args.no_progress
-        ):
-            failures += failed
-            if not ok:
-                continue
-            ecg_embeds = embed_ecg_batch(model, np.stack([item["input_values"] for item in ok]))
-            with torch.no_grad():
-                logits = base.ets_logits(ecg_embeds.to(base.device), label_embeds.to(base.device)).float().cpu()
-            scores = logits.softmax(dim=-1) if args.softmax else logits.sigmoid()
-            for item, row in zip(ok, scores.tolist()):
-                writer.writerow([item["record"], *(f"{score:.6g}" for score in row)])
-            handle.flush()
-            num_ok += len(ok)
+    with AtomicOutput(args.output) as target:
+        with open(target.temporary, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["record", *args.labels])
+            for ok, failed in stream_batches(
+                records, processor.feature_extractor, args.batch_size, args.num_workers, not args.no_progress
+            ):
+                failures += failed
+                if not ok:
+                    continue
+                ecg_embeds = embed_ecg_batch(model, np.stack([item["input_values"] for item in ok]))
+                with torch.no_grad():
+                    logits = base.ets_logits(ecg_embeds.to(base.device), label_embeds.to(base.device)).float().cpu()
+                ok, logits, failed = _split_non_finite(ok, logits.numpy(), "score")
+                failures += failed
+                if not ok:
+                    continue
+                logits = torch.from_numpy(logits)
+                scores = logits.softmax(dim=-1) if args.softmax else logits.sigmoid()
+                for item, row in zip(ok, scores.tolist()):
+                    writer.writerow([item["record"], *(f"{score:.6g}" for score in row)])
+                num_ok += len(ok)
+        if num_ok:
+            target.commit()
     _write_errors(args.errors, failures)
     return _finish(num_ok, failures, args.output)
 
@@ -291,7 +447,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_export_onnx_arguments(export_onnx)
     export_onnx.set_defaults(run=run_export_onnx, batch_size=1)
+
+    from dbeta.report import add_arguments as add_report_arguments
+
+    report = commands.add_parser(
+        "report", help="PNG (and HTML) of one record: 12-lead ECG on 25 mm/s, 10 mm/mV paper + top label scores"
+    )
+    add_report_arguments(report)
+    report.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    report.set_defaults(run=run_report, batch_size=1)
     return parser
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from dbeta.report import run
+
+    return run(args)
 
 
 def run_export_onnx(args: argparse.Namespace) -> int:
@@ -315,11 +486,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size < 1:
         print("dbeta: --batch_size must be >= 1", file=sys.stderr)
         return 2
+    # SIGTERM unwinds like Ctrl-C, so that partial output files are removed (`AtomicOutput`).
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if in_main_thread else None
     try:
         return args.run(args)
+    except UsageError as error:
+        print(f"dbeta: error: {error}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, NotADirectoryError, ValueError) as error:
         print(f"dbeta: error: {error}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Interrupted) as error:
+        name = error.args[0] if isinstance(error, Interrupted) else "SIGINT"
+        output = getattr(args, "output", None)
+        kept = f"; {output} was not written (an existing file is unchanged)" if output else ""
+        print(f"dbeta: interrupted ({name}){kept}", file=sys.stderr)
+        return 128 + (error.signum if isinstance(error, Interrupted) else signal.SIGINT)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise Interrupted(signum)
 
 
 if __name__ == "__main__":
