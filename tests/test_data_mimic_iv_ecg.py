@@ -30,8 +30,8 @@ def _append_study(root, subject_id, study_id, signal, lead_names, fs, report_lin
         p_signal=signal.T.astype(np.float64), fmt=["16"] * len(lead_names), adc_gain=[200.0] * len(lead_names),
         baseline=[0] * len(lead_names), write_dir=str(folder),
     )
-    records = pd.read_csv(root / "record_list.csv")
-    records.loc[len(records)] = [subject_id, study_id, str(study_id), "2150-01-01 10:00:00", relative]
+    records = pd.read_csv(root / "record_list.csv", dtype=str)
+    records.loc[len(records)] = [str(subject_id), str(study_id), str(study_id), "2150-01-01 10:00:00", relative]
     records.to_csv(root / "record_list.csv", index=False)
     measurements = pd.read_csv(root / "machine_measurements.csv", dtype=str)
     row = {"subject_id": str(subject_id), "study_id": str(study_id)}

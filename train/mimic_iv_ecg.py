@@ -89,6 +89,12 @@ SPLITS = ("train", "validation")
 SHARDS_FOLDER = ".shards"
 
 
+class PreparationInputError(ValueError):
+    """The inputs or settings of a preparation are unusable (malformed CSV, bad setting, leftover
+    shards of another run); raised before any record is read, with a message naming the file,
+    the column and the first bad row."""
+
+
 class SkipRecord(Exception):
     """Raised when a record must be left out; ``reason`` is a key of :data:`SKIP_REASONS`."""
 
@@ -266,13 +272,13 @@ def _read_index_csv(path: Path, usecols: Any = None, keep_default_na: bool = Fal
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=keep_default_na, usecols=usecols)
     except Exception as error:  # pandas ParserError, UnicodeDecodeError, EmptyDataError...
-        raise ValueError(f"Cannot read {path}: {type(error).__name__}: {error}") from error
+        raise PreparationInputError(f"Cannot read {path}: {type(error).__name__}: {error}") from error
 
 
 def _require_columns(frame: Any, path: Path, columns: list[str]) -> None:
     missing = [column for column in columns if column not in frame.columns]
     if missing:
-        raise ValueError(
+        raise PreparationInputError(
             f"{path}: missing column(s) {', '.join(repr(column) for column in missing)} "
             f"(found: {', '.join(repr(str(column)) for column in frame.columns) or 'none'})"
         )
@@ -290,7 +296,7 @@ def _integer_column(frame: Any, path: Path, column: str) -> np.ndarray:
     bad = np.flatnonzero(parsed.isna().to_numpy())
     if bad.size:
         index = int(bad[0])
-        raise ValueError(
+        raise PreparationInputError(
             _bad_row_message(path, column, index, text.iloc[index], "an integer")
             + (f" ({bad.size} bad rows in all)" if bad.size > 1 else "")
         )
@@ -312,7 +318,7 @@ def read_study_index(root: str | os.PathLike) -> tuple[list[StudyEntry], list[di
 
     Raises:
         FileNotFoundError: a CSV is missing.
-        ValueError: a CSV is unreadable, lacks a required column (``subject_id``, ``study_id``,
+        PreparationInputError (a ValueError): a CSV is unreadable, lacks a required column (``subject_id``, ``study_id``,
             ``path``; ``report_0``...), or holds a non-integer identifier or an empty ``path``; the
             message names the CSV, the column and the first bad row.
     """
@@ -326,7 +332,7 @@ def read_study_index(root: str | os.PathLike) -> tuple[list[StudyEntry], list[di
     paths = records["path"].astype(str).str.strip().to_numpy(dtype=object)
     empty = np.flatnonzero(paths == "")
     if empty.size:
-        raise ValueError(_bad_row_message(records_path, "path", int(empty[0]), records["path"].iloc[int(empty[0])], "a record path"))
+        raise PreparationInputError(_bad_row_message(records_path, "path", int(empty[0]), records["path"].iloc[int(empty[0])], "a record path"))
     ecg_times = records["ecg_time"].astype(str).to_numpy(dtype=object) if "ecg_time" in records.columns else [""] * len(records)
 
     measurements = _read_measurements(measurements_path)
@@ -382,7 +388,7 @@ def _read_measurements(path: Path) -> Any:
     report_columns = [column for column in MIMIC_REPORT_COLUMNS if column in columns]
     if missing or not report_columns:
         wanted = [repr(column) for column in missing] + ([] if report_columns else ["'report_0' ... 'report_17' (none present)"])
-        raise ValueError(f"{path}: missing column(s) {', '.join(wanted)} (found: {', '.join(repr(c) for c in columns) or 'none'})")
+        raise PreparationInputError(f"{path}: missing column(s) {', '.join(wanted)} (found: {', '.join(repr(c) for c in columns) or 'none'})")
     # Pandas' NaN markers stay on for the report columns: the original read them this way.
     return _read_index_csv(path, usecols=["subject_id", "study_id", *report_columns], keep_default_na=True)
 
@@ -395,7 +401,7 @@ def _read_index_csv_header(path: Path) -> list[str]:
     try:
         return [str(column) for column in pd.read_csv(path, nrows=0).columns]
     except Exception as error:
-        raise ValueError(f"Cannot read {path}: {type(error).__name__}: {error}") from error
+        raise PreparationInputError(f"Cannot read {path}: {type(error).__name__}: {error}") from error
 
 
 def split_subjects(subject_ids: list[int], val_fraction: float, seed: int) -> set[int]:
@@ -615,8 +621,11 @@ def _assemble_split(split: str, shard_dirs: list[Path], output_dir: Path) -> int
     shutil.rmtree(split_dir, ignore_errors=True)
     split_dir.mkdir(parents=True)
     arrow_files = [path for shard in shard_dirs for path in sorted((shard / "data").glob("*.arrow"))]
-    # Shards without rows still carry an (empty) Arrow file; keep one so that the split has a schema.
-    non_empty = [path for path in arrow_files if Dataset.from_file(str(path)).num_rows > 0] or arrow_files[:1]
+    non_empty = [path for path in arrow_files if Dataset.from_file(str(path)).num_rows > 0]
+    if not non_empty:
+        # Every study of the split was skipped. `datasets` saves an empty dataset without an Arrow
+        # file, which `load_from_disk` cannot read back: write one holding the schema.
+        return _write_empty_split(split, output_dir)
     data_files = []
     for index, source in enumerate(non_empty):
         name = f"data-{index:05d}-of-{len(non_empty):05d}.arrow"
@@ -667,7 +676,22 @@ def prepare_mimic_iv_ecg(
 
     Returns:
         The :class:`PreparationSummary` (records listed, read, kept, skipped by reason, per split).
+
+    Raises:
+        FileNotFoundError: ``record_list.csv`` or ``machine_measurements.csv`` is missing.
+        PreparationInputError: a malformed CSV (named with its column and first bad row), a bad
+            setting, or shards of another run in ``output_dir`` without ``overwrite``. All are
+            raised before any record is read.
+
+    A study is never half-kept: each one listed is either a row of one split or a line of
+    ``skipped.csv`` with its reason (:data:`SKIP_REASONS`).
     """
+    if not 0 <= val_fraction < 1:
+        raise PreparationInputError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if shard_size < 1:
+        raise PreparationInputError(f"shard_size must be at least 1, got {shard_size}")
+    if num_proc < 1:
+        raise PreparationInputError(f"num_proc must be at least 1, got {num_proc}")
     started = time.perf_counter()
     root, output_dir = Path(mimic_root), Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -690,7 +714,7 @@ def prepare_mimic_iv_ecg(
         previous = json.loads(plan_file.read_text()).get("fingerprint")
         if previous != fingerprint:
             if not overwrite:
-                raise ValueError(
+                raise PreparationInputError(
                     f"{shards_dir} holds shards of a run with other inputs or settings; pass "
                     "overwrite=True (--overwrite) to discard them, or choose another output_dir"
                 )
@@ -769,11 +793,30 @@ def _run_shards(tasks: list[ShardTask], shards_dir: Path, num_proc: int, progres
         bar.close()
 
 
-def _write_empty_split(split: str, output_dir: Path) -> None:
-    from datasets import Dataset
+def _write_empty_split(split: str, output_dir: Path) -> int:
+    """An empty split that ``datasets.load_from_disk`` reads back (one Arrow file with the schema)."""
+    from datasets import DatasetInfo
+    from datasets.arrow_writer import ArrowWriter
 
+    split_dir = output_dir / split
+    shutil.rmtree(split_dir, ignore_errors=True)
+    split_dir.mkdir(parents=True)
     features = dataset_features()
-    Dataset.from_dict({name: [] for name in features}, features=features).save_to_disk(str(output_dir / split))
+    name = "data-00000-of-00001.arrow"
+    with ArrowWriter(features=features, path=str(split_dir / name)) as writer:
+        writer.finalize()
+    DatasetInfo(features=features).write_to_directory(str(split_dir))
+    state = {
+        "_data_files": [{"filename": name}],
+        "_fingerprint": hashlib.sha256(f"empty:{split}".encode()).hexdigest()[:16],
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": split,
+    }
+    (split_dir / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+    return 0
 
 
 def _write_skipped_csv(path: Path, rows: list[dict]) -> None:

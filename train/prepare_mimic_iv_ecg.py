@@ -6,7 +6,8 @@
 Writes a Hugging Face ``datasets.DatasetDict`` (train / validation, split by subject) to
 ``--output_dir`` with a dataset card, ``summary.json`` and ``skipped.csv``. Re-running the same
 command after an interruption resumes from the finished shards. See
-:mod:`dbeta.train.mimic_iv_ecg` for the row format.
+:mod:`dbeta.train.mimic_iv_ecg` for the row format and the skip reasons. A missing or malformed
+CSV is reported on one line (file, column, first bad row) with exit status 2.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from dataclasses import asdict
 
-from dbeta.train.mimic_iv_ecg import prepare_mimic_iv_ecg
+from dbeta.train.mimic_iv_ecg import PreparationInputError, prepare_mimic_iv_ecg
 
 logger = logging.getLogger(__name__)
 
@@ -37,16 +39,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    summary = prepare_mimic_iv_ecg(
-        args.mimic_root,
-        args.output_dir,
-        num_proc=args.num_proc,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        shard_size=args.shard_size,
-        overwrite=args.overwrite,
-        keep_shards=args.keep_shards,
-    )
+    try:
+        summary = prepare_mimic_iv_ecg(
+            args.mimic_root,
+            args.output_dir,
+            num_proc=args.num_proc,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            shard_size=args.shard_size,
+            overwrite=args.overwrite,
+            keep_shards=args.keep_shards,
+        )
+    except (FileNotFoundError, PreparationInputError) as error:
+        # Bad inputs (a missing or malformed CSV, leftover shards of another run): the message
+        # names the file, the column and the row; a traceback would only hide it.
+        sys.stderr.write(f"prepare_mimic_iv_ecg.py: error: {error}\n")
+        raise SystemExit(2) from None
     logger.info(json.dumps(asdict(summary), indent=2))
     rate = summary.records_read / summary.seconds if summary.seconds else float("nan")
     logger.info(
