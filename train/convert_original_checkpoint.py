@@ -83,6 +83,8 @@ _LAYER_GROUPS = (
     ("ECG fusion layer", "multi_modal_ecg_layers.{}.", "num_top_layer"),
     ("MEM decoder block", "mim_head.decoder.resblocks.{}.", "mem_decoder_num_layers"),
 )
+#: Parameters only the first block has: T5's relative attention bias, the conv extractor's GroupNorm.
+_FIRST_BLOCK_ONLY = {"layer.0.SelfAttention.relative_attention_bias.weight", "2.weight", "2.bias"}
 
 _FUSION_RENAMES = (
     ("attention.self.query.", "self_attention.q_proj."),
@@ -277,12 +279,12 @@ def _strip_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 def normalize_original_keys(state_dict: Mapping[str, torch.Tensor], source: str = "the checkpoint") -> dict[str, torch.Tensor]:
     """Original names from any accepted layout: no wrapper prefix, weight norm as `weight_g/weight_v`."""
-    state_dict = _strip_prefix(dict(state_dict))
-    if any(key.startswith(("dbeta.ecg_model.", "ecg_model.feature_extractor.")) for key in state_dict):
+    if any("ecg_model.pos_conv_embed." in key for key in state_dict):
         raise CheckpointLayoutError(
             f"{source} is already in the dbeta layout (keys such as 'dbeta.ecg_model.*'): load its folder with "
             "from_pretrained instead of converting it."
         )
+    state_dict = _strip_prefix(dict(state_dict))
     for new, old in _WEIGHT_NORM_RENAMES:
         if new in state_dict:
             if old in state_dict:
@@ -373,11 +375,10 @@ def layer_counts(state_dict: Mapping[str, torch.Tensor], original_config: Mappin
                 f"The checkpoint has no {name} {absent[0]} (no key starts with {template.format(absent[0])!r}), "
                 f"but has {name}s {sorted(suffixes)}: it would convert into a shallower model."
             )
-        # Blocks repeat the same parameters; block 0 may have more (T5's relative attention bias,
-        # the conv extractor's GroupNorm), so blocks 1.. define the common set.
-        every = set().union(*(suffixes[index] for index in range(1, count)))
+        # Blocks repeat the same parameters, except those only block 0 has.
+        every = set().union(*suffixes.values())
         for index in range(count):
-            lacking = sorted(every - suffixes[index])
+            lacking = sorted(every - suffixes[index] - (_FIRST_BLOCK_ONLY if index else set()))
             if lacking:
                 raise CheckpointLayoutError(
                     f"The checkpoint's {name} {index} is incomplete: it lacks "
