@@ -382,3 +382,14 @@ def test_command_line_reports_bad_csv_on_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--mimic_root", str(root), "--output_dir", str(tmp_path / "out"), "--shard_size", "0"])
     assert "shard_size must be at least 1" in capsys.readouterr().err
+
+
+def test_oversized_header_is_not_read(tmp_path):
+    root = tmp_path / "m"
+    folder = root / "files" / "p1" / "s2"
+    folder.mkdir(parents=True)
+    (folder / "2.hea").write_bytes(b"2 12 500 5000\n" + b"#" * (mimic_iv_ecg.MAX_HEADER_BYTES + 10))
+    entry = mimic_iv_ecg.StudyEntry(1, 2, "files/p1/s2/2", "", "report")
+    with pytest.raises(SkipRecord) as error:
+        mimic_iv_ecg.read_study(root, entry)
+    assert error.value.reason == "unreadable" and "larger than" in error.value.detail

@@ -438,15 +438,24 @@ def plan_shards(
 # --------------------------------------------------------------------------------------------
 
 
-def _header_signal_files(header_path: Path) -> list[str]:
-    """The signal-file names of a WFDB header (first field of each signal line); [] if unparsable.
+#: A WFDB header larger than this is not read (a 12-lead header is well under 2 KB).
+MAX_HEADER_BYTES = 1 << 20
 
-    Only what confinement needs: a header this cannot parse is left to the reader to reject.
+
+def _header_signal_files(header_path: Path) -> list[str]:
+    """The distinct signal-file names of a WFDB header (first field of each signal line).
+
+    Only what confinement needs: a header this cannot parse gives [] and is left to the reader to
+    reject. Raises SkipRecord('unreadable') for a header over :data:`MAX_HEADER_BYTES`.
     """
     try:
-        text = header_path.read_text(encoding="utf-8", errors="replace")
+        with open(header_path, "rb") as handle:
+            data = handle.read(MAX_HEADER_BYTES + 1)
     except OSError:
         return []
+    if len(data) > MAX_HEADER_BYTES:
+        raise SkipRecord("unreadable", f"{header_path.name}: header larger than {MAX_HEADER_BYTES} bytes")
+    text = data.decode("utf-8", errors="replace")
     lines = [line.strip() for line in text.splitlines()]
     lines = [line for line in lines if line and not line.startswith("#")]
     if not lines:
@@ -456,7 +465,7 @@ def _header_signal_files(header_path: Path) -> list[str]:
         num_signals = int(fields[1]) if len(fields) > 1 else 0
     except ValueError:
         return []
-    return [line.split()[0] for line in lines[1 : 1 + max(num_signals, 0)]]
+    return list(dict.fromkeys(line.split()[0] for line in lines[1 : 1 + max(num_signals, 0)]))
 
 
 def _inside(path: Path, folder: Path) -> bool:
