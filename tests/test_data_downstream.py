@@ -186,3 +186,93 @@ def test_seeded_splits_and_split_file(tmp_path):
     assert list(seeded_splits(["r0", "r1"], split_file=tmp_path / "split.csv")) == ["test", "train"]
     with pytest.raises(ValueError):
         seeded_splits(["r0", "r2"], split_file=tmp_path / "split.csv")
+
+
+# PTB-XL's own rows for statements and classes whose names it pads with underscores.
+PADDED_STATEMENTS = pd.DataFrame(
+    {
+        "description": ["normal ECG", "first degree AV block", "non-specific ischemic", "non-specific ST changes",
+                        "non-specific ST depression", "non-specific ST elevation", "non-specific T-wave changes",
+                        "T-wave abnormality", "left atrial overload/enlargement", "sinus rhythm"],
+        "diagnostic": [1, 1, 1, 1, np.nan, np.nan, np.nan, np.nan, 1, np.nan],
+        "form": [np.nan, np.nan, np.nan, 1, 1, 1, 1, 1, np.nan, np.nan],
+        "rhythm": [np.nan] * 9 + [1],
+        "diagnostic_class": ["NORM", "CD", "STTC", "STTC", None, None, None, None, "HYP", None],
+        "diagnostic_subclass": ["NORM", "_AVB", "ISC_", "NST_", None, None, None, None, "LAO/LAE", None],
+    },
+    index=["NORM", "1AVB", "ISC_", "NST_", "STD_", "STE_", "NT_", "TAB_", "LAO/LAE", "SR"],
+)
+
+
+@pytest.fixture(scope="module")
+def ptbxl_padded_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ptbxl-padded")
+    PADDED_STATEMENTS.to_csv(root / "scp_statements.csv")
+    scp = [
+        {"NORM": 100.0, "SR": 0.0},
+        {"1AVB": 100.0, "NST_": 50.0, "STD_": 0.0},
+        {"ISC_": 80.0, "TAB_": 0.0, "SR": 0.0},
+        {"NST_": 100.0, "STE_": 0.0, "NT_": 0.0},
+        {"LAO/LAE": 100.0, "NT_": 0.0, "SR": 0.0},
+        {"NORM": 100.0, "STD_": 0.0, "TAB_": 0.0},
+    ]
+    rows = []
+    for index, codes in enumerate(scp):
+        ecg_id = index + 1
+        _write_wfdb(root / "records500" / "00000", f"{ecg_id:05d}_hr", _lead_coded_signal() * (1 + ecg_id / 10), PTBXL_LEADS)
+        rows.append(
+            {"ecg_id": ecg_id, "patient_id": 200 + index, "scp_codes": repr(codes), "strat_fold": [10, 10, 10, 10, 10, 1][index],
+             "filename_lr": f"records100/00000/{ecg_id:05d}_lr", "filename_hr": f"records500/00000/{ecg_id:05d}_hr"}
+        )
+    pd.DataFrame(rows).to_csv(root / "ptbxl_database.csv", index=False)
+    return root
+
+
+def test_ptbxl_padded_codes_get_the_paper_names_and_descriptions(ptbxl_padded_root):
+    import json
+    from pathlib import Path
+
+    descriptions = json.loads((Path(__file__).resolve().parents[1] / "dbeta" / "label_descriptions.json").read_text())
+    sub = load_ptbxl(ptbxl_padded_root, "subdiagnostic")
+    assert sub.label_names == ["AVB", "ISC", "LAO/LAE", "NORM", "NST"]
+    assert sub.labels[sub.record_ids.index("2")].tolist() == [1, 0, 0, 0, 1]  # 1AVB -> AVB, NST_ -> NST
+    form = load_ptbxl(ptbxl_padded_root, "form")
+    assert form.label_names == ["NST", "NT", "STD", "STE", "TAB"]
+    assert form.record_ids == ["2", "3", "4", "5", "6"]
+    for dataset in (sub, form, load_ptbxl(ptbxl_padded_root, "superdiagnostic")):
+        assert [name for name in dataset.label_names if name not in descriptions] == [], dataset.name
+
+
+def test_ptbxl_labels_that_differ_only_by_padding_are_an_error(tmp_path, ptbxl_padded_root):
+    statements = pd.concat([PADDED_STATEMENTS, PADDED_STATEMENTS.loc[["STD_"]].rename(index={"STD_": "STD"})])
+    statements.to_csv(tmp_path / "scp_statements.csv")
+    (tmp_path / "ptbxl_database.csv").write_bytes((ptbxl_padded_root / "ptbxl_database.csv").read_bytes())
+    with pytest.raises(ValueError, match="differ only by padding"):
+        load_ptbxl(tmp_path, "form")
+
+
+def test_evaluate_scores_every_ptbxl_label_by_its_description(ptbxl_padded_root, tmp_path):
+    import json
+
+    from zero_shot_utils import save_tiny_zero_shot_folder
+
+    from dbeta.train.evaluate import main as evaluate_main
+
+    folder = save_tiny_zero_shot_folder(tmp_path / "model")
+    arguments = ["--model", str(folder), "--dataset", f"ptbxl-sub={ptbxl_padded_root}", "--dataset", f"ptbxl-form={ptbxl_padded_root}",
+                 "--tasks", "zero_shot", "--no_progress"]
+    results = evaluate_main(arguments + ["--output_dir", str(tmp_path / "eval")])
+    descriptions = json.loads((folder / "label_descriptions.json").read_text())
+    for name in ("ptbxl-sub", "ptbxl-form"):
+        zero_shot = results["datasets"][name]["zero_shot"]
+        assert zero_shot["labels_without_description"] == []
+        assert zero_shot["prompts"] == {label: descriptions[label] for label in results["datasets"][name]["label_names"]}
+    assert json.loads((tmp_path / "eval" / "results.json").read_text()) == results
+
+    # A label whose description is missing is listed (and scored as its name).
+    partial = {code: text for code, text in descriptions.items() if code != "TAB"}
+    (tmp_path / "partial.json").write_text(json.dumps(partial))
+    arguments = ["--model", str(folder), "--dataset", f"ptbxl-form={ptbxl_padded_root}", "--tasks", "zero_shot", "--no_progress",
+                 "--label_descriptions", str(tmp_path / "partial.json"), "--output_dir", str(tmp_path / "eval-partial")]
+    zero_shot = evaluate_main(arguments)["datasets"]["ptbxl-form"]["zero_shot"]
+    assert zero_shot["labels_without_description"] == ["TAB"] and zero_shot["prompts"]["TAB"] == "TAB"

@@ -35,6 +35,13 @@ SPLITS = ("train", "validation", "test")
 DEFAULT_SPLIT_FRACTIONS = (0.72, 0.08, 0.20)
 
 PTBXL_TASKS = ("superdiagnostic", "subdiagnostic", "form", "rhythm")
+
+
+def ptbxl_label_name(name: str) -> str:
+    """The label name MERL and D-BETA use for a PTB-XL statement or class: PTB-XL pads some with
+    underscores (subclasses ``_AVB``, ``ISC_``, ``NST_``; form statements ``STD_``, ``STE_``,
+    ``NT_``, ``TAB_``, ``NST_``), under which no label description is found."""
+    return name.strip("_")
 #: CPSC 2018 REFERENCE.csv class numbers -> label names (MERL's names).
 CPSC2018_CLASSES: dict[int, str] = {1: "NORM", 2: "AFIB", 3: "1AVB", 4: "CLBBB", 5: "CRBBB", 6: "PAC", 7: "VPC", 8: "STD", 9: "STE"}
 #: SNOMED-CT codes of the CinC repackaging of CPSC 2018 -> the same label names.
@@ -198,7 +205,9 @@ def load_ptbxl(root: str | os.PathLike, task: str = "superdiagnostic", sampling_
     ``superdiagnostic`` / ``subdiagnostic``: the ``diagnostic_class`` / ``diagnostic_subclass`` of
     the diagnostic statements in ``scp_codes``; ``form`` / ``rhythm``: the statements flagged as
     form / rhythm in ``scp_statements.csv`` (any likelihood, as in MERL). Records without a label of
-    the task are left out. Splits: ``strat_fold`` 1-8 train, 9 validation, 10 test.
+    the task are left out. Splits: ``strat_fold`` 1-8 train, 9 validation, 10 test. Label names
+    lose PTB-XL's underscore padding (``_AVB`` -> ``AVB``, ``STD_`` -> ``STD``; see
+    :func:`ptbxl_label_name`), as in MERL and the label descriptions.
     """
     import pandas as pd
 
@@ -214,6 +223,13 @@ def load_ptbxl(root: str | os.PathLike, task: str = "superdiagnostic", sampling_
     else:
         flagged = statements[statements[task] == 1]
         code_to_label = {code: code for code in flagged.index}
+    names: dict[str, set[str]] = {}
+    for label in code_to_label.values():
+        names.setdefault(ptbxl_label_name(label), set()).add(label)
+    clashes = {name: sorted(raw) for name, raw in names.items() if len(raw) > 1}
+    if clashes:
+        raise ValueError(f"{root / 'scp_statements.csv'}: PTB-XL labels that differ only by padding: {clashes}")
+    code_to_label = {code: ptbxl_label_name(label) for code, label in code_to_label.items()}
 
     record_labels = []
     for codes in database["scp_codes"]:

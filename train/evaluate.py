@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from . import downstream
-from .metrics import DEFAULT_RECALL_KS, multilabel_auroc, recall_at_k, roc_curves
+from .metrics import DEFAULT_RECALL_KS, bootstrap_auroc_ci, multilabel_auroc, recall_at_k, roc_curves
 from .retrieval import (
     base_model,
     embed_ecgs,
@@ -83,6 +83,20 @@ DATASETS: dict[str, tuple[Any, dict]] = {
     "ludb": (downstream.load_ludb, {}),
 }
 _SEEDED_SPLIT_DATASETS = {"cpsc2018", "csn", "cinc2021"}
+
+#: Named lead sets of `--leads` (the paper's 12/6/3/2/1-lead settings, after the PhysioNet/CinC
+#: 2021 challenge sets its Table 1 baselines come from): the other leads are zero-filled in the
+#: model input. `1` is lead I (the 1-lead setting of W2V+CMSC+RLM, Oh et al. 2022); `1-II` is lead
+#: II, the other common single lead (rhythm strips, patches).
+LEAD_SETS: dict[str, tuple[str, ...]] = {
+    "12": ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"),
+    "6": ("I", "II", "III", "aVR", "aVL", "aVF"),
+    "3": ("I", "II", "V2"),
+    "2": ("I", "II"),
+    "1": ("I",),
+    "1-II": ("II",),
+}
+BOOTSTRAP_RESAMPLES = 1000
 
 #: Label names whose description the original notebook looked up under another code (CODE-test).
 PROMPT_ALIASES: dict[str, dict[str, str]] = {
@@ -147,6 +161,76 @@ def label_prompts(
     return prompts
 
 
+def labels_without_description(
+    dataset_name: str,
+    label_names: Sequence[str],
+    descriptions: dict[str, str],
+    overrides: dict[str, str] | None = None,
+) -> list[str]:
+    """The labels `label_prompts` scores as their raw name: no description, no override."""
+    aliases = PROMPT_ALIASES.get(dataset_name, {})
+    return [
+        label
+        for label in label_names
+        if not (overrides and label in overrides) and aliases.get(label, label) not in descriptions
+    ]
+
+
+def zero_fill_leads(prepare, keep: Sequence[str], protocol: str, model_lead_names: Sequence[str]):
+    """`prepare` followed by zeroing every lead not in `keep` (the paper's reduced-lead setting).
+
+    The package protocol's input is in the model's lead order (`model_lead_names`); the original
+    protocol keeps the file's order, so there the record's own lead names decide."""
+    from processing_dbeta import canonical_lead_name
+
+    keep = {canonical_lead_name(name) for name in keep}
+
+    def prepared(record):
+        if hasattr(prepare, "model_input_names"):  # the feature extractor
+            values = np.array(prepare(record)["input_values"][0], dtype=np.float32)
+        else:
+            values = np.array(prepare(record), dtype=np.float32)
+        names = model_lead_names if protocol == "package" else record.lead_names
+        if len(names) != values.shape[0]:
+            raise ValueError(f"{len(names)} lead names for {values.shape[0]} leads")
+        drop = [row for row, name in enumerate(names) if canonical_lead_name(str(name)) not in keep]
+        values[drop] = 0.0
+        return values
+
+    return prepared
+
+
+def random_encoder(model, seed: int):
+    """A randomly initialised ECG tower of the same architecture as `model`'s (the baseline for
+    linear probing): `DBetaECGModel(ecg_config)` with D-BETA's own initialisation, seeded."""
+    import copy
+
+    from modeling_dbeta import DBetaECGModel
+
+    base = base_model(model)
+    config = copy.deepcopy(getattr(base.config, "ecg_config", base.config))
+    parameter = next(base.parameters())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = DBetaECGModel(config)
+    return encoder.to(parameter.device).eval()
+
+
+def with_confidence_intervals(
+    summary: dict, y_true, y_score, label_names, resamples: int, seed: int, prefix: str = ""
+) -> dict:
+    """Add bootstrap 95 % intervals of the macro and per-label AUROC to an AUROC summary dict."""
+    if resamples <= 0:
+        return summary
+    ci = bootstrap_auroc_ci(y_true, y_score, label_names, num_resamples=resamples, seed=seed)
+    summary[f"{prefix}macro_auroc_ci"] = ci["macro"]
+    summary[f"{prefix}per_label_auroc_ci"] = ci["per_label"]
+    summary[f"{prefix}bootstrap"] = {
+        key: ci[key] for key in ("confidence", "num_resamples", "seed", "resamples_used", "macro_resamples_used")
+    }
+    return summary
+
+
 @dataclass
 class EmbeddedSplit:
     """ECG embeddings of the records of one split that could be read, with their labels."""
@@ -199,10 +283,14 @@ def zero_shot_scores(model, tokenizer, ecg_embeds: torch.Tensor, texts: Sequence
     return logits.float().numpy()
 
 
-def evaluate_zero_shot(model, tokenizer, split: EmbeddedSplit, label_names, prompts, protocol) -> tuple[dict, dict]:
+def evaluate_zero_shot(
+    model, tokenizer, split: EmbeddedSplit, label_names, prompts, protocol, bootstrap: int = 0, seed: int = 0
+) -> tuple[dict, dict]:
+    """Zero-shot ROC-AUC (and, with `bootstrap` resamples, 95 % intervals) and the ROC curves."""
     scores = zero_shot_scores(model, tokenizer, split.embeddings, [prompts[name] for name in label_names], protocol)
     result = multilabel_auroc(split.labels, scores, label_names)
     summary = result.to_dict()
+    with_confidence_intervals(summary, split.labels, scores, label_names, bootstrap, seed)
     summary["prompts"] = dict(prompts)
     return summary, roc_curves(split.labels, scores, label_names)
 
@@ -266,8 +354,10 @@ def linear_probe(
     learning_rate: float = 1e-3,
     seed: int = 42,
     progress: bool = False,
+    bootstrap: int = 0,
 ) -> dict:
-    """Train a linear layer on frozen features; return the test macro ROC-AUC at the best validation epoch.
+    """Train a linear layer on frozen features; return the test macro ROC-AUC at the best validation epoch
+    (with `bootstrap` resamples: 95 % intervals of the test AUROCs too).
 
     Runs single-threaded: a (16 x 768) step is far too small for intra-op parallelism, whose thread
     synchronisation made it 50x slower on a busy 2-core machine.
@@ -286,11 +376,24 @@ def linear_probe(
             learning_rate,
             seed,
             progress,
+            bootstrap,
         )
 
 
 def _linear_probe(
-    train_x, train_y, val_x, val_y, test_x, test_y, label_names, epochs, batch_size, learning_rate, seed, progress
+    train_x,
+    train_y,
+    val_x,
+    val_y,
+    test_x,
+    test_y,
+    label_names,
+    epochs,
+    batch_size,
+    learning_rate,
+    seed,
+    progress,
+    bootstrap=0,
 ):
     from tqdm.auto import tqdm
 
@@ -317,7 +420,8 @@ def _linear_probe(
             raise ValueError("The validation split has no label with both positives and negatives.")
         if val_auroc > best["val_macro_auroc"]:
             with torch.no_grad():
-                test = multilabel_auroc(test_y, head(test_x).numpy(), label_names)
+                test_scores = head(test_x).numpy()
+                test = multilabel_auroc(test_y, test_scores, label_names)
             best = {
                 "val_macro_auroc": float(val_auroc),
                 "best_epoch": epoch,
@@ -326,6 +430,7 @@ def _linear_probe(
                 "test_skipped_labels": test.skipped,
             }
     best.update(num_train=len(train_x), epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed)
+    with_confidence_intervals(best, test_y, test_scores, label_names, bootstrap, seed, prefix="test_")
     return best
 
 
@@ -746,22 +851,69 @@ def evaluate_dataset(args, name: str, path: str, model, processor, descriptions,
         entry["max_records"] = args.max_records
     tokenizer = processor.tokenizer
     progress = not args.no_progress
-    cache: dict[tuple[str, str], EmbeddedSplit] = {}
+    # (split, protocol) for the model on all 12 leads; (split, protocol, lead set, encoder) otherwise.
+    cache: dict[tuple, EmbeddedSplit] = {}
+    baseline_encoder = []  # built on first use
 
-    def split_embeddings(split: str, protocol: str) -> EmbeddedSplit:
-        if (split, protocol) not in cache:
+    def split_embeddings(split: str, protocol: str, leads: str = "12", encoder: str = "pretrained") -> EmbeddedSplit:
+        key = (split, protocol) if (leads, encoder) == ("12", "pretrained") else (split, protocol, leads, encoder)
+        if key not in cache:
             prepare = prepare_original if protocol == "original" else processor.feature_extractor
-            logger.info(f"{name}: embedding the {split} split ({protocol} preprocessing)")
-            cache[split, protocol] = embed_split(model, prepare, dataset.split(split), args.batch_size, progress)
-        return cache[split, protocol]
+            if leads != "12":
+                prepare = zero_fill_leads(prepare, LEAD_SETS[leads], protocol, processor.feature_extractor.lead_names)
+            if encoder == "random_init" and not baseline_encoder:
+                baseline_encoder.append(random_encoder(model, args.seed))
+            embedder = baseline_encoder[0] if encoder == "random_init" else model
+            logger.info(f"{name}: embedding the {split} split ({protocol} preprocessing, {leads} leads, {encoder})")
+            cache[key] = embed_split(embedder, prepare, dataset.split(split), args.batch_size, progress)
+        return cache[key]
+
+    def probe_ratios(leads: str = "12", encoder: str = "pretrained") -> dict:
+        train, val, test = (split_embeddings(split, "package", leads, encoder) for split in downstream.SPLITS)
+        ratios = {}
+        for ratio in args.probe_ratios:
+            try:
+                subset = probe_subset(len(train.embeddings), ratio)
+                probe = linear_probe(
+                    train.embeddings[subset],
+                    train.labels[subset],
+                    val.embeddings,
+                    val.labels,
+                    test.embeddings,
+                    test.labels,
+                    dataset.label_names,
+                    epochs=args.probe_epochs,
+                    batch_size=args.probe_batch_size,
+                    learning_rate=args.probe_lr,
+                    seed=args.seed,
+                    progress=progress,
+                    bootstrap=args.bootstrap,
+                )
+            except ValueError as error:  # too few records / no evaluable validation label
+                ratios[str(ratio)] = {"skipped": str(error)}
+                logger.warning(f"{name}: linear probe {ratio:.0%} ({leads} leads, {encoder}) skipped ({error})")
+                continue
+            ratios[str(ratio)] = {**probe, "subset_seed": SPLIT_SEED}
+            logger.info(
+                f"{name}: linear probe {ratio:.0%} ({leads} leads, {encoder}) -> test macro AUROC "
+                f"{_fmt(probe['test_macro_auroc'])}%"
+            )
+        return {"ratios": ratios, "stratified": False}
 
     figures = []
     failures = {}
     if "zero_shot" in args.tasks:
         test = split_embeddings("test", args.protocol)
         prompts = label_prompts(name, dataset.label_names, descriptions, prompt_overrides)
-        summary, curves = evaluate_zero_shot(model, tokenizer, test, dataset.label_names, prompts, args.protocol)
+        summary, curves = evaluate_zero_shot(
+            model, tokenizer, test, dataset.label_names, prompts, args.protocol, args.bootstrap, args.seed
+        )
         entry["zero_shot"] = summary
+        summary["labels_without_description"] = labels_without_description(
+            name, dataset.label_names, descriptions, prompt_overrides
+        )
+        if summary["labels_without_description"]:
+            logger.warning(f"{name}: no description for {summary['labels_without_description']}; scored as the raw label text")
         if curves:
             figure = plot_roc(
                 curves,
