@@ -396,6 +396,7 @@ def run_classify(args: argparse.Namespace) -> int:
                 scores = logits.softmax(dim=-1) if args.softmax else logits.sigmoid()
                 for item, row in zip(ok, scores.tolist()):
                     writer.writerow([item["record"], *(f"{score:.6g}" for score in row)])
+                handle.flush()
                 num_ok += len(ok)
         if num_ok:
             target.commit()
