@@ -27,6 +27,10 @@ except ImportError:
 
 logger = logging.get_logger(__name__)
 
+# SigLIP's initial ETS scale and bias, used when they are learnable (DECISIONS 15).
+ETS_LEARNABLE_INIT_SCALE = 10.0
+ETS_LEARNABLE_INIT_BIAS = -10.0
+
 
 # --------------------------------------------------------------------------------------------
 # Outputs
@@ -641,8 +645,8 @@ class DBetaPreTrainedModel(PreTrainedModel):
         elif isinstance(module, DBetaMLMHead):
             init.zeros_(module.bias)
         elif isinstance(module, DBetaModel) and module.logit_scale is not None:
-            init.constant_(module.logit_scale, self.config.ets_logit_scale)
-            init.constant_(module.logit_bias, self.config.ets_logit_bias)
+            init.constant_(module.logit_scale, math.log(ETS_LEARNABLE_INIT_SCALE))
+            init.constant_(module.logit_bias, ETS_LEARNABLE_INIT_BIAS)
 
 
 class DBetaECGModel(DBetaPreTrainedModel):
@@ -706,8 +710,9 @@ class DBetaModel(DBetaPreTrainedModel):
         self.ecg_fusion_pooler = DBetaPooler(config.hidden_size)
         self.etm_head = nn.Linear(2 * config.hidden_size, 2)
         if config.ets_learnable_scale_bias:
-            self.logit_scale = nn.Parameter(torch.tensor(config.ets_logit_scale))
-            self.logit_bias = nn.Parameter(torch.tensor(config.ets_logit_bias))
+            # SigLIP-style (DECISIONS 15): the log of the scale is learnt, starting at scale 10, bias -10.
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(ETS_LEARNABLE_INIT_SCALE)))
+            self.logit_bias = nn.Parameter(torch.tensor(ETS_LEARNABLE_INIT_BIAS))
         else:
             self.logit_scale = self.logit_bias = None
         self.post_init()
@@ -773,9 +778,15 @@ class DBetaModel(DBetaPreTrainedModel):
 
     def ets_logits(self, ecg_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         """(batch_ecg, batch_text) sigmoid logits `scale * e.t + bias` (unnormalised features, as trained)."""
-        scale = self.logit_scale if self.logit_scale is not None else self.config.ets_logit_scale
-        bias = self.logit_bias if self.logit_bias is not None else self.config.ets_logit_bias
+        scale, bias = self.ets_scale_and_bias()
         return scale * ecg_embeds @ text_embeds.t() + bias
+
+    def ets_scale_and_bias(self) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        """The scale and bias of the ETS logits: the config's fixed values, or the learnt ones
+        (`ets_learnable_scale_bias=True`, where `logit_scale` holds the log of the scale)."""
+        if self.logit_scale is None:
+            return self.config.ets_logit_scale, self.config.ets_logit_bias
+        return self.logit_scale.exp(), self.logit_bias
 
     def fuse(
         self,

@@ -2,9 +2,11 @@
 
 import copy
 import json
+import math
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -215,13 +217,39 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     batch = dict(input_values=make_ecg(2), input_ids=input_ids, attention_mask=attention_mask,
                  mlm_labels=labels, is_aligned=torch.tensor([1, 0]))
     loss_plain, grads_plain = _pretraining_grads(model, batch)
-    model.gradient_checkpointing_enable()
+    # transformers 5 renamed the API (`gradient_checkpointing_enable` warns that it goes in v6).
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        enable()
     assert model.dbeta.ecg_model.encoder.layers[0].gradient_checkpointing
     loss_ckpt, grads_ckpt = _pretraining_grads(model, batch)
     torch.testing.assert_close(loss_plain, loss_ckpt)
     assert grads_plain.keys() == grads_ckpt.keys() and len(grads_plain) == len(list(model.parameters()))
     for name in grads_plain:
         torch.testing.assert_close(grads_plain[name], grads_ckpt[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_learnable_ets_scale_and_bias_start_siglip_style():
+    """DECISIONS 15: a learnt log-scale starting at scale 10, bias -10 (SigLIP); fixed 1 / 0 otherwise."""
+    torch.manual_seed(0)
+    model = DBetaModel(tiny_config(ets_learnable_scale_bias=True))
+    torch.testing.assert_close(model.logit_scale.detach(), torch.tensor(math.log(10.0)))
+    torch.testing.assert_close(model.logit_bias.detach(), torch.tensor(-10.0))
+    ecg_embeds, text_embeds = torch.randn(3, 8), torch.randn(2, 8)
+    torch.testing.assert_close(model.ets_logits(ecg_embeds, text_embeds), 10.0 * ecg_embeds @ text_embeds.t() - 10.0)
+    # The scale is the exponential of the parameter, so its gradient is scale * d(logits)/d(scale).
+    model.ets_logits(ecg_embeds, text_embeds).sum().backward()
+    torch.testing.assert_close(model.logit_scale.grad, 10.0 * (ecg_embeds @ text_embeds.t()).sum())
+    # The init survives `post_init` / `from_pretrained`-style re-initialisation.
+    model.logit_scale.data.fill_(0.0)
+    model.logit_bias.data.fill_(0.0)
+    model._init_weights(model)
+    assert model.logit_scale.item() == pytest.approx(math.log(10.0)) and model.logit_bias.item() == -10.0
+
+    fixed = DBetaModel(tiny_config())
+    assert fixed.logit_scale is None
+    torch.testing.assert_close(fixed.ets_logits(ecg_embeds, text_embeds), ecg_embeds @ text_embeds.t())
 
 
 def test_bf16_autocast_keeps_group_norm_in_fp32(tiny_model):
