@@ -68,7 +68,8 @@ def as_label_list(candidate_labels: Any) -> list:
     if isinstance(candidate_labels, str):
         return [candidate_labels]
     if isinstance(candidate_labels, (bytes, bytearray)):
-        raise TypeError(f"`candidate_labels` must be strings, got {type(candidate_labels).__name__}: {candidate_labels!r}.")
+        kind = type(candidate_labels).__name__
+        raise TypeError(f"`candidate_labels` must be strings, got {kind}: {candidate_labels!r}.")
     try:
         return list(candidate_labels)
     except TypeError:

@@ -345,7 +345,8 @@ def run_embed(args: argparse.Namespace) -> int:
 def _write_embeddings(writer, schema, ok: list[dict], embeddings: np.ndarray, width: int) -> None:
     import pyarrow as pa
 
-    columns = {name: [item[name] for item in ok] for name in ("record", "path", "sampling_rate", "num_leads", "duration_s")}
+    names = ("record", "path", "sampling_rate", "num_leads", "duration_s")
+    columns = {name: [item[name] for item in ok] for name in names}
     columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), pa.float32()), width)
     writer.write_table(pa.table(columns, schema=schema))
 

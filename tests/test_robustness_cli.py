@@ -221,7 +221,8 @@ def test_unloadable_model_folder_is_a_usage_error(model_folder, records, tmp_pat
     (broken / "config.json").write_text("{not json")
     assert cli.main(classify_args(records, broken, tmp_path / "out.csv")) == 2
     stderr = capsys.readouterr().err.strip().splitlines()
-    assert stderr[-1].startswith(f"dbeta: error: cannot load the model '{broken}'") and "Traceback" not in "".join(stderr)
+    assert stderr[-1].startswith(f"dbeta: error: cannot load the model '{broken}'")
+    assert "Traceback" not in "".join(stderr)
 
 
 @pytest.mark.parametrize(
