@@ -278,8 +278,7 @@ def export_onnx(
         logger.info(f"Exporting the text tower to {output_dir / TEXT_FILE}")
         export_text_tower(model, output_dir / TEXT_FILE, opset)
         processor.tokenizer.save_pretrained(output_dir / TOKENIZER_DIR)
-        scale = base.logit_scale if base.logit_scale is not None else config.ets_logit_scale
-        bias = base.logit_bias if base.logit_bias is not None else config.ets_logit_bias
+        scale, bias = base.ets_scale_and_bias()  # a learnt scale is stored as its log
         metadata["text_encoder"] = {
             "file": TEXT_FILE,
             "inputs": {
