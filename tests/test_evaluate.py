@@ -167,3 +167,112 @@ def test_finetuning_with_the_classification_head(model_folder, tmp_path):
     result = finetune(str(model_folder), dataset, DBetaFeatureExtractor(), tmp_path / "ft", epochs=1, batch_size=4)
     assert result["num_train"] == 6 and result["epochs"] == 1
     assert result["val_macro_auroc"] is not None and "test_per_label_auroc" in result
+
+
+def _synthetic_split_dataset(count: int = 18):
+    """Records with train/validation/test splits, both labels positive and negative in every split."""
+    rng = np.random.default_rng(1)
+    signals = (0.2 * rng.standard_normal((count, 12, 5000))).astype(np.float32)
+    labels = np.zeros((count, 2), dtype=np.int8)
+    labels[::2, 0] = 1
+    labels[1::3, 1] = 1
+    labels[0, 1] = labels[12, 1] = labels[15, 1] = 1
+    names = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    return downstream.DownstreamDataset(
+        name="synthetic",
+        record_ids=[str(i) for i in range(count)],
+        labels=labels,
+        label_names=["AFIB", "sinus rhythm"],
+        splits=np.array(["train"] * 8 + ["validation"] * 4 + ["test"] * 6, dtype=object),
+        reader=lambda index: ECGRecord(signals[index], names, 500.0, {"name": str(index)}),
+    )
+
+
+def test_zero_filled_lead_sets_match_the_feature_extractor_on_fewer_leads():
+    from processing_dbeta import DBetaFeatureExtractor, canonical_lead_name
+
+    from dbeta.train.evaluate import LEAD_SETS, zero_fill_leads
+
+    extractor = DBetaFeatureExtractor()
+    record = downstream.load_ludb(LUDB_FIXTURES).read(0)  # real 12-lead LUDB record, lower-case names
+    names = [canonical_lead_name(str(name)) for name in record.lead_names]
+    full = extractor(record)["input_values"][0]
+    for leads in ("6", "3", "2", "1", "1-II"):
+        prepared = zero_fill_leads(extractor, LEAD_SETS[leads], "package", extractor.lead_names)(record)
+        # The same as giving the extractor only those leads (it zero-fills the missing ones).
+        rows = [names.index(name) for name in LEAD_SETS[leads]]
+        subset = ECGRecord(record.signal[rows], list(LEAD_SETS[leads]), record.sampling_rate)
+        np.testing.assert_array_equal(prepared, extractor(subset)["input_values"][0])
+        kept = [i for i, name in enumerate(extractor.lead_names) if name in LEAD_SETS[leads]]
+        np.testing.assert_array_equal(prepared[kept], full[kept])
+        assert not np.delete(prepared, kept, axis=0).any()
+    # The original protocol keeps the file's lead order: zeroed by the record's own names.
+    original = zero_fill_leads(prepare_original, LEAD_SETS["2"], "original", extractor.lead_names)(record)
+    assert original[:2].any() and not original[2:].any()
+
+
+def test_reduced_leads_random_baseline_and_confidence_intervals(model_folder, tmp_path, monkeypatch):
+    from dbeta.train import evaluate
+
+    dataset = _synthetic_split_dataset()
+    monkeypatch.setitem(evaluate.DATASETS, "synthetic", (lambda path, **kwargs: dataset, {}))
+    results = main(
+        [
+            "--model",
+            str(model_folder),
+            "--dataset",
+            f"synthetic={tmp_path}",
+            "--tasks",
+            "zero_shot",
+            "linear_probe",
+            "--leads",
+            "6",
+            "1",
+            "--random_baseline",
+            "--probe_ratios",
+            "1.0",
+            "--probe_epochs",
+            "3",
+            "--bootstrap",
+            "200",
+            "--output_dir",
+            str(tmp_path / "eval"),
+            "--no_progress",
+        ]
+    )
+    entry = results["datasets"]["synthetic"]
+    assert list(entry["lead_sets"]) == ["12", "6", "1"]  # 12 leads first, as the reference row
+    assert entry["lead_sets"]["6"]["leads"] == ["I", "II", "III", "aVR", "aVL", "aVF"]
+    assert entry["lead_sets"]["1"]["leads"] == ["I"]
+    twelve = entry["lead_sets"]["12"]
+    assert twelve["zero_shot"]["macro_auroc"] == entry["zero_shot"]["macro_auroc"]
+    assert twelve["linear_probe"] == entry["linear_probe"]
+    assert entry["lead_sets"]["1"]["zero_shot"]["per_label_auroc"] != twelve["zero_shot"]["per_label_auroc"]
+
+    # Random-init baseline: same probe protocol, other (seeded) features.
+    random_probe = entry["linear_probe_random_init"]["ratios"]["1.0"]
+    assert random_probe["num_train"] == 8 and 0.0 <= random_probe["test_macro_auroc"] <= 1.0
+    assert entry["lead_sets"]["6"]["linear_probe_random_init"]["ratios"]["1.0"]["num_train"] == 8
+    from dbeta.train.retrieval import load_model_and_processor
+
+    model, _ = load_model_and_processor(model_folder)
+    first, second = evaluate.random_encoder(model, 42), evaluate.random_encoder(model, 42)
+    for (key, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), key
+    pairs = list(zip(first.ecg_model.parameters(), model.ecg_model.parameters()))
+    assert len(pairs) == len(list(model.ecg_model.parameters()))  # same architecture
+    assert all(a.shape == b.shape for a, b in pairs) and not all(torch.equal(a, b) for a, b in pairs)
+
+    # 95 % bootstrap intervals, per label and macro, for zero-shot and the probe.
+    zero_shot = entry["zero_shot"]
+    assert zero_shot["bootstrap"]["num_resamples"] == 200 and zero_shot["bootstrap"]["confidence"] == 0.95
+    for label, interval in zero_shot["per_label_auroc_ci"].items():
+        assert 0.0 <= interval[0] <= interval[1] <= 1.0, label
+    low, high = entry["linear_probe"]["ratios"]["1.0"]["test_macro_auroc_ci"]
+    assert 0.0 <= low <= high <= 1.0
+    assert set(entry["linear_probe"]["ratios"]["1.0"]["test_per_label_auroc_ci"]) == {"AFIB", "sinus rhythm"}
+
+    markdown = (tmp_path / "eval" / "results.md").read_text()
+    assert "## Reduced leads" in markdown and "| synthetic | 6 | I II III aVR aVL aVF |" in markdown
+    assert "random init (baseline)" in markdown and "random-init probe 100%" in markdown
+    assert "macro AUROC [95% CI]" in markdown

@@ -118,3 +118,63 @@ def test_cross_modal_recall_both_directions():
     recalls = cross_modal_recall(ecg, text, ks=(1, 2))
     assert recalls["ecg_to_text"] == {1: pytest.approx(2 / 3), 2: 1.0}
     assert recalls["text_to_ecg"] == {1: pytest.approx(1 / 3), 2: 1.0}
+
+
+def test_bootstrap_auroc_ci_matches_a_loop_over_sklearn():
+    from dbeta.train.metrics import _auroc_rows, bootstrap_auroc_ci
+
+    rng = np.random.default_rng(3)
+    y_true = (rng.random((40, 3)) < 0.3).astype(int)
+    y_score = np.round(rng.normal(size=(40, 3)) + y_true, 1)  # rounded: ties inside a label
+    # The vectorised rank AUROC is scikit-learn's, ties included.
+    rows = _auroc_rows(y_true.T.astype(float), y_score.T)
+    assert rows == pytest.approx([roc_auc_score(y_true[:, c], y_score[:, c]) for c in range(3)])
+
+    result = bootstrap_auroc_ci(y_true, y_score, ["a", "b", "c"], num_resamples=300, seed=7, chunk_size=300)
+    # Reference: the same index draws, one sklearn call per resample and label.
+    draws = np.random.default_rng(7).integers(0, 40, size=(300, 40))
+    per_label, macro = {n: [] for n in "abc"}, []
+    for draw in draws:
+        values = []
+        for column, name in enumerate("abc"):
+            truth = y_true[draw, column]
+            value = roc_auc_score(truth, y_score[draw, column]) if 0 < truth.sum() < len(truth) else np.nan
+            per_label[name].append(value)
+            values.append(value)
+        if np.isfinite(values).all():
+            macro.append(np.mean(values))
+    for name in "abc":
+        finite = np.array(per_label[name])[np.isfinite(per_label[name])]
+        assert result["per_label"][name] == pytest.approx(np.quantile(finite, [0.025, 0.975]).tolist())
+        assert result["resamples_used"][name] == len(finite)
+    assert result["macro"] == pytest.approx(np.quantile(macro, [0.025, 0.975]).tolist())
+    assert result["macro_resamples_used"] == len(macro)
+    # Deterministic for a seed.
+    again = bootstrap_auroc_ci(y_true, y_score, ["a", "b", "c"], num_resamples=300, seed=7, chunk_size=300)
+    assert again == result
+
+
+def test_bootstrap_ci_narrows_with_more_data_and_skips_degenerate_labels():
+    from dbeta.train.metrics import bootstrap_auroc_ci
+
+    rng = np.random.default_rng(0)
+
+    def width(count):
+        y_true = (rng.random((count, 1)) < 0.5).astype(int)
+        y_score = rng.normal(size=(count, 1)) + y_true
+        low, high = bootstrap_auroc_ci(y_true, y_score, num_resamples=400)["per_label"]["0"]
+        return high - low
+
+    assert width(2000) < width(50) / 3
+
+    y_true, y_score, names = hand_made_case()  # PACE has no positive, SR no negative
+    result = bootstrap_auroc_ci(y_true, y_score, names, num_resamples=500)
+    assert set(result["per_label"]) == {"AFIB", "LBBB"}
+    assert 0 < result["resamples_used"]["AFIB"] < 500  # some resamples of 6 records lack positives
+    low, high = result["per_label"]["AFIB"]
+    assert 0.0 <= low <= 7 / 9 <= high <= 1.0
+    # Too few usable resamples -> no interval rather than a made-up one.
+    one_positive = bootstrap_auroc_ci(np.array([1, 0]), np.array([0.9, 0.1]), num_resamples=5)
+    assert one_positive["per_label"]["0"] is None and one_positive["macro"] is None
+    with pytest.raises(ValueError, match="confidence"):
+        bootstrap_auroc_ci(y_true, y_score, names, confidence=1.5)

@@ -578,6 +578,13 @@ def _fmt(value) -> str:
     return f"{100 * value:.2f}"
 
 
+def _fmt_ci(value, interval) -> str:
+    """`72.31 [65.10, 79.02]` (percent) or the value alone when there is no interval."""
+    if not interval:
+        return _fmt(value)
+    return f"{_fmt(value)} [{_fmt(interval[0])}, {_fmt(interval[1])}]"
+
+
 def markdown_report(results: dict, level: int = 1) -> str:
     """Markdown tables (ROC-AUC and recall in %) of a `results.json` dict; `level` is the heading
     level of the title (sections one below)."""
@@ -597,24 +604,31 @@ def markdown_report(results: dict, level: int = 1) -> str:
             "Labels without positives or negatives are left out of the mean. Prompts are shown as written; "
             f"they are {normalisation} before tokenisation.",
             "",
-            "| dataset | records | labels evaluated | macro AUROC |",
+            "| dataset | records | labels evaluated | macro AUROC [95% CI] |",
             "|---|---|---|---|",
         ]
         for name, entry in zero_shot.items():
-            lines.append(
-                f"| {name} | {entry['num_samples']} | {len(entry['per_label_auroc'])} | {_fmt(entry['macro_auroc'])} |"
-            )
+            macro = _fmt_ci(entry["macro_auroc"], entry.get("macro_auroc_ci"))
+            lines.append(f"| {name} | {entry['num_samples']} | {len(entry['per_label_auroc'])} | {macro} |")
+        resamples = {entry["bootstrap"]["num_resamples"] for entry in zero_shot.values() if "bootstrap" in entry}
+        if resamples:
+            lines += [
+                "",
+                f"Intervals: percentile bootstrap over the test records ({', '.join(map(str, resamples))} resamples); "
+                "a label's interval uses the resamples that hold positives and negatives of it.",
+            ]
         for name, entry in zero_shot.items():
             lines += [
                 "",
                 f"{h3} {name}: per label",
                 "",
-                "| label | positives | AUROC % | prompt |",
+                "| label | positives | AUROC % [95% CI] | prompt |",
                 "|---|---|---|---|",
             ]
             for label, positives in entry["num_positives"].items():
                 auroc = entry["per_label_auroc"].get(label)
-                note = _fmt(auroc) if auroc is not None else f"left out ({entry['skipped_labels'][label]})"
+                interval = (entry.get("per_label_auroc_ci") or {}).get(label)
+                note = _fmt_ci(auroc, interval) if auroc is not None else f"left out ({entry['skipped_labels'][label]})"
                 prompt = entry["prompts"][label].replace("|", "\\|")
                 lines.append(f"| {label} | {positives} | {note} | {prompt} |")
     retrieval = {
@@ -639,22 +653,44 @@ def markdown_report(results: dict, level: int = 1) -> str:
             chance = entry["chance_recall_at_k_strict"]
             lines += ["", "Chance (strict): " + ", ".join(f"R@{k} {_fmt(chance[k])}" for k in ks), ""]
     probe = {name: entry["linear_probe"] for name, entry in datasets.items() if "linear_probe" in entry}
-    if probe:
-        ratios = sorted({ratio for entry in probe.values() for ratio in entry.get("ratios", {})}, key=float)
-        lines += ["", f"{h2} Linear probe (test macro ROC-AUC % at the best validation epoch)", ""]
+    ratios = sorted({ratio for entry in probe.values() for ratio in entry.get("ratios", {})}, key=float)
+    if ratios:  # (a probe skipped everywhere is listed under "Skipped")
+        lines += ["", f"{h2} Linear probe (test macro ROC-AUC % [95% CI] at the best validation epoch)", ""]
         lines += [
-            "| dataset | " + " | ".join(f"{float(r):.0%}" for r in ratios) + " |",
-            "|---|" + "---|" * len(ratios),
+            "| dataset | encoder | " + " | ".join(f"{float(r):.0%}" for r in ratios) + " |",
+            "|---|---|" + "---|" * len(ratios),
         ]
         for name, entry in probe.items():
-            if "skipped" in entry:
-                lines.append(f"| {name} | " + " | ".join("skipped" for _ in ratios) + " |")
-                continue
-            cells = [
-                _fmt(entry["ratios"][r].get("test_macro_auroc")) if "skipped" not in entry["ratios"][r] else "skipped"
-                for r in ratios
-            ]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            rows = [("D-BETA", entry)]
+            if "linear_probe_random_init" in datasets[name]:
+                rows.append(("random init (baseline)", datasets[name]["linear_probe_random_init"]))
+            for encoder, result in rows:
+                lines.append(f"| {name} | {encoder} | " + " | ".join(_probe_cells(result, ratios)) + " |")
+    lead_tables = {name: entry["lead_sets"] for name, entry in datasets.items() if "lead_sets" in entry}
+    if lead_tables:
+        lines += [
+            "",
+            f"{h2} Reduced leads (other leads zero-filled; test macro ROC-AUC % [95% CI])",
+            "",
+        ]
+        for name, lead_sets in lead_tables.items():
+            ratios = sorted(
+                {r for result in lead_sets.values() for r in result.get("linear_probe", {}).get("ratios", {})},
+                key=float,
+            )
+            has_random = any("linear_probe_random_init" in result for result in lead_sets.values())
+            header = ["dataset", "lead set", "leads", "zero-shot"]
+            header += [f"probe {float(r):.0%}" for r in ratios]
+            header += [f"random-init probe {float(r):.0%}" for r in ratios] if has_random else []
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            for leads, result in lead_sets.items():
+                cells = [name, leads, " ".join(result["leads"]) if len(result["leads"]) < 12 else "all 12"]
+                zero = result.get("zero_shot")
+                cells.append(_fmt_ci(zero["macro_auroc"], zero.get("macro_auroc_ci")) if zero else "-")
+                cells += _probe_cells(result.get("linear_probe", {}), ratios) if ratios else []
+                cells += _probe_cells(result.get("linear_probe_random_init", {}), ratios) if has_random else []
+                lines.append("| " + " | ".join(cells) + " |")
+            lines.append("")
     tuned = {name: entry["finetune"] for name, entry in datasets.items() if "finetune" in entry}
     if tuned:
         lines += [
@@ -684,6 +720,22 @@ def markdown_report(results: dict, level: int = 1) -> str:
     if skipped:
         lines += ["", f"{h2} Skipped", "", *skipped]
     return "\n".join(lines) + "\n"
+
+
+def _probe_cells(entry: dict, ratios) -> list[str]:
+    """Table cells (macro AUROC % with CI) of a linear-probe entry, one per ratio."""
+    if "skipped" in entry:
+        return ["skipped" for _ in ratios]
+    cells = []
+    for ratio in ratios:
+        result = entry.get("ratios", {}).get(ratio)
+        if result is None:
+            cells.append("-")
+        elif "skipped" in result:
+            cells.append("skipped")
+        else:
+            cells.append(_fmt_ci(result.get("test_macro_auroc"), result.get("test_macro_auroc_ci")))
+    return cells
 
 
 def update_model_card(card_path: Path, results: dict, figures: Sequence[Path]) -> Path:
@@ -936,32 +988,31 @@ def evaluate_dataset(args, name: str, path: str, model, processor, descriptions,
         if not (splits_present["train"] and splits_present["validation"] and splits_present["test"]):
             entry["linear_probe"] = {"skipped": f"needs train/validation/test splits, has {splits_present}"}
         else:
-            train, val, test = (split_embeddings(split, "package") for split in downstream.SPLITS)
-            ratios = {}
-            for ratio in args.probe_ratios:
-                try:
-                    subset = probe_subset(len(train.embeddings), ratio)
-                    probe = linear_probe(
-                        train.embeddings[subset],
-                        train.labels[subset],
-                        val.embeddings,
-                        val.labels,
-                        test.embeddings,
-                        test.labels,
-                        dataset.label_names,
-                        epochs=args.probe_epochs,
-                        batch_size=args.probe_batch_size,
-                        learning_rate=args.probe_lr,
-                        seed=args.seed,
-                        progress=progress,
-                    )
-                except ValueError as error:  # too few records / no evaluable validation label
-                    ratios[str(ratio)] = {"skipped": str(error)}
-                    logger.warning(f"{name}: linear probe {ratio:.0%} skipped ({error})")
-                    continue
-                ratios[str(ratio)] = {**probe, "subset_seed": SPLIT_SEED}
-                logger.info(f"{name}: linear probe {ratio:.0%} -> test macro AUROC {_fmt(probe['test_macro_auroc'])}%")
-            entry["linear_probe"] = {"ratios": ratios, "stratified": False}
+            entry["linear_probe"] = probe_ratios()
+            if args.random_baseline:
+                entry["linear_probe_random_init"] = {
+                    **probe_ratios(encoder="random_init"),
+                    "encoder": "DBetaECGModel(ecg_config), D-BETA initialisation, torch seed = --seed",
+                }
+    reduced = [leads for leads in args.leads if leads != "12"]
+    if reduced and ({"zero_shot", "linear_probe"} & set(args.tasks)):
+        has_probe_splits = all(splits_present[split] for split in downstream.SPLITS)
+        lead_sets = {}
+        for leads in dict.fromkeys(["12", *reduced]):  # 12 first: the row the others are compared with
+            result: dict[str, Any] = {"leads": list(LEAD_SETS[leads])}
+            if "zero_shot" in args.tasks:
+                test = split_embeddings("test", args.protocol, leads)
+                prompts = label_prompts(name, dataset.label_names, descriptions, prompt_overrides)
+                result["zero_shot"], _ = evaluate_zero_shot(
+                    model, tokenizer, test, dataset.label_names, prompts, args.protocol, args.bootstrap, args.seed
+                )
+                result["zero_shot"].pop("prompts")  # as in the 12-lead entry
+            if "linear_probe" in args.tasks and has_probe_splits:
+                result["linear_probe"] = probe_ratios(leads)
+                if args.random_baseline:
+                    result["linear_probe_random_init"] = probe_ratios(leads, "random_init")
+            lead_sets[leads] = result
+        entry["lead_sets"] = lead_sets
     if "finetune" in args.tasks:
         if not (splits_present["train"] and splits_present["validation"] and splits_present["test"]):
             entry["finetune"] = {"skipped": f"needs train/validation/test splits, has {splits_present}"}
@@ -987,10 +1038,11 @@ def evaluate_dataset(args, name: str, path: str, model, processor, descriptions,
             except ValueError as error:  # too few records / no evaluable validation label
                 entry["finetune"] = {"skipped": str(error)}
                 logger.warning(f"{name}: fine-tuning skipped ({error})")
-    for (split, protocol), embedded in cache.items():
-        entry.setdefault("embedded", {})[f"{split}/{protocol}"] = len(embedded.record_ids)
-        if embedded.failures:
-            failures[f"{split}/{protocol}"] = embedded.failures
+    for key, embedded in cache.items():
+        label = "/".join(key)  # split/protocol[/lead set/encoder]
+        entry.setdefault("embedded", {})[label] = len(embedded.record_ids)
+        if embedded.failures and len(key) == 2:  # the other inputs read the same records
+            failures[label] = embedded.failures
     entry["failed_records"] = failures
     return entry, figures
 
@@ -1033,6 +1085,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--probe_epochs", type=int, default=100)
     parser.add_argument("--probe_batch_size", type=int, default=16)
     parser.add_argument("--probe_lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--leads",
+        nargs="+",
+        default=["12"],
+        choices=list(LEAD_SETS),
+        help="lead sets for zero-shot and linear probing, the other leads zero-filled: 12, 6 (limb leads), "
+        "3 (I, II, V2), 2 (I, II), 1 (I), 1-II (II); one table across them",
+    )
+    parser.add_argument(
+        "--random_baseline",
+        action="store_true",
+        help="also linear-probe a randomly initialised ECG encoder of the same architecture (baseline row)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=BOOTSTRAP_RESAMPLES,
+        help="bootstrap resamples for the 95%% confidence intervals of the test AUROCs (0: none)",
+    )
     parser.add_argument("--finetune_epochs", type=int, default=5)
     parser.add_argument("--finetune_batch_size", type=int, default=16)
     parser.add_argument("--finetune_lr", type=float, default=5e-5)

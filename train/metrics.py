@@ -132,6 +132,86 @@ def roc_curves(y_true, y_score, label_names: Sequence[str] | None = None) -> dic
     return curves
 
 
+def _auroc_rows(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
+    """ROC-AUC of every row of `(resamples, n)` binary labels / scores (Mann-Whitney U with tie-averaged
+    ranks, which equals `roc_auc_score`); NaN where a row has no positive or no negative."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(y_score, axis=1)
+    positives = y_true.sum(axis=1)
+    negatives = y_true.shape[1] - positives
+    rank_sum = (ranks * y_true).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auroc = (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+    auroc[(positives == 0) | (negatives == 0)] = np.nan
+    return auroc
+
+
+def bootstrap_auroc_ci(
+    y_true,
+    y_score,
+    label_names: Sequence[str] | None = None,
+    num_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    chunk_size: int = 200,
+) -> dict:
+    """Percentile bootstrap confidence intervals of the per-label and macro ROC-AUC.
+
+    The samples (rows) are drawn with replacement `num_resamples` times (one index draw shared by
+    all labels, so the macro interval keeps the labels' correlation). A label's interval uses the
+    resamples in which it has positives and negatives; the macro interval averages, in each
+    resample, the labels that `multilabel_auroc` evaluates on the full set, and uses the resamples
+    where all of them are evaluable. With few positives many resamples can be degenerate: the counts
+    used are returned, and an interval from fewer than 10 resamples is `None`.
+
+    Returns:
+        `{"per_label": {name: [low, high] | None}, "macro": [low, high] | None, "confidence",
+        "num_resamples", "seed", "resamples_used": {name: count}, "macro_resamples_used": count}`
+        (labels `multilabel_auroc` skips are absent from `per_label`).
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"`confidence` must be in (0, 1), got {confidence}.")
+    if num_resamples < 1:
+        raise ValueError(f"`num_resamples` must be >= 1, got {num_resamples}.")
+    full = multilabel_auroc(y_true, y_score, label_names)  # validates the inputs
+    y_true = _as_2d_float(y_true, "y_true")
+    y_score = _as_2d_float(y_score, "y_score")
+    names = [str(index) for index in range(y_true.shape[1])] if label_names is None else [str(n) for n in label_names]
+    evaluated = [names.index(name) for name in full.per_label]
+    rng = np.random.default_rng(seed)
+    num_samples = y_true.shape[0]
+    values = np.full((num_resamples, len(evaluated)), np.nan)
+    for start in range(0, num_resamples, chunk_size):
+        stop = min(start + chunk_size, num_resamples)
+        draws = rng.integers(0, num_samples, size=(stop - start, num_samples))
+        for slot, column in enumerate(evaluated):
+            values[start:stop, slot] = _auroc_rows(y_true[draws, column], y_score[draws, column])
+
+    alpha = (1 - confidence) / 2
+
+    def interval(samples: np.ndarray):
+        samples = samples[np.isfinite(samples)]
+        if samples.size < 10:
+            return None
+        low, high = np.quantile(samples, [alpha, 1 - alpha])
+        return [float(low), float(high)]
+
+    per_label = {names[column]: interval(values[:, slot]) for slot, column in enumerate(evaluated)}
+    used = {names[column]: int(np.isfinite(values[:, slot]).sum()) for slot, column in enumerate(evaluated)}
+    complete = np.isfinite(values).all(axis=1) if evaluated else np.zeros(num_resamples, dtype=bool)
+    macro = interval(values[complete].mean(axis=1)) if complete.any() else None
+    return {
+        "per_label": per_label,
+        "macro": macro,
+        "confidence": confidence,
+        "num_resamples": num_resamples,
+        "seed": seed,
+        "resamples_used": used,
+        "macro_resamples_used": int(complete.sum()),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Retrieval
 # ---------------------------------------------------------------------------------------------
@@ -219,6 +299,7 @@ def cross_modal_recall(
 
 __all__ = [
     "AUROCResult",
+    "bootstrap_auroc_ci",
     "DEFAULT_RECALL_KS",
     "cross_modal_recall",
     "macro_auroc",
