@@ -333,10 +333,13 @@ def test_killed_preparation_leaves_no_worker(tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(textwrap.dedent(_DRIVER))
     kill_signals = {"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM}
-    parents = {
-        name: subprocess.Popen([sys.executable, str(driver), str(root), str(tmp_path / name)], stderr=subprocess.PIPE)
-        for name in kill_signals
-    }
+    logs = {name: tmp_path / f"{name}.log" for name in kill_signals}  # a file: a full pipe would block the driver
+    parents = {}
+    for name in kill_signals:
+        with open(logs[name], "wb") as log:
+            parents[name] = subprocess.Popen(
+                [sys.executable, str(driver), str(root), str(tmp_path / name)], stdout=log, stderr=subprocess.STDOUT
+            )
     workers = {name: [] for name in kill_signals}
     try:
         deadline = time.monotonic() + 90
@@ -344,7 +347,7 @@ def test_killed_preparation_leaves_no_worker(tmp_path):
         while pending and time.monotonic() < deadline:
             for name in sorted(pending):
                 parent = parents[name]
-                assert parent.poll() is None, parent.stderr.read().decode()[-2000:]
+                assert parent.poll() is None, logs[name].read_text(errors="replace")[-2000:]
                 planned = (tmp_path / name / mimic_iv_ecg.SHARDS_FOLDER / "plan.json").is_file()
                 workers[name] = _workers_of(psutil, parent.pid)
                 if len(workers[name]) >= 2 and planned:
