@@ -215,6 +215,7 @@ def stream_batches(
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=list,
+        worker_init_fn=_quiet_sigterm_in_worker if num_workers > 0 else None,
     )
     with tqdm(total=len(records), unit="ecg", disable=not progress, file=sys.stderr) as bar:
         for batch in loader:
@@ -512,6 +513,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _raise_interrupted(signum, frame) -> None:
     raise Interrupted(signum)
+
+
+def _quiet_sigterm_in_worker(worker_id: int) -> None:
+    """Reader processes end quietly on SIGTERM (a signal to the whole process group); the main process
+    reports the interruption and removes the partial output. They would otherwise inherit its handler."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
 
 
 if __name__ == "__main__":
