@@ -110,14 +110,23 @@ def draw_ecg(ax, signal: np.ndarray, lead_names: Sequence[str], sampling_rate: f
 
 
 def _metadata_lines(metadata: Mapping[str, object]) -> list[str]:
+    def clip(text: str) -> str:
+        return text if len(text) <= 62 else text[:59] + "..."
+
     lines = []
     for key, value in metadata.items():
         if value is None or value == "" or value == []:
             continue
+        if isinstance(value, (list, tuple)) and any(len(str(item)) > 12 for item in value):
+            # Long items (LUDB diagnosis lines) one per line, at most 8.
+            lines.append(f"{key}:")
+            lines += [clip(f"  {str(item).strip()}") for item in value[:8]]
+            if len(value) > 8:
+                lines.append(f"  (+{len(value) - 8} more)")
+            continue
         if isinstance(value, (list, tuple)):
             value = ", ".join(str(item) for item in value)
-        text = f"{key}: {value}"
-        lines.append(text if len(text) <= 60 else text[:57] + "...")
+        lines.append(clip(f"{key}: {value}"))
     return lines
 
 
@@ -277,6 +286,7 @@ def report(
     labels_are_codes: bool | None = None,
     device: str = "cpu",
     title: str | None = None,
+    dpi: int = 150,
 ) -> list[dict]:
     """Score `record_path` with the zero-shot pipeline of `model` and draw the report. Returns the scores."""
     from pipeline_dbeta import ZeroShotECGClassificationPipeline
@@ -316,6 +326,7 @@ def report(
         output,
         title=title,
         absent=absent,
+        dpi=dpi,
     )
     if html_path is not None:
         write_html(html_path, png, scores, metadata, title)
@@ -334,6 +345,7 @@ def add_arguments(parser):
     parser.add_argument("--hypothesis_template", default="{}")
     parser.add_argument("--labels_are_codes", choices=("auto", "yes", "no"), default="auto")
     parser.add_argument("--title")
+    parser.add_argument("--dpi", type=int, default=150, help="image resolution (the grid is to scale at any DPI)")
     return parser
 
 
@@ -351,6 +363,7 @@ def run(args) -> int:
         labels_are_codes={"auto": None, "yes": True, "no": False}[args.labels_are_codes],
         device=getattr(args, "device", "cpu"),
         title=args.title,
+        dpi=args.dpi,
     )
     best = ", ".join(f"{item['label']} {item['score']:.3f}" for item in scores[:3])
     print(f"dbeta: wrote {args.output}" + (f" and {args.html}" if args.html else "") + f" (top: {best})", file=sys.stderr)
