@@ -36,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -333,7 +334,7 @@ def add_real_training_pairs(simulated_dir: Path, dataset_dir: Path, real_dir: st
         subject_id = 90_000_000 + number  # apart from the simulated subjects (10M-19M)
         rows.append({"subject_id": subject_id, "study_id": subject_id, "ecg_time": "", "path": f"real/{pair['source']}/{pair['record_id']}",
                      "report": normalize_report(pair["report"]), "ecg": samples, "ecg_gain": gain, "lead_names": lead_names,
-                     "sampling_rate": float(pair["sampling_rate"])})
+                     "sampling_rate": float(pair["record"].sampling_rate)})
         listed.append(f"{pair['source']},{pair['record_id']}")
     real = datasets.Dataset.from_list(rows, features=dataset_features())
     train = datasets.concatenate_datasets([simulated["train"].cast(dataset_features()), *([real] * repeats)])
@@ -1053,9 +1054,17 @@ def main(argv: Sequence[str] | None = None) -> PretrainingResult:
         datasets.utils.logging.set_verbosity_error()
         transformers.utils.logging.set_verbosity_error()
         datasets.disable_progress_bars()
+        # The main process shows library deprecation notices once; the others would repeat them.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
     if accelerator.device.type == "cpu":
         torch.set_num_threads(cpu_threads_per_process(args.num_cpu_threads, accelerator.num_processes))
     logger.info(accelerator.state)
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and accelerator.distributed_type != DistributedType.FSDP:
+        logger.warning(
+            f"The accelerate config asks for FSDP, which accelerate runs on GPUs only: these {accelerator.num_processes} "
+            f"process(es) train as plain data parallel ({accelerator.distributed_type}), each holding the whole model."
+        )
     set_seed(args.seed)  # model initialisation
     # Everything below that writes shared files before training runs on the main process first.
     preparation = SharedPreparation(accelerator, args.preparation_timeout)
