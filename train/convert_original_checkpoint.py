@@ -779,6 +779,13 @@ def convert_checkpoint(
 
         state_dict = load_original_state_dict(checkpoint_path, trust_checkpoint)
         counts = layer_counts(state_dict, original_config)
+        logger.info("Layer counts read from the keys: " + ", ".join(f"{name}s {count}" for name, count in counts.items()))
+        if original_config is None:
+            logger.warning(
+                "No --original_config: a checkpoint that lacks its LAST layer cannot be told from a shallower model. "
+                "Check the counts above (the published model: 8 ECG encoder layers, 12 T5 blocks, 6 fusion layers "
+                "per stream, 4 MEM decoder blocks) or pass the original config.json."
+            )
         if ecg_only:
             unmatched = _unmatched_keys(state_dict)
             if unmatched:
