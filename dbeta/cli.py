@@ -497,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"dbeta: error: {error}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, NotADirectoryError, ValueError) as error:
+    except (OSError, ValueError) as error:  # e.g. a missing folder, a full disk, bad labels
         print(f"dbeta: error: {error}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Interrupted) as error:
