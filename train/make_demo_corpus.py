@@ -1,13 +1,35 @@
 """Write a small, learnable ECG-report corpus in the exact MIMIC-IV-ECG v1.0 on-disk layout.
 
 The corpus is simulated, so it can ship with tests and the README demo where MIMIC-IV-ECG (a
-credentialed PhysioNet dataset) cannot. Each record is a 10 s, 500 Hz, 12-lead ECG produced by a
-dipole ("heart vector") model: every beat is a sum of Gaussian waves (P, Q, R, S, T), each with a
-3-D direction that is projected onto the 12 lead axes. The conditions listed in
-:data:`DEMO_CONDITIONS` change the signal in the way a cardiologist would see them (heart rate,
-RR irregularity and missing P waves with fibrillatory baseline, QRS amplitude, QRS width and
-direction, T polarity), and the machine-style report states exactly what was simulated, one
-statement per ``report_N`` column, as in MIMIC-IV-ECG.
+credentialed PhysioNet dataset) cannot. Each record is a 10 s, 500 Hz, 12-lead ECG made by a
+cardiac dipole ("heart vector") model:
+
+* **Rhythm physiology.** Atrial and ventricular activity are generated separately. Sinus rhythms
+  have a P wave before every QRS (PR 120-200 ms), respiratory sinus arrhythmia and beat-to-beat
+  jitter; atrial fibrillation has no P waves, irregularly irregular RR intervals and a
+  fibrillatory baseline (350-600 /min f waves, fine to coarse); atrial flutter has a sawtooth
+  F-wave trace at 240-340 /min (negative in the inferior leads, positive in V1) with 2:1, 3:1, 4:1
+  or variable conduction. Rates follow the clinical definitions (brady < 60, tachy > 100).
+* **12-lead morphology.** Every wave (P, septal q, R, S, T; F and f waves) is a 3-D vector times
+  a Gaussian pulse; the vectorcardiogram is projected onto the lead vectors of the six limb leads
+  (Einthoven/Goldberger: III = II - I, aVR = -(I + II) / 2, ...) and the six precordial leads. The
+  QRS axis (frontal and horizontal), the R/S balance, the QRS width, the T vector, the P wave and
+  the amplitudes vary from patient to patient; QT follows Bazett.
+* **Real noise.** Noise is added per electrode (RA, LA, LL, V1-V6), so the lead relations hold as
+  in a real recording: respiratory baseline wander, EMG (band-limited, bursty), 50/60 Hz mains
+  and occasional electrode-motion transients, at levels calibrated on the shared real records
+  (see `../shared/notes/real-vs-simulated.md`).
+* **Amplitude variability.** A share of the records (:data:`LEAD_NORMALISED_FRACTION`) has every
+  lead scaled to 1 mV peak-to-peak, as some exports (LUDB v1.0.1) are; the model must not rely on
+  absolute amplitude alone.
+
+The conditions in :data:`DEMO_CONDITIONS` change the signal as a cardiologist would see them,
+and the report states what was simulated, in the phrasing of MIMIC-IV-ECG machine statements or
+of LUDB cardiologist lines ("Rhythm: Sinus bradycardia."), with synonyms (e.g. "Normal sinus
+rhythm", "Atrial fibrillation with rapid ventricular response", "Atrial flutter with 2:1 A-V
+conduction"), one statement per ``report_N`` column as in MIMIC-IV-ECG. Every report contains
+the canonical phrase of each of its conditions (case-insensitively), which the zero-shot
+validation uses as its label.
 
 Layout written (identical to the PhysioNet release)::
 
@@ -29,7 +51,7 @@ import csv
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +60,15 @@ from dbeta.train.text import MIMIC_REPORT_COLUMNS
 
 logger = logging.getLogger(__name__)
 
-#: Condition key -> the report statement used for it (MIMIC-IV-ECG machine phrasing). The same
-#: phrases serve as zero-shot prompts; each is a substring of the report line it produces.
+#: Condition key -> its canonical report statement (MIMIC-IV-ECG machine phrasing). The same
+#: phrases serve as zero-shot prompts; every report of a condition contains its phrase
+#: (case-insensitively), possibly inside a longer synonym statement.
 DEMO_CONDITIONS: dict[str, str] = {
     "sinus_rhythm": "Sinus rhythm",
     "sinus_bradycardia": "Sinus bradycardia",
     "sinus_tachycardia": "Sinus tachycardia",
     "atrial_fibrillation": "Atrial fibrillation",
+    "atrial_flutter": "Atrial flutter",
     "low_qrs_voltages": "Low QRS voltages",
     "left_bundle_branch_block": "Left bundle branch block",
     "inverted_t_waves": "Inverted T waves",
@@ -54,16 +78,23 @@ RHYTHM_CONDITIONS: tuple[str, ...] = (
     "sinus_bradycardia",
     "sinus_tachycardia",
     "atrial_fibrillation",
+    "atrial_flutter",
 )
 #: Probability of each rhythm (they are mutually exclusive).
-RHYTHM_PROBABILITIES: tuple[float, ...] = (0.4, 0.2, 0.2, 0.2)
+RHYTHM_PROBABILITIES: tuple[float, ...] = (0.32, 0.18, 0.18, 0.18, 0.14)
 #: Independent probability of each morphology finding (LBBB and inverted T waves exclude each other:
 #: LBBB already brings discordant T waves).
 MORPHOLOGY_PROBABILITIES: dict[str, float] = {
-    "low_qrs_voltages": 0.2,
-    "left_bundle_branch_block": 0.15,
-    "inverted_t_waves": 0.2,
+    "low_qrs_voltages": 0.15,
+    "left_bundle_branch_block": 0.12,
+    "inverted_t_waves": 0.15,
 }
+#: Share of records with every lead scaled to 1 mV peak-to-peak (as LUDB v1.0.1 is published).
+LEAD_NORMALISED_FRACTION = 0.3
+#: Share of reports written in LUDB's cardiologist style instead of the machine style.
+CARDIOLOGIST_STYLE_FRACTION = 0.3
+#: Share of machine-style reports without the closing "Normal/Borderline/Abnormal ECG" statement.
+SHORT_REPORT_FRACTION = 0.25
 
 MIMIC_LEAD_ORDER: tuple[str, ...] = ("I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6")
 SAMPLING_RATE = 500
@@ -83,24 +114,65 @@ CORRUPT_RECORD_KINDS: dict[str, str] = {
     "missing_report": "missing_report",
 }
 
-_TEMPLATE_START_S = -0.40  # beat template window, relative to the R peak
-_TEMPLATE_END_S = 0.70
+_TEMPLATE_START_S = -0.35  # QRS-T template window, relative to the R peak
+_TEMPLATE_END_S = 0.75
+_PAD_S = 2.0  # simulated before and after the 10 s window
+#: Heart-rate ranges (/min) per rhythm; flutter's follows from its atrial rate and conduction.
+RATE_RANGES: dict[str, tuple[float, float]] = {
+    "sinus_rhythm": (60.0, 99.0),
+    "sinus_bradycardia": (38.0, 58.0),
+    "sinus_tachycardia": (102.0, 150.0),
+    "atrial_fibrillation": (55.0, 160.0),
+}
+
+#: Precordial electrode directions in the horizontal plane (degrees from the patient's left,
+#: towards anterior), and their lead gain relative to the limb leads.
+_PRECORDIAL_DEGREES = (115.0, 95.0, 75.0, 55.0, 30.0, 5.0)
+_PRECORDIAL_GAIN = 1.7
+
+
+def _heart_vector_to_electrodes(heart_vector: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Electrode potentials (9, N) for RA, LA, LL, V1-V6 (relative to the body's mean potential).
+
+    Axes: x = the patient's left, y = inferior (feet), z = anterior. The limb electrodes sit on an
+    equilateral (Einthoven) triangle; the precordial electrodes look at the heart from their
+    horizontal-plane angle (jittered per patient: electrode placement), slightly from above.
+    """
+    x, y, z = heart_vector
+    # Einthoven triangle: RA at -150 deg, LA at -30 deg, LL at 90 deg (frontal plane), radius 1/sqrt(3).
+    limb = []
+    for degrees in (-150.0, -30.0, 90.0):
+        angle = np.deg2rad(degrees)
+        limb.append((np.cos(angle) * x + np.sin(angle) * y) / np.sqrt(3.0))
+    precordial = []
+    jitter = rng.normal(0.0, 6.0, size=6)
+    for degrees, shift in zip(_PRECORDIAL_DEGREES, jitter):
+        angle = np.deg2rad(degrees + shift)
+        precordial.append(_PRECORDIAL_GAIN * (np.cos(angle) * x + 0.1 * y + np.sin(angle) * z))
+    return np.stack(limb + precordial)
+
+
+def electrodes_to_leads(electrodes: np.ndarray) -> np.ndarray:
+    """The 12 leads (MIMIC order) from RA, LA, LL, V1-V6 electrode potentials (9, N)."""
+    ra, la, ll = electrodes[:3]
+    wilson = (ra + la + ll) / 3.0
+    leads = [
+        la - ra,  # I
+        ll - ra,  # II
+        ll - la,  # III
+        ra - (la + ll) / 2.0,  # aVR
+        ll - (ra + la) / 2.0,  # aVF
+        la - (ra + ll) / 2.0,  # aVL
+    ]
+    leads += [electrodes[3 + index] - wilson for index in range(6)]
+    return np.stack(leads)
 
 
 def _lead_axes() -> np.ndarray:
-    """Unit-ish lead vectors (12, 3) in MIMIC order; axes x = left, y = inferior (feet), z = anterior."""
-    frontal_degrees = {"I": 0.0, "II": 60.0, "III": 120.0, "aVR": -150.0, "aVF": 90.0, "aVL": -30.0}
-    frontal_gain = {"I": 1.0, "II": 1.0, "III": 1.0, "aVR": 0.87, "aVF": 0.87, "aVL": 0.87}
-    horizontal_degrees = {"V1": 115.0, "V2": 95.0, "V3": 75.0, "V4": 55.0, "V5": 30.0, "V6": 5.0}
-    axes = []
-    for lead in MIMIC_LEAD_ORDER:
-        if lead in frontal_degrees:
-            angle = np.deg2rad(frontal_degrees[lead])
-            axes.append(frontal_gain[lead] * np.array([np.cos(angle), np.sin(angle), 0.0]))
-        else:
-            angle = np.deg2rad(horizontal_degrees[lead])
-            axes.append(1.4 * np.array([np.cos(angle), 0.15, np.sin(angle)]))
-    return np.stack(axes)
+    """Lead vectors (12, 3) in MIMIC order without electrode-placement jitter: lead = axis . heart vector."""
+    limb = [np.array([np.cos(np.deg2rad(d)), np.sin(np.deg2rad(d)), 0.0]) / np.sqrt(3.0) for d in (-150.0, -30.0, 90.0)]
+    precordial = [_PRECORDIAL_GAIN * np.array([np.cos(np.deg2rad(d)), 0.1, np.sin(np.deg2rad(d))]) for d in _PRECORDIAL_DEGREES]
+    return electrodes_to_leads(np.stack(limb + precordial))  # (9, 3) electrode rows -> (12, 3)
 
 
 LEAD_AXES = _lead_axes()
@@ -116,12 +188,18 @@ class SimulatedECG:
     heart_rate_bpm: float
     qrs_duration_ms: float
     qrs_axis_degrees: float
+    #: R-peak times (s) inside the 10 s window, and whether P waves precede the QRS complexes.
+    r_peaks_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    has_p_waves: bool = True
+    lead_normalised: bool = False
 
 
-def _rotation_frontal(angle_radians: float) -> np.ndarray:
-    """Rotation about the antero-posterior (z) axis, i.e. within the frontal plane."""
+def _rotation(axis: int, angle_radians: float) -> np.ndarray:
     cos, sin = np.cos(angle_radians), np.sin(angle_radians)
-    return np.array([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
+    i, j = [k for k in range(3) if k != axis]
+    matrix = np.eye(3)
+    matrix[i, i], matrix[i, j], matrix[j, i], matrix[j, j] = cos, -sin, sin, cos
+    return matrix
 
 
 def _gaussian(time_s: np.ndarray, centre_s: float, width_s: float) -> np.ndarray:
@@ -139,152 +217,315 @@ def _sample_conditions(rng: np.random.Generator) -> list[str]:
     return conditions
 
 
-def _beat_times(rng: np.random.Generator, rhythm: str, heart_rate_bpm: float) -> np.ndarray:
-    """R-peak times (s), from before the start to after the end of the 10 s window."""
+def _sinus_beats(rng: np.random.Generator, heart_rate_bpm: float, duration_s: float) -> np.ndarray:
+    """R-peak times of a sinus rhythm: respiratory modulation (sinus arrhythmia) plus jitter."""
     mean_rr = 60.0 / heart_rate_bpm
-    count = int(np.ceil((NUM_SAMPLES / SAMPLING_RATE + 2.0) / (0.5 * mean_rr))) + 2
-    if rhythm == "atrial_fibrillation":
-        # Irregularly irregular: independent RR intervals with a large spread.
-        variation = rng.uniform(0.18, 0.3)
-        rr = mean_rr * rng.lognormal(-0.5 * variation**2, variation, size=count)
-        rr = np.clip(rr, 0.28, 2.0)
+    breathing_period = rng.uniform(3.0, 6.0)
+    depth = rng.uniform(0.0, 0.045)
+    phase = rng.uniform(0, 2 * np.pi)
+    jitter = rng.uniform(0.006, 0.02)
+    times, t = [], -_PAD_S + rng.uniform(0, mean_rr)
+    while t < duration_s + _PAD_S:
+        times.append(t)
+        rr = mean_rr * (1.0 + depth * np.sin(2 * np.pi * t / breathing_period + phase) + rng.normal(0.0, jitter))
+        t += max(rr, 0.25)
+    return np.array(times)
+
+
+def _fibrillation_beats(rng: np.random.Generator, heart_rate_bpm: float, duration_s: float) -> np.ndarray:
+    """Irregularly irregular RR intervals: independent draws, coefficient of variation 0.12-0.35,
+    never shorter than the AV node's refractory period (~0.28 s)."""
+    mean_rr = 60.0 / heart_rate_bpm
+    variation = rng.uniform(0.12, 0.35)
+    times, t = [], -_PAD_S + rng.uniform(0, mean_rr)
+    while t < duration_s + _PAD_S:
+        times.append(t)
+        rr = mean_rr * rng.lognormal(-0.5 * variation**2, variation)
+        t += float(np.clip(rr, 0.28, 2.2))
+    return np.array(times)
+
+
+def _flutter(rng: np.random.Generator, duration_s: float, time_s: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """(R-peak times, atrial F-wave trace (3, N), conduction statement) of typical atrial flutter."""
+    atrial_cycle = 60.0 / rng.uniform(240.0, 340.0)
+    conduction = rng.choice(["2:1", "3:1", "4:1", "variable"], p=[0.45, 0.1, 0.2, 0.25])
+    # The F-wave trace: a sawtooth (slow descent, quick rise) smoothed by a short Gaussian.
+    phase = (time_s / atrial_cycle + rng.uniform(0, 1)) % 1.0
+    sawtooth = np.where(phase < 0.75, 1.0 - phase / 0.75 * 2.0, -1.0 + (phase - 0.75) / 0.25 * 2.0)
+    kernel = _gaussian(np.arange(-25, 26) / SAMPLING_RATE, 0.0, 0.012)
+    sawtooth = np.convolve(sawtooth, kernel / kernel.sum(), mode="same")
+    # Counter-clockwise typical flutter: negative in II, III, aVF (superior vector), positive in V1.
+    direction = np.array((rng.normal(-0.05, 0.05), -1.0, rng.uniform(0.3, 0.8)))
+    trace = rng.uniform(0.08, 0.2) * direction[:, None] * sawtooth[None]
+    # Ventricular beats: every k-th flutter wave, after a fixed conduction delay.
+    delay = rng.uniform(0.18, 0.3)
+    waves = np.arange(-_PAD_S, duration_s + _PAD_S, atrial_cycle)
+    if conduction == "variable":
+        ratios = rng.choice([2, 3, 4], size=waves.size, p=[0.45, 0.2, 0.35])
     else:
-        # Sinus: regular, with slight respiratory modulation and jitter.
-        phase = rng.uniform(0, 2 * np.pi)
-        breathing = 0.03 * np.sin(phase + np.arange(count) * 2 * np.pi * mean_rr / rng.uniform(3.5, 5.5))
-        rr = mean_rr * (1.0 + breathing + rng.normal(0.0, 0.01, size=count))
-    return -1.0 - rng.uniform(0, mean_rr) + np.cumsum(rr)
+        ratios = np.full(waves.size, int(conduction[0]))
+    index, beats = int(rng.integers(0, 4)), []
+    while index < waves.size:
+        beats.append(waves[index] + delay)
+        index += int(ratios[index])
+    return np.array(beats), trace, conduction
 
 
-def _beat_template(
-    rng: np.random.Generator, conditions: list[str], mean_rr_s: float
-) -> tuple[np.ndarray, dict[str, float]]:
-    """Heart-vector waveform (3, W) of one beat around the R peak, plus a few measurements."""
-    time_s = np.arange(int(_TEMPLATE_START_S * SAMPLING_RATE), int(_TEMPLATE_END_S * SAMPLING_RATE)) / SAMPLING_RATE
-    rotation = _rotation_frontal(np.deg2rad(rng.normal(0.0, 12.0)))
-    amplitude = rng.uniform(0.8, 1.25)
-    if "low_qrs_voltages" in conditions:
-        qrs_scale = rng.uniform(0.2, 0.3)
-    else:
-        qrs_scale = amplitude
-    template = np.zeros((3, time_s.size))
-
-    def add_wave(vector: tuple[float, float, float], centre_s: float, width_s: float, scale: float = 1.0) -> None:
-        template[:] += scale * (rotation @ np.asarray(vector))[:, None] * _gaussian(time_s, centre_s, width_s)[None]
-
-    qt_factor = np.sqrt(mean_rr_s)  # Bazett: the QT interval shortens as the heart rate rises
-    if "atrial_fibrillation" not in conditions:
-        pr_interval = rng.uniform(0.13, 0.19)
-        add_wave((0.07, 0.12, 0.04), -pr_interval, 0.022, amplitude)  # P wave
-    if "left_bundle_branch_block" in conditions:
-        # Right-to-left septal activation and slow left-ventricular depolarisation: no septal q,
-        # a broad notched R in I/aVL/V5/V6, a deep broad QS in V1, and discordant T waves.
-        qrs_width = rng.uniform(0.135, 0.165)
-        main = np.array((0.85, 0.25, -0.75))
-        add_wave(tuple(main), -0.25 * qrs_width, 0.16 * qrs_width, qrs_scale * 1.1)
-        add_wave(tuple(main * np.array((1.0, 0.6, 1.1))), 0.25 * qrs_width, 0.16 * qrs_width, qrs_scale * 1.0)
-        t_vector = -0.35 * main / np.linalg.norm(main)
-        add_wave(tuple(t_vector), 0.30 * qt_factor + 0.03, 0.06 * qt_factor, amplitude)
-    else:
-        qrs_width = rng.uniform(0.08, 0.1)
-        add_wave((-0.15, 0.0, 0.2), -0.3 * qrs_width, 0.08 * qrs_width, qrs_scale)  # septal q / r in V1
-        add_wave((0.65, 0.85, -0.35), 0.0, 0.11 * qrs_width, qrs_scale)  # R
-        add_wave((-0.25, -0.25, -0.35), 0.3 * qrs_width, 0.09 * qrs_width, qrs_scale)  # S
-        t_vector = np.array((0.22, 0.22, 0.12))
-        if "inverted_t_waves" in conditions:
-            t_vector = -t_vector * rng.uniform(1.0, 1.5)
-        t_scale = amplitude * (0.7 if "low_qrs_voltages" in conditions else 1.0)
-        # An asymmetric T wave: slow upstroke, faster downstroke.
-        t_peak = 0.28 * qt_factor
-        add_wave(tuple(t_vector), t_peak - 0.03, 0.055 * qt_factor, t_scale * 0.6)
-        add_wave(tuple(t_vector), t_peak + 0.01, 0.035 * qt_factor, t_scale * 0.6)
-    frontal = rotation @ np.array((0.65, 0.85, 0.0))
-    measurements = {
-        "qrs_duration_ms": 1000.0 * qrs_width,
-        "qrs_axis_degrees": float(np.rad2deg(np.arctan2(frontal[1], frontal[0]))),
-    }
-    return template, measurements
-
-
-def _noise(rng: np.random.Generator, num_leads: int) -> np.ndarray:
-    """White noise, baseline wander and (sometimes) mains interference, per lead (mV)."""
-    time_s = np.arange(NUM_SAMPLES) / SAMPLING_RATE
-    noise = rng.normal(0.0, rng.uniform(0.005, 0.025), size=(num_leads, NUM_SAMPLES))
-    for _ in range(2):
-        frequency = rng.uniform(0.05, 0.5, size=(num_leads, 1))
-        phase = rng.uniform(0, 2 * np.pi, size=(num_leads, 1))
-        noise += rng.uniform(0.0, 0.2, size=(num_leads, 1)) * np.sin(2 * np.pi * frequency * time_s + phase)
-    if rng.random() < 0.2:
-        mains = rng.choice([50.0, 60.0])
-        noise += rng.uniform(0.005, 0.02) * np.sin(2 * np.pi * mains * time_s + rng.uniform(0, 2 * np.pi))
-    return noise
-
-
-def _fibrillatory_waves(rng: np.random.Generator) -> np.ndarray:
-    """Atrial f-waves (3, N): a few 4-9 Hz oscillations with drifting amplitude, strongest in V1."""
-    time_s = np.arange(NUM_SAMPLES) / SAMPLING_RATE
-    waves = np.zeros(NUM_SAMPLES)
+def _fibrillatory_waves(rng: np.random.Generator, time_s: np.ndarray) -> np.ndarray:
+    """Atrial f waves (3, N): drifting 5.5-10 Hz oscillations, fine to coarse, strongest in V1."""
+    waves = np.zeros(time_s.size)
     for _ in range(3):
-        frequency = rng.uniform(4.0, 9.0)
-        envelope = 1.0 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.1, 0.4) * time_s + rng.uniform(0, 2 * np.pi))
-        waves += envelope * np.sin(2 * np.pi * frequency * time_s + rng.uniform(0, 2 * np.pi))
-    waves *= rng.uniform(0.03, 0.06)
-    direction = np.array((-0.3, 0.5, 0.8))
+        frequency = rng.uniform(5.5, 10.0) + rng.uniform(0.0, 0.6) * np.sin(2 * np.pi * rng.uniform(0.05, 0.3) * time_s)
+        envelope = 1.0 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.1, 0.5) * time_s + rng.uniform(0, 2 * np.pi))
+        waves += envelope * np.sin(2 * np.pi * np.cumsum(frequency) / SAMPLING_RATE + rng.uniform(0, 2 * np.pi))
+    waves *= rng.uniform(0.01, 0.05)
+    direction = np.array((rng.normal(-0.2, 0.2), rng.uniform(0.2, 0.6), rng.uniform(0.6, 1.0)))
     return direction[:, None] * waves[None]
 
 
-def _report_lines(conditions: list[str], heart_rate_bpm: float) -> list[str]:
-    lines = []
-    for key in conditions:
-        line = DEMO_CONDITIONS[key]
-        if key == "atrial_fibrillation" and heart_rate_bpm > 100:
-            line += " with rapid ventricular response"
-        lines.append(line)
-    if conditions == ["sinus_rhythm"]:
-        lines.append("Normal ECG")
-    elif len(conditions) == 1 and conditions[0] in ("sinus_bradycardia", "sinus_tachycardia"):
-        lines.append("Borderline ECG")
+@dataclass
+class _Morphology:
+    """One patient's beat: the QRS-T template (3, W) around the R peak and the P-wave vector."""
+
+    template: np.ndarray
+    p_vector: np.ndarray
+    p_width_s: float
+    pr_interval_s: float
+    qrs_duration_ms: float
+    qrs_axis_degrees: float
+
+
+def _morphology(rng: np.random.Generator, conditions: list[str], mean_rr_s: float) -> _Morphology:
+    time_s = np.arange(int(_TEMPLATE_START_S * SAMPLING_RATE), int(_TEMPLATE_END_S * SAMPLING_RATE)) / SAMPLING_RATE
+    # Patient's heart orientation: frontal QRS axis ~ N(45, 28) degrees (left/right deviation in
+    # the tails), rotation in the horizontal plane (R-wave transition), and overall size.
+    frontal = np.deg2rad(np.clip(rng.normal(45.0, 28.0), -60.0, 130.0))
+    horizontal = np.deg2rad(rng.normal(0.0, 15.0))
+    rotation = _rotation(1, horizontal) @ _rotation(2, frontal - np.deg2rad(50.0))
+    size = rng.lognormal(np.log(1.5), 0.25)
+    qrs_scale = size * (rng.uniform(0.18, 0.3) if "low_qrs_voltages" in conditions else 1.0)
+    template = np.zeros((3, time_s.size))
+
+    def add_wave(vector, centre_s: float, width_s: float, scale: float = 1.0) -> None:
+        template[:] += scale * (rotation @ np.asarray(vector, dtype=float))[:, None] * _gaussian(time_s, centre_s, width_s)[None]
+
+    qt_factor = np.sqrt(mean_rr_s)  # Bazett: the QT interval shortens as the heart rate rises
+    qtc = rng.uniform(0.38, 0.45)
+    t_scale = size * rng.uniform(0.1, 0.25) * (0.6 if "low_qrs_voltages" in conditions else 1.0)
+    if "left_bundle_branch_block" in conditions:
+        # Right-to-left septal activation and slow left-ventricular depolarisation: no septal q,
+        # a broad notched R in I/aVL/V5/V6, a deep broad QS in V1, and discordant T waves.
+        qrs_width = rng.uniform(0.13, 0.17)
+        main = np.array((0.85, 0.25, -0.75))
+        add_wave(main * 0.7, -0.25 * qrs_width, 0.16 * qrs_width, qrs_scale)
+        add_wave(main * np.array((0.65, 0.4, 0.75)), 0.22 * qrs_width, 0.16 * qrs_width, qrs_scale)
+        t_vector = -main / np.linalg.norm(main)
+        t_peak = qtc * qt_factor - 0.1
+        add_wave(t_vector, t_peak - 0.02, 0.05 * np.sqrt(qt_factor), t_scale * 1.2)
     else:
-        lines.append("Abnormal ECG")
+        qrs_width = rng.uniform(0.075, 0.105)
+        r_direction = np.array((0.55, 0.75, rng.uniform(-0.6, -0.1)))
+        r_direction /= np.linalg.norm(r_direction)
+        s_depth = rng.uniform(0.2, 0.55)
+        add_wave((-0.1, 0.0, 0.25), -0.32 * qrs_width, 0.08 * qrs_width, qrs_scale * rng.uniform(0.5, 1.2))  # septal q / r in V1
+        add_wave(r_direction, 0.0, 0.11 * qrs_width, qrs_scale * 0.9)  # R
+        add_wave((-0.3, -0.35, -0.75), 0.3 * qrs_width, 0.09 * qrs_width, qrs_scale * s_depth)  # S
+        t_vector = 0.7 * r_direction + np.array((0.0, 0.0, rng.uniform(0.2, 0.6)))
+        t_vector /= np.linalg.norm(t_vector)
+        if "inverted_t_waves" in conditions:
+            t_vector = -t_vector * rng.uniform(0.8, 1.3)
+        # An asymmetric T wave: slow upstroke, faster downstroke, ending at QT.
+        t_peak = qtc * qt_factor - 0.09
+        add_wave(t_vector, t_peak - 0.035, 0.05 * np.sqrt(qt_factor), t_scale)
+        add_wave(t_vector, t_peak + 0.005, 0.03 * np.sqrt(qt_factor), t_scale)
+    p_vector = rotation @ np.array((0.5, 0.8, 0.25)) * rng.uniform(0.1, 0.22)
+    frontal_vector = rotation @ np.array((0.55, 0.75, 0.0))
+    return _Morphology(
+        template=template,
+        p_vector=p_vector,
+        p_width_s=rng.uniform(0.018, 0.028),
+        pr_interval_s=rng.uniform(0.12, 0.2),
+        qrs_duration_ms=1000.0 * qrs_width,
+        qrs_axis_degrees=float(np.rad2deg(np.arctan2(frontal_vector[1], frontal_vector[0]))),
+    )
+
+
+def _place(trace: np.ndarray, template: np.ndarray, times_s: np.ndarray, offset_samples: int, scales: np.ndarray) -> None:
+    """Add `template` (3, W) to `trace` (3, N) at each time (sample 0 of `trace` = -_PAD_S)."""
+    width = template.shape[1]
+    starts = np.round((times_s + _PAD_S) * SAMPLING_RATE).astype(int) - offset_samples
+    for start, scale in zip(starts, scales):
+        lo, hi = max(0, start), min(trace.shape[1], start + width)
+        if lo < hi:
+            trace[:, lo:hi] += scale * template[:, lo - start : hi - start]
+
+
+def _electrode_noise(rng: np.random.Generator, num_samples: int) -> np.ndarray:
+    """Noise per electrode (9, N), mV: baseline wander, EMG, mains, motion artefacts, white noise."""
+    time_s = np.arange(num_samples) / SAMPLING_RATE
+    noise = rng.normal(0.0, rng.uniform(0.002, 0.01), size=(9, num_samples))
+    # Respiratory baseline wander (shared rhythm, per-electrode amplitude) and slow drift.
+    breathing = rng.uniform(0.15, 0.4)
+    wander_amplitude = rng.lognormal(np.log(0.05), 0.7)
+    noise += wander_amplitude * rng.uniform(0.0, 1.0, size=(9, 1)) * np.sin(2 * np.pi * breathing * time_s + rng.uniform(0, 2 * np.pi, size=(9, 1)))
+    noise += rng.uniform(0.0, 0.03) * np.sin(2 * np.pi * rng.uniform(0.03, 0.1, size=(9, 1)) * time_s + rng.uniform(0, 2 * np.pi, size=(9, 1)))
+    # EMG: high-pass noise, bursty in some records.
+    if rng.random() < 0.5:
+        emg = rng.normal(0.0, 1.0, size=(9, num_samples))
+        emg -= np.convolve(emg.ravel(), np.ones(5) / 5, mode="same").reshape(9, num_samples)
+        envelope = 1.0 + rng.uniform(0, 2) * (np.sin(2 * np.pi * rng.uniform(0.1, 0.5) * time_s) > 0.6)
+        noise += rng.uniform(0.003, 0.025) * emg * envelope
+    if rng.random() < 0.25:
+        mains = rng.choice([50.0, 60.0])
+        noise += rng.uniform(0.003, 0.02, size=(9, 1)) * np.sin(2 * np.pi * mains * time_s + rng.uniform(0, 2 * np.pi))
+    if rng.random() < 0.1:  # electrode motion: a step-and-recover transient on one electrode
+        electrode, start = int(rng.integers(0, 9)), rng.uniform(0.5, 9.0)
+        after = np.clip(time_s - start, 0.0, None)
+        noise[electrode] += rng.normal(0.0, 0.3) * (time_s >= start) * np.exp(-after / rng.uniform(0.2, 1.0))
+    return noise
+
+
+_RHYTHM_STATEMENTS: dict[str, list[tuple[str, float]]] = {
+    # (statement, weight); rate-dependent variants are chosen in `_rhythm_statement`.
+    "sinus_rhythm": [("Sinus rhythm", 0.6), ("Normal sinus rhythm", 0.4)],
+    "sinus_bradycardia": [("Sinus bradycardia", 1.0)],
+    "sinus_tachycardia": [("Sinus tachycardia", 1.0)],
+    "atrial_fibrillation": [("Atrial fibrillation", 1.0)],
+    "atrial_flutter": [("Atrial flutter", 1.0)],
+}
+
+
+def _rhythm_statement(rng: np.random.Generator, rhythm: str, heart_rate_bpm: float, conduction: str | None, style: str) -> str:
+    if style == "cardiologist":
+        name = {"atrial_flutter": "Atrial flutter, typical"}.get(rhythm, DEMO_CONDITIONS[rhythm])
+        return f"Rhythm: {name}."
+    statements, weights = zip(*_RHYTHM_STATEMENTS[rhythm])
+    line = statements[rng.choice(len(statements), p=np.array(weights) / sum(weights))]
+    if rhythm == "sinus_bradycardia" and heart_rate_bpm < 48 and rng.random() < 0.5:
+        line = "Marked sinus bradycardia"
+    if rhythm == "atrial_fibrillation" and rng.random() < 0.7:
+        if heart_rate_bpm > 100:
+            line += " with rapid ventricular response"
+        elif heart_rate_bpm < 60:
+            line += " with slow ventricular response"
+    if rhythm == "atrial_flutter" and conduction is not None and rng.random() < 0.7:
+        line += " with variable A-V block" if conduction == "variable" else f" with {conduction} A-V conduction"
+    return line
+
+
+_MORPHOLOGY_STATEMENTS: dict[str, dict[str, str]] = {
+    "machine": {
+        "low_qrs_voltages": "Low QRS voltages",
+        "left_bundle_branch_block": "Left bundle branch block",
+        "inverted_t_waves": "Inverted T waves",
+    },
+    "cardiologist": {
+        "low_qrs_voltages": "Low QRS voltages.",
+        "left_bundle_branch_block": "Complete left bundle branch block.",
+        "inverted_t_waves": "Inverted T waves.",
+    },
+}
+
+
+def _axis_statement(axis_degrees: float, style: str) -> str | None:
+    if style == "cardiologist":
+        if axis_degrees < -30:
+            return "Electric axis of the heart: left axis deviation."
+        if axis_degrees > 90:
+            return "Electric axis of the heart: right axis deviation."
+        return "Electric axis of the heart: normal."
+    if axis_degrees < -30:
+        return "Left axis deviation"
+    if axis_degrees > 90:
+        return "Right axis deviation"
+    return None
+
+
+def _report_lines(
+    rng: np.random.Generator, conditions: list[str], heart_rate_bpm: float, axis_degrees: float, conduction: str | None
+) -> list[str]:
+    style = "cardiologist" if rng.random() < CARDIOLOGIST_STYLE_FRACTION else "machine"
+    rhythm = next(key for key in conditions if key in RHYTHM_CONDITIONS)
+    lines = [_rhythm_statement(rng, rhythm, heart_rate_bpm, conduction, style)]
+    axis = _axis_statement(axis_degrees, style)
+    if axis is not None and "left_bundle_branch_block" not in conditions:
+        lines.append(axis)
+    lines += [_MORPHOLOGY_STATEMENTS[style][key] for key in conditions if key not in RHYTHM_CONDITIONS]
+    # Some machine reports stop after the findings (no overall statement), as short as a user's prompt.
+    if style == "machine" and rng.random() >= SHORT_REPORT_FRACTION:
+        if conditions == ["sinus_rhythm"] and (axis is None):
+            lines.append("Normal ECG")
+        elif len(conditions) == 1 and rhythm in ("sinus_bradycardia", "sinus_tachycardia", "sinus_rhythm"):
+            lines.append("Borderline ECG")
+        else:
+            lines.append("Abnormal ECG")
     return lines
 
 
-def simulate_ecg(rng: np.random.Generator, conditions: list[str] | None = None) -> SimulatedECG:
-    """Simulate one 10 s 12-lead ECG (mV, MIMIC lead order) with the given (or random) conditions."""
+def simulate_ecg(rng: np.random.Generator, conditions: list[str] | None = None, lead_normalised: bool | None = None) -> SimulatedECG:
+    """Simulate one 10 s 12-lead ECG (mV, MIMIC lead order) with the given (or random) conditions.
+
+    `lead_normalised` forces (True) or forbids (False) scaling every lead to 1 mV peak-to-peak;
+    by default a random :data:`LEAD_NORMALISED_FRACTION` of the records are scaled.
+    """
     conditions = list(conditions) if conditions is not None else _sample_conditions(rng)
     rhythm = next(key for key in conditions if key in RHYTHM_CONDITIONS)
-    heart_rate = {
-        "sinus_rhythm": lambda: rng.uniform(62.0, 98.0),
-        "sinus_bradycardia": lambda: rng.uniform(40.0, 56.0),
-        "sinus_tachycardia": lambda: rng.uniform(105.0, 150.0),
-        "atrial_fibrillation": lambda: rng.uniform(65.0, 135.0),
-    }[rhythm]()
-    beats_s = _beat_times(rng, rhythm, heart_rate)
-    template, measurements = _beat_template(rng, conditions, 60.0 / heart_rate)
+    duration_s = NUM_SAMPLES / SAMPLING_RATE
+    total = NUM_SAMPLES + int(2 * _PAD_S * SAMPLING_RATE)
+    time_s = np.arange(total) / SAMPLING_RATE - _PAD_S
+    atrial = np.zeros((3, total))
+    conduction = None
+    if rhythm == "atrial_flutter":
+        beats_s, flutter_waves, conduction = _flutter(rng, duration_s, time_s)
+        atrial += flutter_waves
+    elif rhythm == "atrial_fibrillation":
+        low, high = RATE_RANGES[rhythm]
+        rate = float(np.clip(rng.lognormal(np.log(95.0), 0.25), low, high))
+        beats_s = _fibrillation_beats(rng, rate, duration_s)
+        atrial += _fibrillatory_waves(rng, time_s)
+    else:
+        low, high = RATE_RANGES[rhythm]
+        # Real rates cluster near the middle of the normal range and just beyond the thresholds.
+        if rhythm == "sinus_rhythm":
+            rate = float(np.clip(rng.normal(74.0, 11.0), low, high))
+        elif rhythm == "sinus_bradycardia":
+            rate = float(np.clip(high - rng.exponential(7.0), low, high))
+        else:
+            rate = float(np.clip(low + rng.exponential(16.0), low, high))
+        beats_s = _sinus_beats(rng, rate, duration_s)
+    mean_rr = float(np.median(np.diff(beats_s)))
+    morphology = _morphology(rng, conditions, mean_rr)
 
-    # Place one template per beat (slightly varying amplitude) in a padded 3-D heart-vector trace.
+    heart_vector = atrial
     offset = -int(_TEMPLATE_START_S * SAMPLING_RATE)
-    width = template.shape[1]
-    padded = np.zeros((3, NUM_SAMPLES + 2 * width))
-    starts = np.round(beats_s * SAMPLING_RATE).astype(int) - offset + width
-    beat_scales = rng.normal(1.0, 0.03, size=starts.size)
-    for start, scale in zip(starts, beat_scales):
-        if 0 <= start <= padded.shape[1] - width:
-            padded[:, start : start + width] += scale * template
-    heart_vector = padded[:, width : width + NUM_SAMPLES]
-    if rhythm == "atrial_fibrillation":
-        heart_vector = heart_vector + _fibrillatory_waves(rng)
+    _place(heart_vector, morphology.template, beats_s, offset, rng.normal(1.0, 0.03, size=beats_s.size))
+    has_p_waves = rhythm in ("sinus_rhythm", "sinus_bradycardia", "sinus_tachycardia")
+    if has_p_waves:
+        width = int(0.1 * SAMPLING_RATE)
+        p_time = (np.arange(2 * width + 1) - width) / SAMPLING_RATE
+        p_shape = _gaussian(p_time, -0.25 * morphology.p_width_s, morphology.p_width_s) + 0.8 * _gaussian(p_time, 0.9 * morphology.p_width_s, morphology.p_width_s)
+        p_template = morphology.p_vector[:, None] * p_shape[None] / 1.1
+        _place(heart_vector, p_template, beats_s - morphology.pr_interval_s, width, rng.normal(1.0, 0.03, size=beats_s.size))
 
-    signal = LEAD_AXES @ heart_vector + _noise(rng, len(MIMIC_LEAD_ORDER))
-    inside = beats_s[(beats_s >= 0) & (beats_s < NUM_SAMPLES / SAMPLING_RATE)]
-    measured_rate = 60.0 / float(np.mean(np.diff(inside))) if inside.size > 1 else heart_rate
+    electrodes = _heart_vector_to_electrodes(heart_vector, rng) + _electrode_noise(rng, total)
+    start = int(_PAD_S * SAMPLING_RATE)
+    signal = electrodes_to_leads(electrodes)[:, start : start + NUM_SAMPLES]
+    if lead_normalised is None:
+        lead_normalised = bool(rng.random() < LEAD_NORMALISED_FRACTION)
+    if lead_normalised:
+        signal = signal / np.maximum(np.ptp(signal, axis=1, keepdims=True), 1e-6)
+    inside = beats_s[(beats_s >= 0) & (beats_s < duration_s)]
+    measured_rate = 60.0 / float(np.mean(np.diff(inside))) if inside.size > 1 else 60.0 / mean_rr
     return SimulatedECG(
         signal=signal.astype(np.float32),
         conditions=conditions,
-        report_lines=_report_lines(conditions, measured_rate),
+        report_lines=_report_lines(rng, conditions, measured_rate, morphology.qrs_axis_degrees, conduction),
         heart_rate_bpm=measured_rate,
-        qrs_duration_ms=measurements["qrs_duration_ms"],
-        qrs_axis_degrees=measurements["qrs_axis_degrees"],
+        qrs_duration_ms=morphology.qrs_duration_ms,
+        qrs_axis_degrees=morphology.qrs_axis_degrees,
+        r_peaks_s=inside,
+        has_p_waves=has_p_waves,
+        lead_normalised=lead_normalised,
     )
 
 

@@ -1,0 +1,200 @@
+"""Does the demo model transfer from simulated to real ECGs? Sim-only vs sim+real, with seeds.
+
+For each variant and seed this trains the README's demo (`train/pretrain.py`, its demo defaults
+unless overridden) in a child process, or loads the folder a previous run left, then scores the
+vendored real evaluation set (`dbeta/assets/ludb_eval`: LUDB patients never used in training)
+**through the public pipeline** (`pipeline("zero-shot-ecg-classification", model=folder,
+trust_remote_code=True)`, plain-text prompts "sinus rhythm", "sinus bradycardia", ...), and prints
+per-label and macro AUROC, the simulated validation macro AUROC and ECG->report recall@1 (from the
+run's `results.json`), and the wall-clock and CPU time of the training.
+
+Variants:
+  sim       the simulated corpus only (README command 1)
+  sim+real  the simulated corpus plus real ECG-report pairs from `--real_dir` (LUDB records outside
+            the evaluation set with their cardiologist diagnoses, CinC 2021 and CPSC 2018 records
+            with their SNOMED-CT diagnoses as text), each repeated `--real_repeats` times
+
+    python benchmarks/sim_to_real.py --variants sim sim+real --seeds 0 1 \\
+        --real_dir ../shared/data/real --output_root outputs/sim_to_real
+
+`--config_overrides` (e.g. "ets_loss_weight=0") trains an ablation with the same budget; `--load`
+only evaluates existing folders. Results go to `<output_root>/results.json` and `results.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+
+def _child_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def train_child(variant: str, real_dir: str | None, real_repeats: int, pretrain_args: list[str]) -> None:
+    """Runs in the child process: the demo's `pretrain.main` with the variant's real pairs."""
+    sys.path.insert(0, str(REPO_ROOT / "train"))
+    import pretrain
+
+    pretrain.DEMO_REAL_DIR = real_dir if variant == "sim+real" else None
+    pretrain.DEMO_REAL_REPEATS = real_repeats
+    pretrain.main(pretrain_args)
+
+
+def run_folder(output_root: Path, variant: str, seed: int, tag: str) -> Path:
+    name = variant.replace("+", "_plus_") + (f"-{tag}" if tag else "") + f"-seed{seed}"
+    return output_root / name
+
+
+def train(args, variant: str, seed: int) -> dict:
+    folder = run_folder(Path(args.output_root), variant, seed, args.tag)
+    pretrain_args = [
+        "--seed", str(seed), "--output_dir", str(folder / "model"), "--report_to", "none",
+        "--demo_corpus_dir", str(Path(args.output_root) / f"corpus-seed{seed}"),
+        "--demo_dataset_dir", str(folder / "prepared"), "--checkpointing_steps", "0",
+    ]  # fmt: skip
+    for flag in ("max_train_steps", "demo_num_records", "eval_steps", "num_cpu_threads", "config_overrides", "negative_fraction"):
+        value = getattr(args, flag)
+        if value is not None:
+            pretrain_args += [f"--{flag}", str(value)]
+    command = [sys.executable, __file__, "--_child", variant, "--real_dir", str(args.real_dir), "--real_repeats", str(args.real_repeats), "--", *pretrain_args]
+    print(f"[{variant} seed {seed}] training: {' '.join(command)}", flush=True)
+    cpu_before, started = _child_cpu_seconds(), time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "train.log", "w") as log:
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    return {"wall_seconds": time.perf_counter() - started, "cpu_seconds": _child_cpu_seconds() - cpu_before, "load_average": os.getloadavg()}
+
+
+def pipeline_real_auroc(model_folder: Path) -> dict:
+    """Per-label and macro AUROC on the vendored real set, through the public pipeline."""
+    from transformers import pipeline
+
+    from dbeta.train.metrics import multilabel_auroc
+    from dbeta.train.real_ecg import LUDB_RHYTHM_LABELS, load_ludb_eval_set
+
+    eval_set = load_ludb_eval_set()
+    scored = eval_set.scored_labels()
+    labels = eval_set.labels({name: LUDB_RHYTHM_LABELS[name] for name in scored})
+    classifier = pipeline("zero-shot-ecg-classification", model=str(model_folder), trust_remote_code=True, device="cpu")
+    outputs = classifier(eval_set.signals, candidate_labels=scored, sampling_rate=eval_set.sampling_rate, lead_names=list(eval_set.lead_names))
+    scores = np.array([[{item["label"]: item["score"] for item in output}[name] for name in scored] for output in outputs])
+    auroc = multilabel_auroc(labels, scores, scored)
+    return {"macro": float(auroc.macro), "per_label": {k: float(v) for k, v in auroc.per_label.items()}, "records": len(eval_set.record_ids),
+            "positives": {name: int(count) for name, count in zip(scored, labels.sum(axis=0))}}
+
+
+def _mean_sd(values: list[float]) -> str:
+    values = [v for v in values if v is not None and not np.isnan(v)]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
+def markdown(results: dict) -> str:
+    variants = list(results)
+    labels = sorted({label for runs in results.values() for run in runs.values() for label in run["real"]["per_label"]},
+                    key=lambda name: list(__import__("dbeta.train.real_ecg", fromlist=["x"]).LUDB_RHYTHM_LABELS).index(name))
+    lines = ["| metric | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
+
+    def row(name, getter):
+        cells = [_mean_sd([getter(run) for run in results[v].values()]) for v in variants]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+
+    for label in labels:
+        row(f"real AUROC {label}", lambda run, label=label: run["real"]["per_label"].get(label))
+    row("**real macro AUROC**", lambda run: run["real"]["macro"])
+    row("simulated validation macro AUROC", lambda run: run["simulated"].get("zero_shot_macro_auroc"))
+    row("simulated ECG->report recall@1", lambda run: run["simulated"].get("ecg_to_text_recall@1"))
+    row("training wall minutes", lambda run: run.get("timing", {}).get("wall_seconds", float("nan")) / 60)
+    row("training CPU minutes", lambda run: run.get("timing", {}).get("cpu_seconds", float("nan")) / 60)
+    seeds = {v: sorted(results[v]) for v in variants}
+    lines.append("")
+    lines.append("Seeds: " + "; ".join(f"{v}: {', '.join(map(str, s))}" for v, s in seeds.items()) + " (mean ± sample sd over seeds).")
+    for variant in variants:
+        for seed, run in sorted(results[variant].items()):
+            per = ", ".join(f"{k} {v:.3f}" for k, v in run["real"]["per_label"].items())
+            lines.append(f"- {variant} seed {seed}: real macro {run['real']['macro']:.3f} ({per}); simulated macro "
+                         f"{run['simulated'].get('zero_shot_macro_auroc', float('nan')):.3f}; steps {run['steps']}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--_child":
+        separator = argv.index("--")
+        child = argparse.ArgumentParser()
+        child.add_argument("--_child")
+        child.add_argument("--real_dir")
+        child.add_argument("--real_repeats", type=int)
+        known = child.parse_args(argv[:separator])
+        train_child(known._child, known.real_dir, known.real_repeats, argv[separator + 1 :])
+        return {}
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--variants", nargs="+", default=["sim", "sim+real"], choices=["sim", "sim+real"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--real_dir", default=str(REPO_ROOT.parent / "shared" / "data" / "real"))
+    parser.add_argument("--real_repeats", type=int, default=4)
+    parser.add_argument("--output_root", default="outputs/sim_to_real")
+    parser.add_argument("--tag", default="", help="Appended to the run folders (e.g. an ablation name).")
+    parser.add_argument("--load", action="store_true", help="Only evaluate folders left by earlier runs.")
+    parser.add_argument("--max_train_steps", type=int, default=None, help="Default: the demo's.")
+    parser.add_argument("--demo_num_records", type=int, default=None)
+    parser.add_argument("--eval_steps", type=int, default=None)
+    parser.add_argument("--num_cpu_threads", type=int, default=None)
+    parser.add_argument("--config_overrides", default=None, help='Ablations, e.g. "ets_loss_weight=0".')
+    parser.add_argument("--negative_fraction", type=float, default=None)
+    args = parser.parse_args(argv)
+    if "sim+real" in args.variants and not Path(args.real_dir).is_dir():
+        parser.error(f"sim+real needs --real_dir (not found: {args.real_dir})")
+
+    output_root = Path(args.output_root)
+    results: dict = {}
+    for variant in args.variants:
+        for seed in args.seeds:
+            folder = run_folder(output_root, variant, seed, args.tag)
+            model_folder = folder / "model"
+            timing = None
+            if not args.load and not (model_folder / "results.json").is_file():
+                timing = train(args, variant, seed)
+            if not (model_folder / "results.json").is_file():
+                raise FileNotFoundError(f"No trained model in {model_folder}")
+            run_results = json.loads((model_folder / "results.json").read_text())
+            if timing is None:
+                timing_file = folder / "timing.json"
+                timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+            else:
+                (folder / "timing.json").write_text(json.dumps(timing, indent=2))
+            real = pipeline_real_auroc(model_folder)
+            in_run = run_results["metrics"].get("real_zero_shot_macro_auroc")
+            if in_run is not None and abs(in_run - real["macro"]) > 1e-4:
+                print(f"WARNING: pipeline macro {real['macro']:.4f} differs from the training summary's {in_run:.4f}")
+            results.setdefault(variant + (f" ({args.tag})" if args.tag else ""), {})[seed] = {
+                "real": real, "simulated": run_results["metrics"], "steps": run_results["completed_steps"], "timing": timing,
+            }
+            print(f"[{variant} seed {seed}] real macro AUROC {real['macro']:.4f} {real['per_label']}", flush=True)
+    report = markdown(results)
+    print("\n" + report)
+    output_root.mkdir(parents=True, exist_ok=True)
+    (output_root / f"results{('-' + args.tag) if args.tag else ''}.json").write_text(json.dumps(results, indent=2, default=float))
+    (output_root / f"results{('-' + args.tag) if args.tag else ''}.md").write_text(report)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The vendored real-ECG evaluation set of the demo (LUDB) and its zero-shot scoring.
+
+Checks: the set loads and its samples match the stored SHA-256; it is the documented split
+(patients disjoint from the training part); real training pairs
+never include an evaluation record; the in-training scoring equals the public pipeline's; the
+demo's end-of-run summary prints the real-ECG table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import sys
+from contextlib import redirect_stdout
+from pathlib import Path
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from dbeta.train.real_ecg import (
+    ALWAYS_TRAIN,
+    LUDB_EVAL_DIR,
+    LUDB_EVAL_FILE,
+    LUDB_RHYTHM_LABELS,
+    evaluate_real_zero_shot,
+    load_ludb_eval_set,
+    ludb_training_record_ids,
+    real_training_pairs,
+    signals_sha256,
+    split_ludb,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from zero_shot_utils import save_tiny_zero_shot_folder  # noqa: E402
+
+SHARED_LUDB = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "ludb" / "data"
+
+
+@pytest.fixture(scope="module")
+def eval_set():
+    return load_ludb_eval_set()
+
+
+def test_vendored_set_loads_and_matches_its_hashes(eval_set):
+    assert LUDB_EVAL_FILE.is_file() and LUDB_EVAL_FILE.stat().st_size < 4_000_000
+    recorded = (LUDB_EVAL_DIR / "SHA256SUMS").read_text().split()[0]
+    assert hashlib.sha256(LUDB_EVAL_FILE.read_bytes()).hexdigest() == recorded
+    with np.load(LUDB_EVAL_FILE) as data:
+        assert signals_sha256(data["signals_delta"]) == str(data["sha256"])
+    n = len(eval_set.record_ids)
+    assert eval_set.signals.shape == (n, 12, 5000) and eval_set.signals.dtype == np.float32
+    assert np.isfinite(eval_set.signals).all()
+    # LUDB v1.0.1 publishes every lead at 1 (header unit) peak-to-peak; the int16 round trip keeps it.
+    np.testing.assert_allclose(np.ptp(eval_set.signals, axis=-1), 1.0, atol=2e-3)
+    assert eval_set.lead_names == ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+    assert all(report.startswith("Rhythm: ") for report in eval_set.reports)
+
+
+def test_every_rhythm_label_is_scored(eval_set):
+    assert eval_set.scored_labels() == list(LUDB_RHYTHM_LABELS)
+    positives = dict(zip(LUDB_RHYTHM_LABELS, eval_set.labels().sum(axis=0)))
+    assert positives["sinus rhythm"] == 40 and positives["atrial fibrillation"] >= 5 and positives["sinus bradycardia"] >= 8
+
+
+def test_evaluation_and_training_records_are_disjoint(eval_set):
+    training = ludb_training_record_ids()
+    assert not set(training) & set(eval_set.record_ids)
+    assert ALWAYS_TRAIN <= set(training)  # the tokenizer builder's default fixture record is never evaluated
+    assert len(set(eval_set.record_ids)) == len(eval_set.record_ids)  # one record per LUDB patient
+
+
+@pytest.mark.skipif(not SHARED_LUDB.is_dir(), reason="the shared real records are not on this machine")
+def test_split_rebuilds_and_real_training_pairs_exclude_the_evaluation_records(eval_set):
+    from dbeta.train.real_ecg import read_ludb_folder
+
+    records = read_ludb_folder(SHARED_LUDB)
+    evaluation, training = split_ludb({record_id: value["rhythm"] for record_id, value in records.items()})
+    assert evaluation == eval_set.record_ids and training == ludb_training_record_ids()
+    for index, record_id in enumerate(eval_set.record_ids[:5]):
+        np.testing.assert_allclose(eval_set.signals[index], records[record_id]["signal"], atol=6e-4)
+    pairs = real_training_pairs(SHARED_LUDB.parents[1])
+    ludb_ids = {pair["record_id"] for pair in pairs if pair["source"] == "ludb"}
+    assert ludb_ids and not ludb_ids & set(eval_set.record_ids)
+
+
+def test_in_training_scoring_equals_the_public_pipeline(tmp_path, eval_set):
+    from transformers import AutoModel, AutoProcessor, pipeline
+
+    folder = save_tiny_zero_shot_folder(tmp_path / "tiny")
+    model = AutoModel.from_pretrained(str(folder), trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=True)
+    # The first 24 records still hold positives and negatives of several labels.
+    small = replace(eval_set, record_ids=eval_set.record_ids[:24], signals=eval_set.signals[:24],
+                    reports=eval_set.reports[:24], rhythms=eval_set.rhythms[:24])
+    metrics = evaluate_real_zero_shot(model, processor, small)
+
+    from dbeta.train.metrics import multilabel_auroc
+
+    scored = small.scored_labels()
+    classifier = pipeline("zero-shot-ecg-classification", model=str(folder), trust_remote_code=True)
+    outputs = classifier(small.signals, candidate_labels=scored, sampling_rate=500, lead_names=list(small.lead_names))
+    scores = np.array([[{o["label"]: o["score"] for o in output}[name] for name in scored] for output in outputs])
+    expected = multilabel_auroc(small.labels({n: LUDB_RHYTHM_LABELS[n] for n in scored}), scores, scored)
+    assert metrics["real_zero_shot_macro_auroc"] == pytest.approx(expected.macro, abs=1e-6)
+    for label, value in expected.per_label.items():
+        assert metrics[f"real_zero_shot_auroc/{label}"] == pytest.approx(value, abs=1e-6)
+
+
+def test_demo_summary_prints_the_real_ecg_table(tmp_path, eval_set):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+    import pretrain
+    from transformers import AutoModel, AutoProcessor
+
+    folder = save_tiny_zero_shot_folder(tmp_path / "tiny")
+    model = AutoModel.from_pretrained(str(folder), trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=True)
+    metrics = {"zero_shot_macro_auroc": 0.5, "zero_shot_num_labels": 1, "zero_shot_auroc/sinus_rhythm": 0.5}
+    metrics.update(evaluate_real_zero_shot(model, processor, eval_set))
+    progress = pretrain.TrainingProgress(completed_steps=1, samples_seen=32, train_seconds=1.0)
+    label_set = {"sinus_rhythm": ("sinus rhythm", "sinus rhythm")}
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        pretrain.print_summary(metrics, label_set, tmp_path, 1.0, progress)
+    text = buffer.getvalue()
+    assert f"Real ECGs (vendored LUDB evaluation set, {len(eval_set.record_ids)} patients" in text
+    for label in LUDB_RHYTHM_LABELS:
+        assert f"zero-shot AUROC {label}" in text
+    assert f"Real-ECG zero-shot macro AUROC: {metrics['real_zero_shot_macro_auroc']:.4f} (5 labels)" in text

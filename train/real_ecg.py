@@ -1,0 +1,353 @@
+# Copyright 2026 The dbeta authors. Licensed under the Apache License, Version 2.0.
+"""Real 12-lead ECGs for the demo: the vendored LUDB evaluation set and the real training pairs.
+
+The demo trains in minutes on a simulated corpus; what it learns is measured on real ECGs of
+patients it never saw. This module
+
+* splits the shared LUDB v1.0.1 records (one record per patient) into an **evaluation part**,
+  vendored in the package (`dbeta/assets/ludb_eval/ludb_eval.npz`, int16, ~2 MB) so that every
+  demo run reports a real-ECG figure without a download, and a **training part** whose ECG-report
+  pairs the sim+real demo variant may use. The split is a pure function of the record list: per
+  rhythm, a seeded shuffle puts about half of the records (and at least one positive of every
+  rhythm with two or more records) in evaluation. Record 1 (the fixture the tests and the
+  tokenizer builder read by default) always goes to the training part;
+* loads the vendored set and checks its integrity (SHA-256 of the decoded samples);
+* scores it zero-shot exactly as the public pipeline does (processor -> ECG tower, the plain-text
+  prompts normalised like `pipeline_dbeta.normalize_label_text` -> text tower, ETS logit);
+* reads the real training pairs (LUDB training part with its cardiologist diagnosis text, CinC
+  2021 and CPSC 2018 records with their SNOMED-CT diagnoses as text) for the sim+real variant.
+
+Rebuild the vendored set (only needed if the split rule changes)::
+
+    python -m dbeta.train.real_ecg --ludb_dir ../shared/data/real/ludb/data
+
+LUDB is distributed under the Open Data Commons Attribution License v1.0 (ODC-By 1.0); the
+vendored folder carries the attribution and licence text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+try:
+    from dbeta import ASSETS_DIR
+except ImportError:  # running from a checkout without the package installed
+    ASSETS_DIR = Path(__file__).resolve().parents[1] / "dbeta" / "assets"
+
+logger = logging.getLogger(__name__)
+
+LUDB_EVAL_DIR = ASSETS_DIR / "ludb_eval"
+LUDB_EVAL_FILE = LUDB_EVAL_DIR / "ludb_eval.npz"
+LUDB_LEAD_NAMES: tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+LUDB_SAMPLING_RATE = 500
+#: Seed of the per-rhythm shuffle that decides the evaluation / training split of LUDB.
+SPLIT_SEED = 20261203
+#: Records that never go to evaluation: record 1 is the LUDB fixture that the tests and
+#: `train/build_demo_tokenizer.py` read by default.
+ALWAYS_TRAIN = frozenset({"1"})
+
+#: Zero-shot rhythm labels on LUDB: label (= the plain-text prompt) -> the LUDB rhythm lines that
+#: are positives (matched at the start of the lower-cased ``Rhythm:`` line).
+LUDB_RHYTHM_LABELS: dict[str, str] = {
+    "sinus rhythm": r"^sinus rhythm",
+    "sinus bradycardia": r"^sinus bradycardia",
+    "sinus tachycardia": r"^sinus tachycardia",
+    "atrial fibrillation": r"^atrial fibrillation",
+    "atrial flutter": r"^atrial flutter",
+}
+#: A label is scored when the evaluation set has at least this many positives (and a negative).
+MIN_POSITIVES = 2
+
+
+# --------------------------------------------------------------------------------------------
+# LUDB records and the split
+# --------------------------------------------------------------------------------------------
+
+
+def ludb_diagnoses(header: Path) -> list[str]:
+    """The diagnosis lines of a LUDB header (comments after ``#<diagnoses>:``)."""
+    lines, inside = [], False
+    for raw in header.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not raw.startswith("#"):
+            continue
+        comment = raw[1:].strip()
+        if comment.startswith("<"):
+            inside = comment.lower().startswith("<diagnoses>")
+            continue
+        if inside and comment:
+            lines.append(comment)
+    return lines
+
+
+def ludb_rhythm(diagnoses: Sequence[str]) -> str:
+    """The rhythm of a LUDB record, lower-cased without the final full stop (``""`` if none)."""
+    for line in diagnoses:
+        if line.lower().startswith("rhythm:"):
+            return line.split(":", 1)[1].strip().rstrip(".").strip().lower()
+    return ""
+
+
+def ludb_report(diagnoses: Sequence[str]) -> str:
+    """The report of a LUDB record: its diagnosis lines joined with spaces."""
+    return " ".join(line.strip() for line in diagnoses if line.strip())
+
+
+def split_ludb(record_rhythms: Mapping[str, str], seed: int = SPLIT_SEED) -> tuple[list[str], list[str]]:
+    """(evaluation ids, training ids): per rhythm, a seeded shuffle sends ceil(n / 2) records to
+    evaluation (sinus rhythm, the most common, only 40), never the ids in :data:`ALWAYS_TRAIN`."""
+    evaluation, training = [], []
+    by_rhythm: dict[str, list[str]] = {}
+    for record_id in sorted(record_rhythms, key=lambda value: (int(value) if value.isdigit() else 10**9, value)):
+        by_rhythm.setdefault(record_rhythms[record_id], []).append(record_id)
+    for index, rhythm in enumerate(sorted(by_rhythm)):
+        candidates = [record for record in by_rhythm[rhythm] if record not in ALWAYS_TRAIN]
+        order = np.random.default_rng([seed, index]).permutation(len(candidates))
+        count = 40 if rhythm == "sinus rhythm" else (len(candidates) + 1) // 2
+        chosen = {candidates[i] for i in order[:count]}
+        for record in by_rhythm[rhythm]:
+            (evaluation if record in chosen else training).append(record)
+    key = lambda value: (int(value) if value.isdigit() else 10**9, value)  # noqa: E731
+    return sorted(evaluation, key=key), sorted(training, key=key)
+
+
+def read_ludb_folder(ludb_dir: str | Path) -> dict[str, dict]:
+    """id -> {"signal": float mV (12, 5000) in LUDB lead order, "report", "rhythm"} for a LUDB data folder."""
+    from processing_dbeta import read_wfdb_record
+
+    records = {}
+    for header in sorted(Path(ludb_dir).glob("*.hea")):
+        diagnoses = ludb_diagnoses(header)
+        record = read_wfdb_record(header.with_suffix(""))
+        names = [name.lower() for name in record.lead_names]
+        order = [names.index(lead.lower()) for lead in LUDB_LEAD_NAMES]
+        records[header.stem] = {
+            "signal": np.asarray(record.signal, dtype=np.float64)[order],
+            "report": ludb_report(diagnoses),
+            "rhythm": ludb_rhythm(diagnoses),
+        }
+    return records
+
+
+# --------------------------------------------------------------------------------------------
+# The vendored evaluation set
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RealEvalSet:
+    """Real ECGs with rhythm labels: signals in mV (N, 12, T), LUDB lead order, 500 Hz."""
+
+    record_ids: list[str]
+    signals: np.ndarray
+    reports: list[str]
+    rhythms: list[str]
+    lead_names: tuple[str, ...] = LUDB_LEAD_NAMES
+    sampling_rate: int = LUDB_SAMPLING_RATE
+
+    def labels(self, label_set: Mapping[str, str] = LUDB_RHYTHM_LABELS) -> np.ndarray:
+        """(N, num_labels) 0/1 rhythm labels."""
+        patterns = [re.compile(pattern) for pattern in label_set.values()]
+        return np.array([[int(bool(p.search(rhythm))) for p in patterns] for rhythm in self.rhythms], dtype=np.int64)
+
+    def scored_labels(self, label_set: Mapping[str, str] = LUDB_RHYTHM_LABELS) -> list[str]:
+        """The labels with at least :data:`MIN_POSITIVES` positives and one negative here."""
+        labels = self.labels(label_set)
+        positives = labels.sum(axis=0)
+        return [name for name, count in zip(label_set, positives) if MIN_POSITIVES <= count < len(self.record_ids)]
+
+
+def _encode(signals_mv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int16 first differences, float32 gain per record and lead): lossless for LUDB's ADC units
+    up to the gain, and ~3x smaller than raw samples once compressed."""
+    peak = np.abs(signals_mv).max(axis=-1)
+    gain = np.minimum(1000.0, 16000.0 / np.maximum(peak, 1e-6)).astype(np.float32)
+    digital = np.round(signals_mv * gain[..., None]).astype(np.int32)
+    delta = np.diff(digital, axis=-1, prepend=0)
+    if np.abs(delta).max() > 32767:
+        raise ValueError("A sample-to-sample step does not fit int16.")
+    return delta.astype(np.int16), gain
+
+
+def _decode(delta: np.ndarray, gain: np.ndarray) -> np.ndarray:
+    return (np.cumsum(delta.astype(np.int32), axis=-1) / gain[..., None]).astype(np.float32)
+
+
+def signals_sha256(delta: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(delta, dtype="<i2").tobytes()).hexdigest()
+
+
+def build_ludb_eval_set(ludb_dir: str | Path, output_file: str | Path = LUDB_EVAL_FILE) -> Path:
+    """Split the LUDB folder and write the evaluation part as a compressed ``.npz``."""
+    records = read_ludb_folder(ludb_dir)
+    evaluation, training = split_ludb({record_id: value["rhythm"] for record_id, value in records.items()})
+    signals = np.stack([records[record_id]["signal"] for record_id in evaluation])
+    delta, gain = _encode(signals)
+    output_file = Path(output_file)
+    output_file.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        output_file,
+        record_ids=np.array(evaluation),
+        training_record_ids=np.array(training),
+        signals_delta=delta,
+        gain=gain,
+        reports=np.array([records[r]["report"] for r in evaluation]),
+        rhythms=np.array([records[r]["rhythm"] for r in evaluation]),
+        lead_names=np.array(LUDB_LEAD_NAMES),
+        sampling_rate=np.array(LUDB_SAMPLING_RATE),
+        sha256=np.array(signals_sha256(delta)),
+    )
+    logger.info("Wrote %d LUDB evaluation records (%d kept for training) to %s (%.1f MB)",
+                len(evaluation), len(training), output_file, output_file.stat().st_size / 1e6)
+    return output_file
+
+
+def load_ludb_eval_set(path: str | Path = LUDB_EVAL_FILE, verify: bool = True) -> RealEvalSet:
+    """The vendored LUDB evaluation set; `verify` checks the samples against the stored SHA-256."""
+    with np.load(path, allow_pickle=False) as data:
+        delta, gain = data["signals_delta"], data["gain"]
+        if verify and signals_sha256(delta) != str(data["sha256"]):
+            raise ValueError(f"{path}: the signals do not match their SHA-256; the file is damaged.")
+        return RealEvalSet(
+            record_ids=[str(value) for value in data["record_ids"]],
+            signals=_decode(delta, gain),
+            reports=[str(value) for value in data["reports"]],
+            rhythms=[str(value) for value in data["rhythms"]],
+            lead_names=tuple(str(value) for value in data["lead_names"]),
+            sampling_rate=int(data["sampling_rate"]),
+        )
+
+
+def ludb_training_record_ids(path: str | Path = LUDB_EVAL_FILE) -> list[str]:
+    """The LUDB records that are NOT in the vendored evaluation set (the ones training may use)."""
+    with np.load(path, allow_pickle=False) as data:
+        return [str(value) for value in data["training_record_ids"]]
+
+
+# --------------------------------------------------------------------------------------------
+# Zero-shot scoring (the pipeline's computation)
+# --------------------------------------------------------------------------------------------
+
+
+def _normalize_prompt(text: str) -> str:
+    from pipeline_dbeta import normalize_label_text
+
+    return normalize_label_text(text)
+
+
+def zero_shot_logits(model, processor, eval_set: RealEvalSet, prompts: Sequence[str], batch_size: int = 32):
+    """ETS logits (N, num_prompts) of the records against plain-text prompts, computed as
+    `pipeline("zero-shot-ecg-classification")` does: the processor (lead order, resampling), the
+    ECG tower, the normalised prompts through the text tower, `ets_logits`."""
+    import torch
+
+    base = getattr(model, "dbeta", model)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        texts = [_normalize_prompt(prompt) for prompt in prompts]
+        encoded = processor(text=texts, return_tensors="pt", padding=True)
+        text_embeds = base.get_text_features(encoded["input_ids"].to(device), encoded["attention_mask"].to(device)).pooler_output
+        logits = []
+        for start in range(0, len(eval_set.record_ids), batch_size):
+            chunk = eval_set.signals[start : start + batch_size]
+            inputs = processor(ecg=chunk, sampling_rate=eval_set.sampling_rate, lead_names=list(eval_set.lead_names), return_tensors="pt")
+            ecg_embeds = base.get_ecg_features(inputs["input_values"].to(device)).pooler_output
+            logits.append(base.ets_logits(ecg_embeds, text_embeds.to(ecg_embeds.dtype)).float().cpu())
+    model.train(was_training)
+    return torch.cat(logits).numpy()
+
+
+def evaluate_real_zero_shot(model, processor, eval_set: RealEvalSet | None = None, label_set: Mapping[str, str] = LUDB_RHYTHM_LABELS) -> dict[str, float]:
+    """Per-label and macro zero-shot AUROC on real ECGs: ``{"real_zero_shot_macro_auroc", 
+    "real_zero_shot_num_labels", "real_zero_shot_num_records", "real_zero_shot_auroc/<label>"}``."""
+    from .metrics import multilabel_auroc
+
+    eval_set = eval_set if eval_set is not None else load_ludb_eval_set()
+    scored = eval_set.scored_labels(label_set)
+    labels = eval_set.labels({name: label_set[name] for name in scored})
+    logits = zero_shot_logits(model, processor, eval_set, scored)
+    # The pipeline's multi-label scores: float32 sigmoid of the logits (saturated ties included).
+    scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float32)))
+    auroc = multilabel_auroc(labels, scores, scored)
+    metrics = {
+        "real_zero_shot_macro_auroc": float(auroc.macro),
+        "real_zero_shot_num_labels": len(auroc.per_label),
+        "real_zero_shot_num_records": len(eval_set.record_ids),
+    }
+    metrics.update({f"real_zero_shot_auroc/{label}": float(value) for label, value in auroc.per_label.items()})
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# Real ECG-report pairs for training (the sim+real variant)
+# --------------------------------------------------------------------------------------------
+
+
+def _cinc_report(dx_names: str) -> str:
+    """CinC SNOMED-CT diagnosis names as a report: one capitalised statement per code."""
+    statements = [name.strip() for name in dx_names.split(";") if name.strip()]
+    return " ".join(statement[:1].upper() + statement[1:] + "." for statement in statements)
+
+
+def real_training_pairs(real_dir: str | Path, eval_file: str | Path = LUDB_EVAL_FILE) -> list[dict]:
+    """Real (ECG, report) pairs that training may use: the LUDB records outside the vendored
+    evaluation set (cardiologist diagnosis text), and the CinC 2021 and CPSC 2018 records (their
+    SNOMED-CT diagnosis names as text). Each pair: {"source", "record_id", "record" (the
+    `processing_dbeta.ECGRecord` read), "report"}. Never returns an evaluation record (checked)."""
+    from processing_dbeta import read_ecg_file
+
+    real_dir = Path(real_dir)
+    evaluation = set(load_ludb_eval_set(eval_file, verify=False).record_ids)
+    pairs: list[dict] = []
+    ludb_data = real_dir / "ludb" / "data"
+    if ludb_data.is_dir():
+        for record_id in ludb_training_record_ids(eval_file):
+            if record_id in evaluation:
+                raise AssertionError(f"LUDB record {record_id} is in both the evaluation set and training.")
+            header = ludb_data / f"{record_id}.hea"
+            if not header.is_file():
+                continue
+            record = read_ecg_file(header)
+            pairs.append({"source": "ludb", "record_id": record_id, "record": record, "report": ludb_report(ludb_diagnoses(header))})
+    for source, folder in (("cinc2021", real_dir / "cinc2021"), ("cpsc2018", real_dir / "cpsc2018")):
+        labels_file = folder / "labels.csv"
+        if not labels_file.is_file():
+            continue
+        with open(labels_file, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        for row in rows:
+            path = folder / "records" / f"{row['record']}.hea"
+            if not path.is_file():
+                path = folder / "records" / f"{row['record']}.mat"
+            if not path.is_file():
+                continue
+            record = read_ecg_file(path)
+            pairs.append({"source": source, "record_id": row["record"], "record": record, "report": _cinc_report(row["dx_names"])})
+    return pairs
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build the vendored LUDB evaluation set.")
+    parser.add_argument("--ludb_dir", required=True, help="The LUDB v1.0.1 data folder (.hea/.dat).")
+    parser.add_argument("--output_file", default=str(LUDB_EVAL_FILE))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    path = build_ludb_eval_set(args.ludb_dir, args.output_file)
+    data = load_ludb_eval_set(path)
+    counts = {label: int(count) for label, count in zip(LUDB_RHYTHM_LABELS, data.labels().sum(axis=0))}
+    print(json.dumps({"records": len(data.record_ids), "positives": counts, "scored": data.scored_labels()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
