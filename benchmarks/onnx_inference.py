@@ -9,7 +9,8 @@ values), or the ECG tower of `--model`, is exported with `dbeta.export_onnx.expo
 `get_ecg_features` under `torch.inference_mode` (SDPA attention) and an onnxruntime CPU session
 (graph optimisations on), both with `--threads` intra-op threads. Each timing is at least 3 calls
 and 3 s after a warm-up call; the two runtimes alternate for `--rounds` rounds (default 3) and
-each keeps its fastest round, so a burst of load on a shared machine does not decide the ratio. The largest |ONNX - PyTorch| of the embeddings is printed too.
+each keeps its fastest round, so a burst of load on a shared machine does not decide the ratio.
+The largest |ONNX - PyTorch| of the embeddings is printed too.
 """
 
 import argparse

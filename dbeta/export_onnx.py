@@ -393,7 +393,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(prog="python -m dbeta.export_onnx", description=__doc__.split("\n\n")[0]))
+    parser = argparse.ArgumentParser(prog="python -m dbeta.export_onnx", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     return run(args)

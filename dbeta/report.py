@@ -56,7 +56,9 @@ def _calibration(ax, x0: float, baseline: float) -> None:
     ax.plot(xs, ys, color="black", linewidth=0.8, zorder=3)
 
 
-def draw_ecg(ax, signal: np.ndarray, lead_names: Sequence[str], sampling_rate: float, absent: Sequence[str] = ()) -> None:
+def draw_ecg(
+    ax, signal: np.ndarray, lead_names: Sequence[str], sampling_rate: float, absent: Sequence[str] = ()
+) -> None:
     """Draw a (leads, samples) millivolt ECG on `ax` in paper millimetres (3 x 4 + rhythm strip)."""
     index = {name: row for row, name in enumerate(lead_names)}
     column_mm = COLUMN_SECONDS * PAPER_SPEED_MM_PER_S
@@ -243,7 +245,8 @@ def write_html(path: str | Path, png: bytes, scores, metadata: Mapping[str, obje
 <style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:0.2em 0.6em;text-align:left}}img{{max-width:100%}}</style></head>
 <body><h1>{html.escape(title)}</h1>
-<img alt="12-lead ECG (25 mm/s, 10 mm/mV) with label scores" src="data:image/png;base64,{base64.b64encode(png).decode()}">
+<img alt="12-lead ECG (25 mm/s, 10 mm/mV) with label scores"
+ src="data:image/png;base64,{base64.b64encode(png).decode()}">
 <h2>Label scores</h2><table><tr><th>#</th><th>label</th><th>score</th></tr>
 {rows}
 </table>
@@ -366,5 +369,6 @@ def run(args) -> int:
         dpi=args.dpi,
     )
     best = ", ".join(f"{item['label']} {item['score']:.3f}" for item in scores[:3])
-    print(f"dbeta: wrote {args.output}" + (f" and {args.html}" if args.html else "") + f" (top: {best})", file=sys.stderr)
+    written = args.output + (f" and {args.html}" if args.html else "")
+    print(f"dbeta: wrote {written} (top: {best})", file=sys.stderr)
     return 0

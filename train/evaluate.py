@@ -628,7 +628,10 @@ def markdown_report(results: dict, level: int = 1) -> str:
             for label, positives in entry["num_positives"].items():
                 auroc = entry["per_label_auroc"].get(label)
                 interval = (entry.get("per_label_auroc_ci") or {}).get(label)
-                note = _fmt_ci(auroc, interval) if auroc is not None else f"left out ({entry['skipped_labels'][label]})"
+                if auroc is None:
+                    note = f"left out ({entry['skipped_labels'][label]})"
+                else:
+                    note = _fmt_ci(auroc, interval)
                 prompt = entry["prompts"][label].replace("|", "\\|")
                 lines.append(f"| {label} | {positives} | {note} | {prompt} |")
     retrieval = {
