@@ -335,6 +335,15 @@ def test_an_unreachable_flan_t5_stops_a_real_run_before_training(tiny_setup, tmp
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
+def test_the_n3s_command_names_its_encoder_flag_when_offline(tiny_setup, hub_offline):
+    from dbeta.train import n3s
+
+    with pytest.raises(SystemExit, match="--encoder 'google/flan-t5-small': the N3S text encoder") as raised:
+        n3s.main(["--dataset_dir", str(tiny_setup.dataset), "--encoder", "google/flan-t5-small", "--splits", "validation"])
+    assert '"tfidf"' in str(raised.value)
+    assert not (tiny_setup.dataset / "n3s" / "validation" / "google--flan-t5-small-far-k64").exists()
+
+
 @pytest.fixture(scope="module")
 def tiny_pretrained_t5(tmp_path_factory):
     """A small pretrained-style T5 encoder folder (weights + config + the demo tokenizer)."""
