@@ -831,7 +831,8 @@ def _check_external_target(folder: Path, target: str, dataset: str, path: Path) 
     try:
         _signal_file_inside(folder, target, path)
     except ValueError as error:
-        raise ValueError(f"{path}: dataset {dataset!r} is stored in another file: {error}") from None
+        detail = str(error).removeprefix(f"{path}: ")
+        raise ValueError(f"{path}: dataset {dataset!r} is stored in another file: {detail}") from None
 
 
 def read_ecg_file(path: Union[str, os.PathLike], max_duration: Optional[float] = None) -> ECGRecord:
