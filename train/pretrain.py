@@ -1036,8 +1036,8 @@ def main(argv: Sequence[str] | None = None) -> PretrainingResult:
         log_with=report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
     )
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != accelerator.num_processes:
+    launched = max(int(os.environ.get(name, "1")) for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"))
+    if launched > accelerator.num_processes:  # each process would train alone on the whole data
         raise RuntimeError(
             f"The launcher started {launched} processes but accelerate joined {accelerator.num_processes} "
             f"({accelerator.distributed_type}); check the accelerate config (distributed_type, use_cpu) or pass --cpu."
