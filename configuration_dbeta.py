@@ -214,7 +214,9 @@ class DBetaConfig(PreTrainedConfig):
         mlm_loss_weight, mem_loss_weight, etm_loss_weight, ets_loss_weight (`float`, default 1.0).
         ets_logit_scale (`float`, defaults to 1.0), ets_logit_bias (`float`, defaults to 0.0),
         ets_learnable_scale_bias (`bool`, defaults to `False`): the ECG-text sigmoid logits are
-            `scale * e.t + bias`; fixed (scale 1, no bias) as the paper unless made learnable.
+            `scale * e.t + bias`; fixed (scale 1, no bias) as the paper unless made learnable. When
+            learnable, SigLIP's parametrisation and start are used (a log-scale parameter starting at
+            log 10, bias -10) and the two fixed values are ignored.
         lead_names (`tuple[str]`): the lead order the model expects (MIMIC-IV-ECG order for the
             published weights). sampling_rate (`int`, 500), num_samples (`int`, 5000): input
             sampling rate and length.

@@ -477,7 +477,9 @@ def build_model(args: argparse.Namespace, tokenizer) -> DBetaForPreTraining:
     if args.attn_implementation:
         model.config._attn_implementation = args.attn_implementation
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers 5 renamed the API; the old name warns that it goes in v6.
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
     return model
 
 
