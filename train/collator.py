@@ -9,7 +9,10 @@ For every batch, in this order (DECISIONS 13, fixing the original's quirk Q1):
 2. **N3S negatives**: `int(0.5 * B + U[0, 1))` distinct rows get a negative report drawn from
    their N3S candidates (:mod:`dbeta.train.n3s`) and `is_aligned = 0`.
 3. **Tokenise** the reports (normalised as the original collator does), padded to the longest
-   in the batch and truncated to `max_text_length - 2` tokens.
+   in the batch and truncated to `max_text_length - 2` tokens. Optionally (`text_length_buckets`,
+   `pad_to_multiple_of`; off by default) the padded length is rounded up to a fixed set of
+   lengths, so that the model sees a few static shapes (compilation, CUDA graphs); padding is
+   masked everywhere, so the losses do not change.
 4. **MLM** on the aligned rows only: each real, non-special token is picked with probability
    `mlm_probability`; picked tokens become `<extra_id_0>` (80%), a random regular token (10%) or
    stay (10%); `mlm_labels` holds the original id there and -100 elsewhere. Negative rows,
@@ -63,9 +66,34 @@ class PretrainingBatchSettings:
     mlm_probability: float = 0.25
     max_text_length: int = 256
     negative_fraction: float = 0.5
+    #: Pad the text to the smallest of these lengths that holds the batch's longest report; a
+    #: batch longer than every bucket is padded to `max_text_length - 2` (the truncation length).
+    text_length_buckets: Sequence[int] | None = None
+    #: Then round the padded length up to a multiple of this.
+    pad_to_multiple_of: int | None = None
+
+    def __post_init__(self):
+        if self.text_length_buckets is not None:
+            buckets = sorted({int(length) for length in self.text_length_buckets})
+            if not buckets or buckets[0] < 1:
+                raise ValueError(f"text_length_buckets must be positive lengths, got {self.text_length_buckets}.")
+            self.text_length_buckets = buckets
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be positive, got {self.pad_to_multiple_of}.")
+
+    def padded_text_length(self, longest: int) -> int:
+        """The text length of a batch whose longest tokenised report has `longest` tokens."""
+        length = longest
+        if self.text_length_buckets:
+            length = next((bucket for bucket in self.text_length_buckets if bucket >= longest), max(longest, self.max_text_length - 2))
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        return length
 
     @classmethod
-    def from_config(cls, config, negative_fraction: float = 0.5) -> PretrainingBatchSettings:
+    def from_config(
+        cls, config, negative_fraction: float = 0.5, text_length_buckets: Sequence[int] | None = None, pad_to_multiple_of: int | None = None
+    ) -> PretrainingBatchSettings:
         return cls(
             lead_names=list(config.lead_names),
             num_samples=config.num_samples,
@@ -73,6 +101,8 @@ class PretrainingBatchSettings:
             mlm_probability=config.mlm_probability,
             max_text_length=config.max_text_length,
             negative_fraction=negative_fraction,
+            text_length_buckets=text_length_buckets,
+            pad_to_multiple_of=pad_to_multiple_of,
         )
 
 
@@ -173,7 +203,7 @@ class DBetaPretrainingCollator:
                         is_aligned[row] = 0
 
         encoded = self.tokenizer(reports, truncation=True, max_length=settings.max_text_length - 2)["input_ids"]
-        length = max(len(ids) for ids in encoded)
+        length = settings.padded_text_length(max(len(ids) for ids in encoded))
         pad_id = self.tokenizer.pad_token_id
         input_ids = np.full((batch_size, length), pad_id, dtype=np.int64)
         attention_mask = np.zeros((batch_size, length), dtype=np.int64)
