@@ -58,6 +58,7 @@ from transformers import AutoTokenizer
 from configuration_dbeta import DBetaConfig
 from dbeta.train.build_demo_tokenizer import DEMO_TOKENIZER_DIR
 from dbeta.train.collator import DBetaPretrainingCollator, EpochShuffleSampler, IndexedDataset, PretrainingBatchSettings
+from dbeta.train.speed_levers import build_adamw, check_fused_adamw_devices, compile_repeated_layers
 from dbeta.train.hub_export import write_hub_folder
 from dbeta.train.metrics import multilabel_auroc, recall_at_k
 from dbeta.train.model_card import PretrainingReport, build_model_card
@@ -225,6 +226,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "processes (`accelerate launch` sets OMP_NUM_THREADS=1, which would leave cores idle).",
     )
     optim.add_argument("--seed", type=int, default=0)
+
+    speed = parser.add_argument_group("speed levers (off by default; README, section Speed levers)")
+    speed.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile each repeated transformer layer (ECG encoder, T5 blocks, fusion, MEM decoder), not the whole model.",
+    )
+    speed.add_argument("--compile_backend", default="inductor", help='With --compile: the torch.compile backend (e.g. "aot_eager" to check without inductor).')
+    speed.add_argument(
+        "--compile_mode",
+        default=None,
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="With --compile: the torch.compile mode (reduce-overhead: CUDA graphs; pair it with --text_length_buckets).",
+    )
+    speed.add_argument(
+        "--text_length_buckets",
+        type=int,
+        nargs="+",
+        default=None,
+        help="Pad each batch's reports to the smallest of these lengths that holds them (longer: max_text_length - 2), "
+        "so the model sees a few static shapes, e.g. 64 128 254.",
+    )
+    speed.add_argument("--pad_to_multiple_of", type=int, default=None, help="Round each batch's padded text length up to a multiple of this.")
+    speed.add_argument("--fused_adamw", action="store_true", help="AdamW with PyTorch's fused kernel (fused=True).")
 
     run = parser.add_argument_group("logging, checkpoints, export")
     run.add_argument("--output_dir", default=None, help="The Hub folder (default outputs/dbeta-demo for the demo).")
@@ -480,6 +505,9 @@ def build_model(args: argparse.Namespace, tokenizer) -> DBetaForPreTraining:
         # transformers 5 renamed the API; the old name warns that it goes in v6.
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
+    if getattr(args, "compile", False):
+        count = compile_repeated_layers(model, backend=args.compile_backend, mode=args.compile_mode)
+        logger.info(f"--compile: {count} transformer layers compiled with torch.compile (backend {args.compile_backend}, mode {args.compile_mode})")
     return model
 
 
@@ -1091,7 +1119,9 @@ def main(argv: Sequence[str] | None = None) -> PretrainingResult:
     model = preparation.run("building the model", build_model, args, tokenizer)
     preparation.close()
     config = model.config
-    batch_settings = PretrainingBatchSettings.from_config(config, negative_fraction=args.negative_fraction)
+    batch_settings = PretrainingBatchSettings.from_config(
+        config, negative_fraction=args.negative_fraction, text_length_buckets=args.text_length_buckets, pad_to_multiple_of=args.pad_to_multiple_of
+    )
     train_collator = DBetaPretrainingCollator(tokenizer, batch_settings, indexes[args.train_split], seed=args.seed)
     # Validation batches are fixed: epoch 0 of a collator with the validation split's own negatives.
     loss_collator = DBetaPretrainingCollator(tokenizer, batch_settings, indexes[args.validation_split], seed=args.seed)
@@ -1116,11 +1146,12 @@ def main(argv: Sequence[str] | None = None) -> PretrainingResult:
     embedding_loader = DataLoader(validation_rows, batch_size=args.per_device_eval_batch_size, collate_fn=embedding_collator)
 
     # ---- optimisation ----------------------------------------------------------------------
-    optimizer = torch.optim.AdamW(
+    optimizer = build_adamw(
         optimizer_parameter_groups(model, args.weight_decay),
-        lr=args.learning_rate,
+        learning_rate=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_epsilon,
+        fused=args.fused_adamw,
     )
     if args.max_train_steps is None:
         batches_per_process = math.ceil(len(train_loader) / accelerator.num_processes)
@@ -1129,6 +1160,8 @@ def main(argv: Sequence[str] | None = None) -> PretrainingResult:
     model, optimizer, train_loader, loss_loader, embedding_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, loss_loader, embedding_loader, scheduler
     )
+    if args.fused_adamw:
+        check_fused_adamw_devices(model)
     if not args.streaming:
         steps_per_epoch = max(1, math.ceil(len(train_loader) / args.gradient_accumulation_steps))
         num_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
