@@ -176,5 +176,12 @@ def test_bootstrap_ci_narrows_with_more_data_and_skips_degenerate_labels():
     # Too few usable resamples -> no interval rather than a made-up one.
     one_positive = bootstrap_auroc_ci(np.array([1, 0]), np.array([0.9, 0.1]), num_resamples=5)
     assert one_positive["per_label"]["0"] is None and one_positive["macro"] is None
+    # Two labels with one positive in 20 records: each is evaluable in ~64 % of the resamples, both
+    # together in ~41 %, a subset biased towards draws of the rare positives -> no macro interval.
+    rare = np.zeros((20, 2), dtype=int)
+    rare[0, 0] = rare[1, 1] = 1
+    sparse = bootstrap_auroc_ci(rare, np.random.default_rng(1).random((20, 2)), num_resamples=1000)
+    assert sparse["per_label"]["0"] is not None and sparse["per_label"]["1"] is not None
+    assert sparse["macro"] is None and 300 < sparse["macro_resamples_used"] < 500
     with pytest.raises(ValueError, match="confidence"):
         bootstrap_auroc_ci(y_true, y_score, names, confidence=1.5)

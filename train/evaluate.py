@@ -615,7 +615,9 @@ def markdown_report(results: dict, level: int = 1) -> str:
             lines += [
                 "",
                 f"Intervals: percentile bootstrap over the test records ({', '.join(map(str, resamples))} resamples); "
-                "a label's interval uses the resamples that hold positives and negatives of it.",
+                "a label's interval uses the resamples that hold positives and negatives of it, the macro one those "
+                "that hold both for every label. No interval is given when under half the resamples qualify "
+                "(too few positives in the test split).",
             ]
         for name, entry in zero_shot.items():
             lines += [

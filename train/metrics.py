@@ -155,6 +155,7 @@ def bootstrap_auroc_ci(
     confidence: float = 0.95,
     seed: int = 0,
     chunk_size: int = 200,
+    min_fraction: float = 0.5,
 ) -> dict:
     """Percentile bootstrap confidence intervals of the per-label and macro ROC-AUC.
 
@@ -162,8 +163,10 @@ def bootstrap_auroc_ci(
     all labels, so the macro interval keeps the labels' correlation). A label's interval uses the
     resamples in which it has positives and negatives; the macro interval averages, in each
     resample, the labels that `multilabel_auroc` evaluates on the full set, and uses the resamples
-    where all of them are evaluable. With few positives many resamples can be degenerate: the counts
-    used are returned, and an interval from fewer than 10 resamples is `None`.
+    where all of them are evaluable. With few positives many resamples can be degenerate, and the
+    usable ones are then a biased subset (those that happened to draw the rare positives): an
+    interval is `None` when fewer than `min_fraction` of the resamples (or fewer than 10) were
+    usable. The counts used are returned.
 
     Returns:
         `{"per_label": {name: [low, high] | None}, "macro": [low, high] | None, "confidence",
@@ -192,7 +195,7 @@ def bootstrap_auroc_ci(
 
     def interval(samples: np.ndarray):
         samples = samples[np.isfinite(samples)]
-        if samples.size < 10:
+        if samples.size < max(10, min_fraction * num_resamples):
             return None
         low, high = np.quantile(samples, [alpha, 1 - alpha])
         return [float(low), float(high)]
