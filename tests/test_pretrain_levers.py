@@ -4,6 +4,7 @@ same graphs dynamo and AOTAutograd capture, run without inductor's code generati
 compilation takes minutes on a shared CPU runner); `benchmarks/pretrain_levers.py` times inductor."""
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -147,3 +148,31 @@ def test_fused_adamw_on_an_unsupported_device_fails_clearly(monkeypatch):
     monkeypatch.setattr(foreach_utils, "_get_fused_kernels_supported_devices", lambda: ["cuda"])
     with pytest.raises(ValueError, match="--fused_adamw: .* no fused AdamW"):
         check_fused_adamw_devices(torch.nn.Linear(2, 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# train/pretrain.py end to end with every lever on
+# ---------------------------------------------------------------------------------------------
+
+from tests.test_pretrain import common_args, prepared_dataset, run_main, tiny_setup  # noqa: E402, F401  (fixtures)
+
+
+@pytest.mark.slow
+def test_pretrain_with_every_lever_trains_as_the_plain_run(tiny_setup, tmp_path):
+    """Two optimiser steps of train/pretrain.py: compiled layers (aot_eager), bucketed text and fused
+    AdamW give the per-step losses of the plain run."""
+    # Without dropout: its masks depend on the (padded) shapes, and compiled code draws them otherwise.
+    config = no_dropout_config(demo_tokenizer())
+    config.num_samples = 5000
+    config.to_json_file(str(tmp_path / "config.json"))
+    tiny_setup = SimpleNamespace(**{**vars(tiny_setup), "config": tmp_path / "config.json"})
+    steps = ["--max_train_steps", "2", "--checkpointing_steps", "0"]
+    plain = run_main(common_args(tiny_setup, tmp_path / "plain", *steps))
+    levers = run_main(
+        common_args(
+            tiny_setup, tmp_path / "levers", *steps, "--compile", "--compile_backend", "aot_eager",
+            "--text_length_buckets", "32", "64", "--pad_to_multiple_of", "16", "--fused_adamw",
+        )
+    )  # fmt: skip
+    assert len(levers.history) == len(plain.history) == 2
+    assert_same_history(levers.history, plain.history, tolerance=1e-4)
