@@ -176,3 +176,49 @@ def test_pretrain_with_every_lever_trains_as_the_plain_run(tiny_setup, tmp_path)
     )  # fmt: skip
     assert len(levers.history) == len(plain.history) == 2
     assert_same_history(levers.history, plain.history, tolerance=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resuming on another number of processes (another node count)
+# ---------------------------------------------------------------------------------------------
+
+
+def prepared_scheduler(num_processes, total_steps, completed_steps):
+    """The run's tri-stage schedule as accelerate drives it: `num_processes` scheduler steps per optimiser step."""
+    args = pretrain.parse_args(["--dataset_dir", "unused", "--lr_scheduler_type", "tri_stage", "--learning_rate", "1e-3", "--config_name", "x"])
+    optimizer = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=args.learning_rate)
+    scheduler = pretrain.build_scheduler(args, optimizer, total_steps, num_processes)
+    for _ in range(completed_steps * num_processes):
+        optimizer.step()
+        scheduler.step()
+    return scheduler
+
+
+@pytest.mark.parametrize("old, new", [((2, 8), (4, 8)), ((4, 8), (1, 32)), ((1, 16), (2, 16))])
+def test_resuming_on_another_process_count_keeps_the_data_position_and_the_schedule(old, new):
+    (old_processes, old_batch), (new_processes, new_batch) = old, new
+    total, done = 100, 37
+    saved = prepared_scheduler(old_processes, total, done)
+    progress = pretrain.TrainingProgress(completed_steps=done, epoch=1, batches_in_epoch=12, num_processes=old_processes, per_device_batch_size=old_batch)
+    resumed = prepared_scheduler(new_processes, total, 0)
+    resumed.load_state_dict(saved.state_dict())  # what load_state restores
+    assert pretrain.rescale_to_processes(progress, resumed, new_processes, new_batch)
+    # The same samples read in this epoch (rounded up to whole new global batches) ...
+    read = 12 * old_processes * old_batch
+    assert progress.batches_in_epoch * new_processes * new_batch >= read > (progress.batches_in_epoch - 1) * new_processes * new_batch
+    # ... and the learning rate of the same optimiser step, which then follows the new run's own schedule.
+    assert resumed.get_last_lr() == pytest.approx(saved.get_last_lr())
+    reference = prepared_scheduler(new_processes, total, done + 1)
+    for _ in range(new_processes):
+        resumed.optimizer.step()
+        resumed.step()
+    assert resumed.get_last_lr() == pytest.approx(reference.get_last_lr())
+    assert (progress.num_processes, progress.per_device_batch_size) == new
+
+
+def test_resuming_on_the_same_layout_changes_nothing():
+    scheduler = prepared_scheduler(2, 100, 10)
+    state = scheduler.state_dict()
+    progress = pretrain.TrainingProgress(completed_steps=10, batches_in_epoch=5, num_processes=2, per_device_batch_size=8)
+    assert not pretrain.rescale_to_processes(progress, scheduler, 2, 8)
+    assert progress.batches_in_epoch == 5 and scheduler.state_dict() == state

@@ -584,6 +584,10 @@ class TrainingProgress:
     batches_in_epoch: int = 0
     samples_seen: int = 0
     train_seconds: float = 0.0
+    #: The layout that wrote the checkpoint (0: unknown, an older checkpoint), to resume on another
+    #: number of processes (`rescale_to_processes`).
+    num_processes: int = 0
+    per_device_batch_size: int = 0
     #: Per-step losses of this session (kept in memory, not in checkpoints).
     history: list = field(default_factory=list)
 
@@ -592,6 +596,31 @@ class TrainingProgress:
 
     def load_state_dict(self, state: dict) -> None:
         self.__dict__.update(state)
+
+
+def rescale_to_processes(progress: TrainingProgress, scheduler, num_processes: int, per_device_batch_size: int) -> bool:
+    """After resuming a checkpoint written by another number of processes (another node count) or
+    per-device batch size, restate the two positions that are counted per process: the batches
+    each process has read in the current epoch (the epoch's order is one global permutation that
+    accelerate deals out batch by batch, so the samples read so far are the first
+    `batches_in_epoch x processes x batch` of it), and the learning-rate schedule, which an
+    accelerate-prepared scheduler advances `num_processes` times per optimiser step
+    (`build_scheduler`). Returns whether anything changed. When the samples read so far are not a
+    whole number of the new global batches, the remainder is skipped (fewer than one global batch)."""
+    old_processes = progress.num_processes or num_processes
+    old_batch = progress.per_device_batch_size or per_device_batch_size
+    progress.num_processes, progress.per_device_batch_size = num_processes, per_device_batch_size
+    if (old_processes, old_batch) == (num_processes, per_device_batch_size):
+        return False
+    samples_in_epoch = progress.batches_in_epoch * old_processes * old_batch
+    progress.batches_in_epoch = -(-samples_in_epoch // (num_processes * per_device_batch_size))
+    inner = getattr(scheduler, "scheduler", scheduler)  # the LambdaLR inside accelerate's wrapper
+    inner.last_epoch = progress.completed_steps * num_processes
+    rates = [base * multiplier(inner.last_epoch) for multiplier, base in zip(inner.lr_lambdas, inner.base_lrs)]
+    for group, rate in zip(inner.optimizer.param_groups, rates):
+        group["lr"] = rate
+    inner._last_lr = rates
+    return True
 
 
 #: `save_state` writes `step_N.tmp` and renames it to `step_N` once every process has written its
@@ -1167,7 +1196,7 @@ def main(argv: Sequence[str] | None = None) -> PretrainingResult:
         num_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
     else:
         num_epochs = sys.maxsize
-    progress = TrainingProgress()
+    progress = TrainingProgress(num_processes=accelerator.num_processes, per_device_batch_size=args.per_device_train_batch_size)
     accelerator.register_for_checkpointing(progress)
 
     label_set = zero_shot_label_set(args.zero_shot_labels)
@@ -1180,6 +1209,12 @@ def main(argv: Sequence[str] | None = None) -> PretrainingResult:
     if checkpoint is not None:
         accelerator.print(f"Resuming from {checkpoint}")
         accelerator.load_state(str(checkpoint))
+        saved_layout = (progress.num_processes, progress.per_device_batch_size)
+        if rescale_to_processes(progress, scheduler, accelerator.num_processes, args.per_device_train_batch_size):
+            accelerator.print(
+                f"The checkpoint was written by {saved_layout[0]} process(es) x batch {saved_layout[1]}; continuing on "
+                f"{accelerator.num_processes} x {args.per_device_train_batch_size}: data position and learning-rate schedule restated."
+            )
     elif args.resume_from_checkpoint:
         accelerator.print(f"No checkpoint in {output_dir / CHECKPOINTS_FOLDER}: starting from scratch.")
 
