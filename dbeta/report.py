@@ -154,6 +154,7 @@ def render_report(
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     column_mm = COLUMN_SECONDS * PAPER_SPEED_MM_PER_S
     ecg_width_mm = LEFT_MARGIN_MM + 4 * column_mm
@@ -190,13 +191,18 @@ def render_report(
         bars.set_ylim(-0.6, rows - 0.4)
         bars.barh(positions, values, color="#3b6ea8", height=0.7)
         bars.set_yticks(positions, [label if len(label) <= 28 else label[:25] + "..." for label in labels], fontsize=7)
-        bars.set_xlim(0, 1)
+        # Sigmoid scores of a D-BETA are often all small (the ETS bias is negative): zoom the axis to
+        # the best score then, so that the bars still show the ranking.
+        upper = 1.0 if not values or max(values) >= 0.5 else max(1.25 * max(values), 1e-6)
+        bars.set_xlim(0, upper)
         bars.tick_params(axis="x", labelsize=6)
-        bars.set_xlabel("score (sigmoid of the ECG-text logit)", fontsize=6)
+        zoomed = "" if upper == 1.0 else f"\n(axis zoomed to 0-{upper:.2g})"
+        bars.set_xlabel(f"score (sigmoid of the ECG-text logit){zoomed}", fontsize=6)
+        bars.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
         for position, value in zip(positions, values):
-            inside = value > 0.82  # no room right of the bar: write inside it
+            inside = value > 0.82 * upper  # no room right of the bar: write inside it
             bars.text(
-                value - 0.02 if inside else value + 0.02,
+                value - 0.02 * upper if inside else value + 0.02 * upper,
                 position,
                 f"{value:.3f}",
                 va="center",
@@ -211,7 +217,7 @@ def render_report(
         lines = _metadata_lines(metadata)
         figure.text(
             panel_left,
-            0.43,
+            0.40,
             "Record\n" + "\n".join(lines),
             fontsize=6.5,
             va="top",
