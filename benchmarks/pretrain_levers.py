@@ -25,7 +25,8 @@ Precision: fp32 on the CPU; bf16 autocast on CUDA (what `accelerate`'s `mixed_pr
 
 FLOPs: `3 x common.pretraining_forward_flops` per sample at the mean *unpadded* report length (the
 useful work; padding to a bucket is counted as overhead). MFU is against the card's dense bf16
-peak (`performance.card_peak_tflops`) on CUDA, against the measured fp32 GEMM rate on the CPU.
+peak (`performance.card_peak_tflops`) on CUDA, against the fp32 GEMM rate measured around each
+setting's timing on the CPU (its load varies on a shared machine).
 """
 
 from __future__ import annotations
@@ -151,7 +152,11 @@ def measure(setting: str, options: dict) -> dict:
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=options["precision"] == "bf16")
     generator = torch.Generator(device=device)
 
+    cudagraphs = lever.get("compile_mode") == "reduce-overhead"
+
     def step(index: int, batch: dict):
+        if cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration: earlier graph outputs may be overwritten
         generator.manual_seed(index)  # the same MEM masks in every setting
         with autocast:
             outputs = model(**batch, mask_generator=generator)
@@ -171,6 +176,10 @@ def measure(setting: str, options: dict) -> dict:
     warmup_seconds = time.perf_counter() - started
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+    else:  # the machine's state around the timed passes: on a shared CPU, a falling rate means other load
+        from common import measure_gemm_gflops
+
+        gemm_before = measure_gemm_gflops(seconds=1.0)
     started = time.perf_counter()
     steps = 0
     for _ in range(options["passes"]):
@@ -179,7 +188,9 @@ def measure(setting: str, options: dict) -> dict:
             steps += 1
     synchronize()
     seconds = time.perf_counter() - started
+    gemm = None if device.startswith("cuda") else (gemm_before + measure_gemm_gflops(seconds=1.0)) / 2
     return {
+        "gemm_gflops_during": gemm,
         "setting": setting,
         "samples_per_second": steps * options["batch_size"] / seconds,
         "seconds_per_step": seconds / steps,
@@ -242,13 +253,18 @@ def main(argv: list[str] | None = None) -> None:
     if cuda:
         from performance import card_peak_tflops
 
-        peak_gflops = card_peak_tflops(torch.cuda.get_device_name()) * 1e3
-        limit_name = "MFU (dense bf16 peak)"
+        peak_tflops = card_peak_tflops(torch.cuda.get_device_name())
+        if peak_tflops is not None:
+            peak_gflops, limit_name = peak_tflops * 1e3, "MFU (dense bf16 peak)"
+        else:  # a card without a data-sheet entry: its measured bf16 GEMM rate
+            from performance import _cuda_gemm
+
+            peak_gflops, limit_name = _cuda_gemm("bf16"), "of measured bf16 GEMM"
     else:
         if args.threads:
             torch.set_num_threads(args.threads)
         peak_gflops = measure_gemm_gflops()
-        limit_name = "of measured fp32 GEMM"
+        limit_name = "of fp32 GEMM measured around the timing"
     config = build_config(config_name, args.keep_dropout)
     print(f"torch {torch.__version__}, device {args.device}, config {config_name}, {precision}, reports {text_lengths[0]}-{text_lengths[1]} "
           f"tokens, buckets {buckets}, compile backend {args.compile_backend}, dropout {'on' if args.keep_dropout else 'off'}")
@@ -271,7 +287,9 @@ def main(argv: list[str] | None = None) -> None:
             masked = 0.25 * text_length * 0.5
             flops_per_sample = 3 * pretraining_forward_flops(config, text_length, masked)
             result["flops_per_sample"] = flops_per_sample
-            result["fraction_of_limit"] = result["samples_per_second"] * flops_per_sample / 1e9 / peak_gflops
+            # On the CPU, against the GEMM rate measured around this setting's timing (the load of a shared machine varies).
+            limit = result["gemm_gflops_during"] or peak_gflops
+            result["fraction_of_limit"] = result["samples_per_second"] * flops_per_sample / 1e9 / limit
             result["max_loss_diff"] = max(abs(a - b) for got, want in zip(result["history"], baseline["history"]) for a, b in zip(got, want))
             print(f"batch {batch_size} {setting}: {result['samples_per_second']:.2f} samples/s "
                   f"(warm-up {result['warmup_seconds']:.1f} s), max |loss diff| {result['max_loss_diff']:.1e}", flush=True)  # fmt: skip
@@ -279,13 +297,13 @@ def main(argv: list[str] | None = None) -> None:
                 batch_size, setting, f"{result['mean_padded_length']:.1f}", f"{result['samples_per_second']:.2f}",
                 f"{result['samples_per_second'] / baseline['samples_per_second']:.2f}x", f"{result['fraction_of_limit']:.1%}",
                 f"{result['warmup_seconds']:.1f}", f"{result['max_loss_diff']:.1e}",
-                f"{result['peak_memory_mib']:.0f}" if result["peak_memory_mib"] is not None else "-",
+                f"{result['peak_memory_mib']:.0f}" if result["peak_memory_mib"] is not None else f"{result['gemm_gflops_during']:.1f}",
             ])  # fmt: skip
         first = results[-1]
         print(f"\nBatch {batch_size}: {first['parameters'] / 1e6:.1f}M parameters, {first['device']}, "
               f"{baseline['flops_per_sample'] / 1e9:.1f} GFLOP per sample (3 x forward at {baseline['mean_text_length']:.1f} report tokens)\n")
         print_table(["batch", "setting", "mean text length (padded)", "samples/s", "vs eager", limit_name,
-                     "warm-up s (compile)", "max |loss diff| vs eager", "peak GPU MiB"], rows)  # fmt: skip
+                     "warm-up s (compile)", "max |loss diff| vs eager", "peak GPU MiB" if cuda else "GEMM GFLOP/s around the timing"], rows)  # fmt: skip
         print()
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(results, indent=2))
