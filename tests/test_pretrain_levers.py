@@ -222,3 +222,18 @@ def test_resuming_on_the_same_layout_changes_nothing():
     progress = pretrain.TrainingProgress(completed_steps=10, batches_in_epoch=5, num_processes=2, per_device_batch_size=8)
     assert not pretrain.rescale_to_processes(progress, scheduler, 2, 8)
     assert progress.batches_in_epoch == 5 and scheduler.state_dict() == state
+
+
+@pytest.mark.slow
+def test_a_run_resumes_with_another_per_device_batch(tiny_setup, tmp_path, capsys):
+    """train/pretrain.py resumes a checkpoint written with another layout (here the per-device batch
+    of one process; another process count goes through the same restatement) and finishes."""
+    output_dir = tmp_path / "out"
+    first = run_main(common_args(tiny_setup, output_dir, "--max_train_steps", "2", "--checkpointing_steps", "2"))
+    assert first.completed_steps == 2
+    resumed = run_main(
+        common_args(tiny_setup, output_dir, "--max_train_steps", "4", "--checkpointing_steps", "2", "--resume_from_checkpoint", "latest",
+                    "--per_device_train_batch_size", "4")
+    )  # fmt: skip
+    assert resumed.completed_steps == 4 and [entry["step"] for entry in resumed.history] == [3, 4]
+    assert "written by 1 process(es) x batch 8; continuing on 1 x 4" in capsys.readouterr().out
