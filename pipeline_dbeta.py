@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -418,6 +419,13 @@ class ZeroShotECGClassificationPipeline(Pipeline):
             ecgs = kwargs.pop("ecg")
         if ecgs is None:
             raise ValueError("Pass the ECG(s) to classify as the first argument.")
+        window = kwargs.pop("window", None)
+        if window is not None:  # long recordings: see `score_windows`
+            if window != "sliding":
+                raise ValueError(f"window must be None or 'sliding', got {window!r}.")
+            if isinstance(ecgs, (list, tuple)):
+                return [self.score_windows(ecg, candidate_labels, **kwargs) for ecg in ecgs]
+            return self.score_windows(ecgs, candidate_labels, **kwargs)
         if candidate_labels is None and "candidate_labels" not in self._init_label_settings:
             raise ValueError("`candidate_labels` is required: the label codes or descriptions to score.")
         if candidate_labels is not None:
@@ -434,6 +442,88 @@ class ZeroShotECGClassificationPipeline(Pipeline):
         elif isinstance(inputs, types.GeneratorType):
             inputs = (_IndexedECG(index, ecg) for index, ecg in enumerate(inputs))
         return super().__call__(inputs, **kwargs)
+
+    # -- long recordings ---------------------------------------------------------------------------
+
+    def score_windows(
+        self,
+        ecg: Any,
+        candidate_labels: str | Sequence[str] | None = None,
+        window_stride: float | None = None,
+        aggregation: str = "mean",
+        return_windows: bool = False,
+        window_seconds: float | None = None,
+        batch_size: int = 16,
+        multi_label: bool = True,
+        top_k: int | None = None,
+        sampling_rate: float | None = None,
+        lead_names: Sequence[str] | None = None,
+        hypothesis_template: str = "{}",
+        labels_are_codes: bool | None = None,
+        normalize_text: bool = True,
+    ):
+        """`window="sliding"`: score a recording of any length window by window and aggregate.
+
+        The recording is cut into windows of the model's input length (`num_samples /
+        sampling_rate` of the feature extractor, 10 s) every `window_stride` seconds (default: the
+        window length) with `iter_ecg_windows`; WFDB `.dat` records are read from disk one window
+        at a time, so memory is bounded by `batch_size` windows, not by the recording. Each window
+        is scored like a 10 s ECG; `aggregation="mean"` averages the windows' scores per label,
+        `"max"` keeps the highest.
+
+        Returns:
+            `[{"label", "score"}]` (aggregated, best first), or with `return_windows=True` a dict
+            `{"scores": [...], "windows": [{"start": seconds, "scores": {label: score}}, ...]}`.
+        """
+        # The windows come from the feature extractor's own module (the model folder's
+        # processing_dbeta.py when loaded as remote code).
+        iter_ecg_windows = getattr(sys.modules.get(type(self.feature_extractor).__module__), "iter_ecg_windows", None)
+        if iter_ecg_windows is None:
+            raise ValueError(
+                "window='sliding' needs a processing_dbeta.py with `iter_ecg_windows`; re-save the model folder "
+                "with this version of dbeta."
+            )
+        if aggregation not in ("mean", "max"):
+            raise ValueError(f"aggregation must be 'mean' or 'max', got {aggregation!r}.")
+        settings = {key: value for key, value in self._init_label_settings.items()}
+        labels = as_label_list(candidate_labels) if candidate_labels is not None else settings.get("candidate_labels")
+        texts = self.label_texts(labels, hypothesis_template, labels_are_codes, normalize_text)
+        base = getattr(self.model, "dbeta", self.model)
+        with self.device_placement(), self.get_inference_context()():
+            label_embeds = self.embed_texts(texts)
+            extractor = self.feature_extractor
+            window_seconds = window_seconds or extractor.num_samples / extractor.sampling_rate
+            windows = iter_ecg_windows(ecg, window_seconds, window_stride, sampling_rate, lead_names)
+            starts, chunks, batch = [], [], []
+
+            def flush():
+                inputs = self.feature_extractor([record for _, record in batch], return_tensors="pt")
+                values = inputs["input_values"].to(self.device, self.dtype or torch.float32)
+                embeds = base.get_ecg_features(input_values=values).pooler_output
+                chunks.append(base.ets_logits(embeds, label_embeds.to(embeds.dtype)).float().cpu())
+                starts.extend(start for start, _ in batch)
+                batch.clear()
+
+            for item in windows:
+                batch.append(item)
+                if len(batch) == batch_size:
+                    flush()
+            if batch:
+                flush()
+        logits = torch.cat(chunks)
+        if not bool(torch.isfinite(logits).all()):
+            raise ValueError(explain_non_finite(self.model, "The window scores"))
+        scores = logits.sigmoid() if multi_label else logits.softmax(dim=-1)
+        summary = scores.mean(dim=0) if aggregation == "mean" else scores.max(dim=0).values
+        order = torch.argsort(summary, descending=True, stable=True).tolist()[:top_k]
+        result = [{"label": labels[index], "score": float(summary[index])} for index in order]
+        if not return_windows:
+            return result
+        windows_out = [
+            {"start": float(start), "scores": {label: float(value) for label, value in zip(labels, row)}}
+            for start, row in zip(starts, scores.tolist())
+        ]
+        return {"scores": result, "windows": windows_out, "aggregation": aggregation}
 
     @staticmethod
     def _as_pipeline_inputs(ecgs: Any) -> Any:

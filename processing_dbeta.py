@@ -25,7 +25,7 @@ import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 import scipy.signal
@@ -879,6 +879,126 @@ _DERIVED_LIMB_LEADS = {
 
 #: What the feature extractor accepts: arrays/tensors/nested lists, records, paths, or lists of them.
 ECGInput = Union[np.ndarray, torch.Tensor, list, tuple, ECGRecord, str, os.PathLike]
+
+
+
+# --------------------------------------------------------------------------------------------
+# Long recordings: sliding windows
+# --------------------------------------------------------------------------------------------
+
+
+#: Seconds of signal `iter_ecg_windows` reads from a WFDB `.dat` file at a time (bounds its memory).
+_WINDOW_READ_SECONDS = 300.0
+
+
+def _window_starts(total_samples: int, window: int, stride: int) -> range:
+    """Start samples of the full windows of a recording (one window when it is shorter than one)."""
+    if total_samples <= window:
+        return range(0, 1)
+    return range(0, total_samples - window + 1, stride)
+
+
+def iter_ecg_windows(
+    source: Any,
+    window_seconds: float = 10.0,
+    stride_seconds: Optional[float] = None,
+    sampling_rate: Optional[float] = None,
+    lead_names: Optional[list[str]] = None,
+) -> Iterator[tuple[float, ECGRecord]]:
+    """Sliding windows of a long ECG: yields `(start time in seconds, ECGRecord of the window)`.
+
+    Windows are `window_seconds` long and start every `stride_seconds` (default: the window
+    length, i.e. no overlap); only full windows are yielded (a tail shorter than a window is left
+    out), except that a recording shorter than one window is one window.
+
+    WFDB records with `.dat` signal files (and the record length in the header) are streamed:
+    every window is read from disk on its own (`wfdb.rdrecord(sampfrom=..., sampto=...)`), so
+    memory stays that of one window whatever the recording's length (a 24-hour Holter included).
+    Other sources are read whole first: MATLAB `.mat` and CPSC files, HDF5, an `ECGRecord`, or a
+    `(leads, samples)` array in millivolts (with `sampling_rate`, and `lead_names` when not in the
+    standard order).
+    """
+    if not (isinstance(window_seconds, (int, float)) and math.isfinite(window_seconds) and window_seconds > 0):
+        raise ValueError(f"window_seconds must be a positive number, got {window_seconds!r}")
+    stride_seconds = window_seconds if stride_seconds is None else stride_seconds
+    if not (isinstance(stride_seconds, (int, float)) and math.isfinite(stride_seconds) and stride_seconds > 0):
+        raise ValueError(f"stride_seconds must be a positive number, got {stride_seconds!r}")
+
+    if isinstance(source, (str, os.PathLike)):
+        streamed = _iter_wfdb_dat_windows(source, window_seconds, stride_seconds)
+        if streamed is not None:
+            yield from streamed
+            return
+        record = read_ecg_file(source)
+    elif all(hasattr(source, name) for name in ("signal", "lead_names", "sampling_rate")):
+        record = source  # an ECGRecord (duck-typed: a model folder's copy of this module has its own class)
+    else:
+        if sampling_rate is None:
+            raise ValueError("An array needs `sampling_rate` to be cut into windows.")
+        signal = np.asarray(source, dtype=np.float32)
+        if signal.ndim != 2:
+            raise ValueError(f"An ECG must be 2-D (leads, samples), got shape {signal.shape}.")
+        names = list(lead_names) if lead_names is not None else list(STANDARD_LEAD_NAMES[: signal.shape[0]])
+        record = ECGRecord(signal, names, float(sampling_rate), {"name": "array", "comments": []})
+    rate = float(record.sampling_rate)
+    window = max(1, int(round(window_seconds * rate)))
+    stride = max(1, int(round(stride_seconds * rate)))
+    for start in _window_starts(record.num_samples, window, stride):
+        metadata = dict(record.metadata, window_start_s=start / rate)
+        signal = record.signal[:, start : start + window]
+        yield start / rate, ECGRecord(signal, list(record.lead_names), rate, metadata)
+
+
+def _iter_wfdb_dat_windows(path, window_seconds: float, stride_seconds: float):
+    """The windows of a WFDB `.dat` record read one at a time from disk, or None when the record
+    cannot be streamed (not WFDB, `.mat` signal files, no record length in the header)."""
+    base = _record_base(path)
+    header_path = base.with_name(base.name + ".hea")
+    if not header_path.is_file():
+        return None
+    header = _parse_wfdb_header(header_path)
+    file_names = list(dict.fromkeys(spec.file_name for spec in header.signals))
+    if header.num_samples is None or any(name.lower().endswith(".mat") for name in file_names):
+        return None
+    paths = {name: _signal_file_inside(header_path.parent, name, header_path) for name in file_names}
+    total_samples = _check_dat_file_sizes(header_path, header, paths)
+    if total_samples is not None and total_samples != header.num_samples:
+        raise ValueError(
+            f"{header_path}: header declares {header.num_samples} samples, the files hold {total_samples}"
+        )
+    try:
+        import wfdb  # lazy: only file reading needs it
+    except ImportError as error:
+        raise ImportError("Reading WFDB .dat files needs `wfdb` (pip install wfdb)") from error
+
+    rate = float(header.sampling_rate)
+    window = max(1, int(round(window_seconds * rate)))
+    stride = max(1, int(round(stride_seconds * rate)))
+    metadata = {"name": header.record_name, "comments": list(header.comments)}
+    metadata.update(_parse_header_comments(header.comments))
+    metadata["units"] = [spec.units for spec in header.signals]
+    metadata["total_samples"] = int(header.num_samples)
+    names = [spec.description for spec in header.signals]
+
+    starts = _window_starts(header.num_samples, window, stride)
+    # Windows are read from disk a block at a time: the span of `per_read` windows (about
+    # `_WINDOW_READ_SECONDS` of signal), so memory is bounded by that block, not by the record.
+    per_read = max(1, int(_WINDOW_READ_SECONDS * rate) // stride)
+
+    def windows():
+        for first in range(0, len(starts), per_read):
+            group = starts[first : first + per_read]
+            low, high = group[0], min(group[-1] + window, header.num_samples)
+            try:
+                part = wfdb.rdrecord(str(base), physical=False, sampfrom=low, sampto=high)
+            except Exception as error:  # wfdb raises ValueError, IndexError, its own syntax errors...
+                raise ValueError(f"Cannot read samples {low}-{high} of WFDB record {base}: {error}") from error
+            block = _to_millivolts(np.asarray(part.d_signal).T, header.signals, header_path)
+            for start in group:
+                signal = block[:, start - low : start - low + window]
+                yield start / rate, ECGRecord(signal, list(names), rate, dict(metadata, window_start_s=start / rate))
+
+    return windows()
 
 
 class DBetaFeatureExtractor(SequenceFeatureExtractor):

@@ -2,6 +2,11 @@
 
     dbeta embed FOLDER --model MODEL --output embeddings.parquet
     dbeta classify FOLDER --model MODEL --labels AFIB LBBB "sinus rhythm" --output scores.csv
+    dbeta embed FOLDER --model MODEL --output windows.parquet --windows [--window_stride 5]
+    dbeta classify FOLDER --model MODEL --labels AFIB LBBB --window sliding [--aggregation max] \
+        [--per_window windows.csv] --output scores.csv
+    dbeta export-onnx MODEL --output DIR [--labels AFIB LBBB ...]
+    dbeta report RECORD --model MODEL --labels AFIB LBBB ... --output report.png [--html report.html]
 
 Records are found recursively: WFDB / PhysioNet-CinC records (`*.hea` with their `.dat` / `.mat`),
 original CPSC 2018 `*.mat` files (no header beside them) and CODE HDF5 files (`*.hdf5`, `*.h5`:
@@ -298,6 +303,8 @@ def _finish(num_ok: int, failures: list[dict], output: str) -> int:
 
 
 def run_embed(args: argparse.Namespace) -> int:
+    if getattr(args, "windows", False):
+        return run_embed_windows(args)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -353,6 +360,8 @@ def _write_embeddings(writer, schema, ok: list[dict], embeddings: np.ndarray, wi
 
 
 def run_classify(args: argparse.Namespace) -> int:
+    if getattr(args, "window", None) == "sliding":
+        return run_classify_windows(args)
     from pipeline_dbeta import ZeroShotECGClassificationPipeline
 
     from dbeta.train.retrieval import base_model, embed_ecg_batch, load_label_descriptions
@@ -406,6 +415,165 @@ def run_classify(args: argparse.Namespace) -> int:
     return _finish(num_ok, failures, args.output)
 
 
+
+def _record_windows(ref: RecordRef, stride_s: float | None, window_s: float):
+    """`(start_s, ECGRecord)` windows of one record; WFDB `.dat` records stream from disk."""
+    from processing_dbeta import iter_ecg_windows
+
+    source = str(ref.path) if ref.row is None else read_record(ref)
+    return iter_ecg_windows(source, window_s, stride_s)
+
+
+def run_embed_windows(args: argparse.Namespace) -> int:
+    """`dbeta embed --windows`: one row per window (record, path, window_start_s, ...) of every record."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+
+    _preflight(args)
+    records = find_records(args.folder)
+    if not records:
+        print(f"dbeta: no ECG records found under {args.folder}", file=sys.stderr)
+        return 2
+    model, processor = _load(args.model, args.device)
+    extractor = processor.feature_extractor
+    window_s = extractor.num_samples / extractor.sampling_rate
+    width = model.config.hidden_size
+    schema = pa.schema(
+        [
+            ("record", pa.string()),
+            ("path", pa.string()),
+            ("window_start_s", pa.float64()),
+            ("window_s", pa.float64()),
+            ("sampling_rate", pa.float64()),
+            ("num_leads", pa.int32()),
+            ("embedding", pa.list_(pa.float32(), width)),
+        ],
+        metadata={
+            "model": str(args.model),
+            "embedding": "DBetaModel.get_ecg_features(...).pooler_output of each window",
+            "window_stride_s": str(args.window_stride or window_s),
+        },
+    )
+    failures, num_ok, num_windows = [], 0, 0
+    with AtomicOutput(args.output) as target:
+        with pq.ParquetWriter(target.temporary, schema) as writer:
+            for ref in tqdm(records, unit="record", disable=args.no_progress, file=sys.stderr):
+                rows, written = [], 0
+                try:
+                    for start, window in _record_windows(ref, args.window_stride, window_s):
+                        values = extractor(window)["input_values"][0]
+                        rows.append((start, window, np.asarray(values, dtype=np.float32)))
+                        if len(rows) == args.batch_size:
+                            written += _write_window_rows(writer, schema, model, ref, rows, width, window_s)
+                            rows = []
+                    if rows:
+                        written += _write_window_rows(writer, schema, model, ref, rows, width, window_s)
+                except Exception as error:  # noqa: BLE001 - a failing record is reported, the others go on
+                    message = f"{type(error).__name__}: {error}"
+                    failures.append({"record": ref.record_id, "path": str(ref.path), "error": message})
+                    print(f"dbeta: skipped {ref.record_id}: {failures[-1]['error']}", file=sys.stderr)
+                    continue
+                num_ok += 1
+                num_windows += written
+        if num_ok:
+            target.commit()
+    _write_errors(args.errors, failures)
+    print(f"dbeta: {num_windows} windows", file=sys.stderr)
+    return _finish(num_ok, failures, args.output)
+
+
+def _write_window_rows(writer, schema, model, ref, rows, width: int, window_s: float) -> int:
+    import pyarrow as pa
+
+    from dbeta.train.retrieval import embed_ecg_batch
+
+    embeddings = embed_ecg_batch(model, np.stack([values for _, _, values in rows])).numpy()
+    if not np.isfinite(embeddings).all():
+        raise ValueError("non-finite embedding")
+    columns = {
+        "record": [ref.record_id] * len(rows),
+        "path": [str(ref.path)] * len(rows),
+        "window_start_s": [float(start) for start, _, _ in rows],
+        "window_s": [window_s] * len(rows),
+        "sampling_rate": [float(window.sampling_rate) for _, window, _ in rows],
+        "num_leads": [int(window.signal.shape[0]) for _, window, _ in rows],
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), pa.float32()), width),
+    }
+    writer.write_table(pa.table(columns, schema=schema))
+    return len(rows)
+
+
+def run_classify_windows(args: argparse.Namespace) -> int:
+    """`dbeta classify --window sliding`: one aggregated row per record (+ per-window rows with `--per_window`)."""
+    from pipeline_dbeta import ZeroShotECGClassificationPipeline
+    from tqdm.auto import tqdm
+
+    from dbeta.train.retrieval import load_label_descriptions
+
+    _preflight(args)
+    records = find_records(args.folder)
+    if not records:
+        print(f"dbeta: no ECG records found under {args.folder}", file=sys.stderr)
+        return 2
+    model, processor = _load(args.model, args.device)
+    pipe = ZeroShotECGClassificationPipeline(
+        model=model,
+        tokenizer=processor.tokenizer,
+        feature_extractor=processor.feature_extractor,
+        device=model.device,
+        label_descriptions=load_label_descriptions(args.model if Path(args.model).exists() else None),
+    )
+    labels_are_codes = {"auto": None, "yes": True, "no": False}[args.labels_are_codes]
+    failures, num_ok = [], 0
+    per_window = open(args.per_window, "w", newline="", encoding="utf-8") if args.per_window else None
+    try:
+        window_writer = csv.writer(per_window) if per_window else None
+        if window_writer:
+            window_writer.writerow(["record", "window_start_s", *args.labels])
+        with AtomicOutput(args.output) as target:
+            with open(target.temporary, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["record", "num_windows", *args.labels])
+                for ref in tqdm(records, unit="record", disable=args.no_progress, file=sys.stderr):
+                    try:
+                        source = str(ref.path) if ref.row is None else read_record(ref)
+                        result = pipe.score_windows(
+                            source,
+                            args.labels,
+                            window_stride=args.window_stride,
+                            aggregation=args.aggregation,
+                            return_windows=True,
+                            batch_size=args.batch_size,
+                            multi_label=not args.softmax,
+                            hypothesis_template=args.hypothesis_template,
+                            labels_are_codes=labels_are_codes,
+                        )
+                    except Exception as error:  # noqa: BLE001 - a failing record is reported, the others go on
+                        message = f"{type(error).__name__}: {error}"
+                        failures.append({"record": ref.record_id, "path": str(ref.path), "error": message})
+                        print(f"dbeta: skipped {ref.record_id}: {failures[-1]['error']}", file=sys.stderr)
+                        continue
+                    scores = {item["label"]: item["score"] for item in result["scores"]}
+                    writer.writerow(
+                        [ref.record_id, len(result["windows"]), *(f"{scores[label]:.6g}" for label in args.labels)]
+                    )
+                    if window_writer:
+                        for window in result["windows"]:
+                            window_writer.writerow(
+                                [ref.record_id, f"{window['start']:g}"]
+                                + [f"{window['scores'][label]:.6g}" for label in args.labels]
+                            )
+                    num_ok += 1
+            if num_ok:
+                target.commit()
+    finally:
+        if per_window:
+            per_window.close()
+    _write_errors(args.errors, failures)
+    return _finish(num_ok, failures, args.output)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dbeta", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=_version())
@@ -424,6 +592,10 @@ def build_parser() -> argparse.ArgumentParser:
     embed = commands.add_parser("embed", help="768-d ECG embeddings -> parquet (record, path, ..., embedding)")
     common(embed)
     embed.set_defaults(run=run_embed)
+    embed.add_argument(
+        "--windows", action="store_true", help="one row per 10 s window of every record (long recordings)"
+    )
+    embed.add_argument("--window_stride", type=float, help="seconds between window starts (default: 10)")
 
     classify = commands.add_parser("classify", help="zero-shot label scores -> CSV (record, one column per label)")
     common(classify)
@@ -442,6 +614,12 @@ def build_parser() -> argparse.ArgumentParser:
         "yes: all must be codes; no: never expand",
     )
     classify.set_defaults(run=run_classify)
+    classify.add_argument(
+        "--window", choices=("sliding",), help="score long recordings in 10 s windows, aggregated per record"
+    )
+    classify.add_argument("--window_stride", type=float, help="seconds between window starts (default: 10)")
+    classify.add_argument("--aggregation", choices=("mean", "max"), default="mean", help="how windows combine")
+    classify.add_argument("--per_window", help="also write every window's scores (record, window_start_s, ...)")
 
     from dbeta.export_onnx import add_arguments as add_export_onnx_arguments
 
