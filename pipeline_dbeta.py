@@ -404,6 +404,9 @@ class ZeroShotECGClassificationPipeline(Pipeline):
             lead_names (`list[str]`, *optional*): lead order of array inputs.
             units (`str`, *optional*, defaults to `"mV"`): units of array inputs (`"uV"`, `"V"`).
             batch_size (`int`, *optional*): ECGs per forward pass for list inputs.
+            window (`str`, *optional*): `"sliding"` scores recordings of any length in 10 s windows, with
+                `window_stride` (seconds), `aggregation` (`"mean"` / `"max"`) and `return_windows`; see
+                `score_windows`.
 
         Return:
             For one ECG, a list of `{"label": str, "score": float}` sorted by logit, best first; for
