@@ -115,7 +115,7 @@ def _r_peaks(signal: np.ndarray) -> np.ndarray:
 )
 def test_heart_rate_is_visible(rhythm, low, high):
     for seed in range(6):
-        ecg = simulate_ecg(np.random.default_rng(seed), [rhythm])
+        ecg = simulate_ecg(np.random.default_rng(seed), [rhythm], ectopic_beats=0)
         peaks = _r_peaks(ecg.signal)
         rate = 60.0 * 500 / np.median(np.diff(peaks))
         assert low <= rate <= high, (rhythm, rate)
@@ -123,7 +123,7 @@ def test_heart_rate_is_visible(rhythm, low, high):
 
 def test_atrial_fibrillation_is_irregular_and_sinus_is_not():
     def rr_variation(conditions, seed):
-        peaks = _r_peaks(simulate_ecg(np.random.default_rng(seed), conditions).signal)
+        peaks = _r_peaks(simulate_ecg(np.random.default_rng(seed), conditions, ectopic_beats=0).signal)
         rr = np.diff(peaks)
         return rr.std() / rr.mean()
 
@@ -167,7 +167,7 @@ def _lead(ecg, name):
 def test_limb_leads_obey_einthoven_and_goldberger():
     """Noise is added per electrode, so the lead relations hold exactly (up to float32) as in a real recording."""
     for seed in range(3):
-        ecg = simulate_ecg(np.random.default_rng(seed), lead_normalised=False)
+        ecg = simulate_ecg(np.random.default_rng(seed), lead_normalised=False, filtered=bool(seed % 2))
         one, two, three = _lead(ecg, "I"), _lead(ecg, "II"), _lead(ecg, "III")
         np.testing.assert_allclose(three, two - one, atol=1e-5)
         np.testing.assert_allclose(_lead(ecg, "aVR"), -(one + two) / 2, atol=1e-5)
@@ -178,7 +178,7 @@ def test_limb_leads_obey_einthoven_and_goldberger():
 def test_atrial_fibrillation_has_irregular_rr_and_no_p_waves():
     for seed in range(6):
         af = simulate_ecg(np.random.default_rng(seed), ["atrial_fibrillation"])
-        sinus = simulate_ecg(np.random.default_rng(seed), ["sinus_rhythm"])
+        sinus = simulate_ecg(np.random.default_rng(seed), ["sinus_rhythm"], ectopic_beats=0)
         assert not af.has_p_waves and sinus.has_p_waves
         rr_af, rr_sinus = np.diff(af.r_peaks_s), np.diff(sinus.r_peaks_s)
         # Irregularly irregular: large spread and successive differences (RMSSD) far above sinus.
@@ -199,7 +199,7 @@ def test_sinus_p_wave_precedes_each_qrs_and_af_baseline_has_none():
                 bumps.append(window.max() - 0.5 * (window[0] + window[-1]))
         return float(np.median(bumps))
 
-    sinus = [pre_r_bump(simulate_ecg(np.random.default_rng(s), ["sinus_rhythm"], lead_normalised=False)) for s in range(6)]
+    sinus = [pre_r_bump(simulate_ecg(np.random.default_rng(s), ["sinus_rhythm"], lead_normalised=False, ectopic_beats=0)) for s in range(6)]
     af = [pre_r_bump(simulate_ecg(np.random.default_rng(s), ["atrial_fibrillation"], lead_normalised=False)) for s in range(6)]
     assert np.median(sinus) > 2 * np.median(af)
 
@@ -220,11 +220,21 @@ def test_flutter_has_sawtooth_waves_at_atrial_rate_and_conducted_beats():
 
 def test_rates_match_the_rhythm_definitions():
     for seed in range(10):
-        assert simulate_ecg(np.random.default_rng(seed), ["sinus_bradycardia"]).heart_rate_bpm < 61
-        assert simulate_ecg(np.random.default_rng(seed), ["sinus_tachycardia"]).heart_rate_bpm > 99
-        assert 55 <= simulate_ecg(np.random.default_rng(seed), ["sinus_rhythm"]).heart_rate_bpm <= 104
+        assert simulate_ecg(np.random.default_rng(seed), ["sinus_bradycardia"], ectopic_beats=0).heart_rate_bpm < 61
+        assert simulate_ecg(np.random.default_rng(seed), ["sinus_tachycardia"], ectopic_beats=0).heart_rate_bpm > 99
+        assert 55 <= simulate_ecg(np.random.default_rng(seed), ["sinus_rhythm"], ectopic_beats=0).heart_rate_bpm <= 104
 
 
 def test_lead_normalised_records_have_unit_peak_to_peak():
     ecg = simulate_ecg(np.random.default_rng(0), ["sinus_rhythm"], lead_normalised=True)
     np.testing.assert_allclose(np.ptp(ecg.signal, axis=1), 1.0, atol=1e-5)
+
+
+def test_premature_ventricular_complexes_are_early_and_reported():
+    ecg = simulate_ecg(np.random.default_rng(0), ["sinus_rhythm"], ectopic_beats=2)
+    rr = np.diff(ecg.r_peaks_s)
+    assert (rr < 0.8 * np.median(rr)).sum() >= 1  # premature
+    assert (rr > 1.2 * np.median(rr)).sum() >= 1  # compensatory pause
+    text = " ".join(ecg.report_lines).lower()
+    assert "premature ventricular complexes" in text or "ventricular extrasystoles" in text
+    assert "sinus rhythm" in text

@@ -88,9 +88,15 @@ MORPHOLOGY_PROBABILITIES: dict[str, float] = {
     "low_qrs_voltages": 0.15,
     "left_bundle_branch_block": 0.12,
     "inverted_t_waves": 0.15,
+    # Reported but not one of DEMO_CONDITIONS: conduction variety that the rhythm must be read through.
+    "right_bundle_branch_block": 0.08,
 }
+#: Share of sinus-rhythm records with ventricular extrasystoles (1-2 premature ventricular complexes).
+ECTOPIC_FRACTION = 0.12
+#: Share of records band-limited as ECG carts do (low-pass 35-100 Hz; some also high-pass 0.5 Hz).
+FILTERED_FRACTION = 0.5
 #: Share of records with every lead scaled to 1 mV peak-to-peak (as LUDB v1.0.1 is published).
-LEAD_NORMALISED_FRACTION = 0.3
+LEAD_NORMALISED_FRACTION = 0.5
 #: Share of reports written in LUDB's cardiologist style instead of the machine style.
 CARDIOLOGIST_STYLE_FRACTION = 0.3
 #: Share of machine-style reports without the closing "Normal/Borderline/Abnormal ECG" statement.
@@ -210,7 +216,7 @@ def _sample_conditions(rng: np.random.Generator) -> list[str]:
     rhythm = RHYTHM_CONDITIONS[rng.choice(len(RHYTHM_CONDITIONS), p=RHYTHM_PROBABILITIES)]
     conditions = [rhythm]
     for key, probability in MORPHOLOGY_PROBABILITIES.items():
-        if key == "inverted_t_waves" and "left_bundle_branch_block" in conditions:
+        if key in ("inverted_t_waves", "right_bundle_branch_block") and "left_bundle_branch_block" in conditions:
             continue
         if rng.random() < probability:
             conditions.append(key)
@@ -330,6 +336,10 @@ def _morphology(rng: np.random.Generator, conditions: list[str], mean_rr_s: floa
         add_wave((-0.1, 0.0, 0.25), -0.32 * qrs_width, 0.08 * qrs_width, qrs_scale * rng.uniform(0.5, 1.2))  # septal q / r in V1
         add_wave(r_direction, 0.0, 0.11 * qrs_width, qrs_scale * 0.9)  # R
         add_wave((-0.3, -0.35, -0.75), 0.3 * qrs_width, 0.09 * qrs_width, qrs_scale * s_depth)  # S
+        if "right_bundle_branch_block" in conditions:
+            # Late right-ventricular activation: a terminal rightward-anterior wave (R' in V1, broad S in I/V6).
+            qrs_width = rng.uniform(0.12, 0.15)
+            add_wave((-0.55, 0.05, 0.75), 0.42 * qrs_width, 0.13 * qrs_width, qrs_scale * rng.uniform(0.5, 0.8))
         t_vector = 0.7 * r_direction + np.array((0.0, 0.0, rng.uniform(0.2, 0.6)))
         t_vector /= np.linalg.norm(t_vector)
         if "inverted_t_waves" in conditions:
@@ -418,11 +428,13 @@ _MORPHOLOGY_STATEMENTS: dict[str, dict[str, str]] = {
         "low_qrs_voltages": "Low QRS voltages",
         "left_bundle_branch_block": "Left bundle branch block",
         "inverted_t_waves": "Inverted T waves",
+        "right_bundle_branch_block": "Right bundle branch block",
     },
     "cardiologist": {
         "low_qrs_voltages": "Low QRS voltages.",
         "left_bundle_branch_block": "Complete left bundle branch block.",
         "inverted_t_waves": "Inverted T waves.",
+        "right_bundle_branch_block": "Complete right bundle branch block.",
     },
 }
 
@@ -450,7 +462,12 @@ def _report_lines(
     axis = _axis_statement(axis_degrees, style)
     if axis is not None and "left_bundle_branch_block" not in conditions:
         lines.append(axis)
-    lines += [_MORPHOLOGY_STATEMENTS[style][key] for key in conditions if key not in RHYTHM_CONDITIONS]
+    if "ventricular_extrasystoles" in conditions:
+        if style == "machine":
+            lines[0] += " with premature ventricular complexes"
+        else:
+            lines.append("Ventricular extrasystoles.")
+    lines += [_MORPHOLOGY_STATEMENTS[style][key] for key in conditions if key in _MORPHOLOGY_STATEMENTS[style]]
     # Some machine reports stop after the findings (no overall statement), as short as a user's prompt.
     if style == "machine" and rng.random() >= SHORT_REPORT_FRACTION:
         if conditions == ["sinus_rhythm"] and (axis is None):
@@ -462,11 +479,30 @@ def _report_lines(
     return lines
 
 
-def simulate_ecg(rng: np.random.Generator, conditions: list[str] | None = None, lead_normalised: bool | None = None) -> SimulatedECG:
+def _pvc_template(rng: np.random.Generator, mean_rr_s: float) -> np.ndarray:
+    """A premature ventricular complex (3, W): broad (130-170 ms), an ectopic vector, discordant T."""
+    time_s = np.arange(int(_TEMPLATE_START_S * SAMPLING_RATE), int(_TEMPLATE_END_S * SAMPLING_RATE)) / SAMPLING_RATE
+    vector = rng.normal(0.0, 1.0, size=3)
+    vector *= rng.uniform(1.5, 3.0) / np.linalg.norm(vector)
+    width = rng.uniform(0.13, 0.17)
+    template = vector[:, None] * (_gaussian(time_s, -0.1 * width, 0.2 * width) + 0.5 * _gaussian(time_s, 0.25 * width, 0.15 * width))[None]
+    template -= 0.3 * vector[:, None] * _gaussian(time_s, 0.3 * np.sqrt(mean_rr_s), 0.06)[None]
+    return template
+
+
+def simulate_ecg(
+    rng: np.random.Generator,
+    conditions: list[str] | None = None,
+    lead_normalised: bool | None = None,
+    ectopic_beats: int | None = None,
+    filtered: bool | None = None,
+) -> SimulatedECG:
     """Simulate one 10 s 12-lead ECG (mV, MIMIC lead order) with the given (or random) conditions.
 
     `lead_normalised` forces (True) or forbids (False) scaling every lead to 1 mV peak-to-peak;
-    by default a random :data:`LEAD_NORMALISED_FRACTION` of the records are scaled.
+    by default a random :data:`LEAD_NORMALISED_FRACTION` of the records are scaled. `ectopic_beats`
+    sets the number of premature ventricular complexes of a sinus rhythm (default: 1-2 in a random
+    :data:`ECTOPIC_FRACTION` of them), `filtered` the cart-like band-limiting (default: random).
     """
     conditions = list(conditions) if conditions is not None else _sample_conditions(rng)
     rhythm = next(key for key in conditions if key in RHYTHM_CONDITIONS)
@@ -498,16 +534,38 @@ def simulate_ecg(rng: np.random.Generator, conditions: list[str] | None = None, 
 
     heart_vector = atrial
     offset = -int(_TEMPLATE_START_S * SAMPLING_RATE)
-    _place(heart_vector, morphology.template, beats_s, offset, rng.normal(1.0, 0.03, size=beats_s.size))
     has_p_waves = rhythm in ("sinus_rhythm", "sinus_bradycardia", "sinus_tachycardia")
+    sinus_beats = beats_s
+    if ectopic_beats is None:
+        ectopic_beats = int(rng.integers(1, 3)) if has_p_waves and rng.random() < ECTOPIC_FRACTION else 0
+    ectopic_times = np.zeros(0)
+    if ectopic_beats and has_p_waves:
+        # A premature beat replaces a sinus one (its P wave is hidden); the pause is compensatory.
+        inside_indices = np.flatnonzero((beats_s > 0.5) & (beats_s < duration_s - 0.5))
+        chosen = rng.choice(inside_indices[1:], size=min(ectopic_beats, max(0, inside_indices.size - 1)), replace=False)
+        ectopic_times = beats_s[chosen - 1] + rng.uniform(0.5, 0.7) * mean_rr
+        beats_s = np.delete(beats_s, chosen)
+        _place(heart_vector, _pvc_template(rng, mean_rr), ectopic_times, offset, np.ones(ectopic_times.size))
+        conditions = conditions + ["ventricular_extrasystoles"]
+    _place(heart_vector, morphology.template, beats_s, offset, rng.normal(1.0, 0.03, size=beats_s.size))
     if has_p_waves:
         width = int(0.1 * SAMPLING_RATE)
         p_time = (np.arange(2 * width + 1) - width) / SAMPLING_RATE
         p_shape = _gaussian(p_time, -0.25 * morphology.p_width_s, morphology.p_width_s) + 0.8 * _gaussian(p_time, 0.9 * morphology.p_width_s, morphology.p_width_s)
         p_template = morphology.p_vector[:, None] * p_shape[None] / 1.1
         _place(heart_vector, p_template, beats_s - morphology.pr_interval_s, width, rng.normal(1.0, 0.03, size=beats_s.size))
+    beats_s = np.sort(np.concatenate([beats_s, ectopic_times]))
+    del sinus_beats
 
     electrodes = _heart_vector_to_electrodes(heart_vector, rng) + _electrode_noise(rng, total)
+    if filtered is None:
+        filtered = bool(rng.random() < FILTERED_FRACTION)
+    if filtered:  # the same linear filter on every electrode keeps the lead relations
+        from scipy.signal import butter, sosfiltfilt
+
+        electrodes = sosfiltfilt(butter(2, rng.uniform(35.0, 100.0), "low", fs=SAMPLING_RATE, output="sos"), electrodes, axis=1)
+        if rng.random() < 0.5:
+            electrodes = sosfiltfilt(butter(1, 0.5, "high", fs=SAMPLING_RATE, output="sos"), electrodes, axis=1)
     start = int(_PAD_S * SAMPLING_RATE)
     signal = electrodes_to_leads(electrodes)[:, start : start + NUM_SAMPLES]
     if lead_normalised is None:
