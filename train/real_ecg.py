@@ -40,6 +40,11 @@ from pathlib import Path
 import numpy as np
 
 try:
+    from .downstream import _ludb_diagnoses as _ludb_header_diagnoses
+except ImportError:
+    from downstream import _ludb_diagnoses as _ludb_header_diagnoses
+
+try:
     from dbeta import ASSETS_DIR
 except ImportError:  # running from a checkout without the package installed
     ASSETS_DIR = Path(__file__).resolve().parents[1] / "dbeta" / "assets"
@@ -75,18 +80,8 @@ MIN_POSITIVES = 2
 
 
 def ludb_diagnoses(header: Path) -> list[str]:
-    """The diagnosis lines of a LUDB header (comments after ``#<diagnoses>:``)."""
-    lines, inside = [], False
-    for raw in header.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not raw.startswith("#"):
-            continue
-        comment = raw[1:].strip()
-        if comment.startswith("<"):
-            inside = comment.lower().startswith("<diagnoses>")
-            continue
-        if inside and comment:
-            lines.append(comment)
-    return lines
+    """The diagnosis lines of a LUDB header (the same parser as the downstream LUDB loader)."""
+    return _ludb_header_diagnoses(header)
 
 
 def ludb_rhythm(diagnoses: Sequence[str]) -> str:
