@@ -10,6 +10,9 @@ run's `results.json`), and the wall-clock and CPU time of the training.
 
 Variants:
   sim       the simulated corpus only (README command 1)
+  sim+ludb  the simulated corpus plus the vendored LUDB training part (95 patients outside the
+            evaluation set, with their cardiologists' diagnosis text; no download), each repeated
+            `--real_repeats` times
   sim+real  the simulated corpus plus real ECG-report pairs from `--real_dir` (LUDB records outside
             the evaluation set with their cardiologist diagnoses, CinC 2021 and CPSC 2018 records
             with their SNOMED-CT diagnoses as text), each repeated `--real_repeats` times
@@ -48,9 +51,19 @@ def train_child(variant: str, real_dir: str | None, real_repeats: int, pretrain_
     sys.path.insert(0, str(REPO_ROOT / "train"))
     import pretrain
 
-    pretrain.DEMO_REAL_DIR = real_dir if variant == "sim+real" else None
-    pretrain.DEMO_REAL_REPEATS = real_repeats
-    pretrain.main(pretrain_args)
+    real_pairs = {"sim": "none", "sim+ludb": "ludb", "sim+real": real_dir}[variant]
+    pretrain.main([*pretrain_args, "--demo_real_pairs", real_pairs, "--demo_real_repeats", str(real_repeats)])
+
+
+#: The README's ablation table: name -> pretrain.py flags (same budget as the demo).
+ABLATIONS: dict[str, list[str]] = {
+    "full": [],
+    "random_negatives": ["--n3s_mode", "random"],
+    "no_ets": ["--config_overrides", "ets_loss_weight=0"],
+    # Without MEM nothing masks the ECG either (the masking exists for MEM): ETS/ETM see it whole.
+    "no_mem": ["--config_overrides", "mem_loss_weight=0,ecg_config.mask_ratio=0"],
+    "no_mlm": ["--config_overrides", "mlm_loss_weight=0"],
+}
 
 
 def run_folder(output_root: Path, variant: str, seed: int, tag: str) -> Path:
@@ -63,8 +76,11 @@ def train(args, variant: str, seed: int) -> dict:
     pretrain_args = [
         "--seed", str(seed), "--output_dir", str(folder / "model"), "--report_to", "none",
         "--demo_corpus_dir", str(Path(args.output_root) / f"corpus-seed{seed}"),
-        "--demo_dataset_dir", str(folder / "prepared"), "--checkpointing_steps", "0",
+        # The prepared corpus depends only on the variant and seed: ablations share it.
+        "--demo_dataset_dir", str(Path(args.output_root) / f"prepared-{variant.replace('+', '_plus_')}-seed{seed}"),
+        "--checkpointing_steps", "0",
     ]  # fmt: skip
+    pretrain_args += ABLATIONS[args.tag] if args.tag in ABLATIONS else []
     for flag in ("max_train_steps", "demo_num_records", "eval_steps", "num_cpu_threads", "config_overrides", "negative_fraction"):
         value = getattr(args, flag)
         if value is not None:
@@ -146,12 +162,14 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--variants", nargs="+", default=["sim", "sim+real"], choices=["sim", "sim+real"])
+    parser.add_argument("--variants", nargs="+", default=["sim", "sim+real"], choices=["sim", "sim+ludb", "sim+real"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--real_dir", default=str(REPO_ROOT.parent / "shared" / "data" / "real"))
-    parser.add_argument("--real_repeats", type=int, default=4)
+    parser.add_argument("--real_repeats", type=int, default=8)
     parser.add_argument("--output_root", default="outputs/sim_to_real")
     parser.add_argument("--tag", default="", help="Appended to the run folders (e.g. an ablation name).")
+    parser.add_argument("--ablations", nargs="+", choices=list(ABLATIONS), default=None,
+                        help="Train and score these ablations (each its own --tag) instead of one run per variant.")
     parser.add_argument("--load", action="store_true", help="Only evaluate folders left by earlier runs.")
     parser.add_argument("--max_train_steps", type=int, default=None, help="Default: the demo's.")
     parser.add_argument("--demo_num_records", type=int, default=None)
@@ -165,34 +183,36 @@ def main(argv: list[str] | None = None) -> dict:
 
     output_root = Path(args.output_root)
     results: dict = {}
-    for variant in args.variants:
-        for seed in args.seeds:
-            folder = run_folder(output_root, variant, seed, args.tag)
-            model_folder = folder / "model"
-            timing = None
-            if not args.load and not (model_folder / "results.json").is_file():
-                timing = train(args, variant, seed)
-            if not (model_folder / "results.json").is_file():
-                raise FileNotFoundError(f"No trained model in {model_folder}")
-            run_results = json.loads((model_folder / "results.json").read_text())
-            if timing is None:
-                timing_file = folder / "timing.json"
-                timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
-            else:
-                (folder / "timing.json").write_text(json.dumps(timing, indent=2))
-            real = pipeline_real_auroc(model_folder)
-            in_run = run_results["metrics"].get("real_zero_shot_macro_auroc")
-            if in_run is not None and abs(in_run - real["macro"]) > 1e-4:
-                print(f"WARNING: pipeline macro {real['macro']:.4f} differs from the training summary's {in_run:.4f}")
-            results.setdefault(variant + (f" ({args.tag})" if args.tag else ""), {})[seed] = {
-                "real": real, "simulated": run_results["metrics"], "steps": run_results["completed_steps"], "timing": timing,
-            }
-            print(f"[{variant} seed {seed}] real macro AUROC {real['macro']:.4f} {real['per_label']}", flush=True)
+    runs = [(variant, tag, seed) for variant in args.variants for tag in (args.ablations or [args.tag]) for seed in args.seeds]
+    for variant, tag, seed in runs:
+        args.tag = tag
+        folder = run_folder(output_root, variant, seed, tag)
+        model_folder = folder / "model"
+        timing = None
+        if not args.load and not (model_folder / "results.json").is_file():
+            timing = train(args, variant, seed)
+        if not (model_folder / "results.json").is_file():
+            raise FileNotFoundError(f"No trained model in {model_folder}")
+        run_results = json.loads((model_folder / "results.json").read_text())
+        if timing is None:
+            timing_file = folder / "timing.json"
+            timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+        else:
+            (folder / "timing.json").write_text(json.dumps(timing, indent=2))
+        real = pipeline_real_auroc(model_folder)
+        in_run = run_results["metrics"].get("real_zero_shot_macro_auroc")
+        if in_run is not None and abs(in_run - real["macro"]) > 1e-4:
+            print(f"WARNING: pipeline macro {real['macro']:.4f} differs from the training summary's {in_run:.4f}")
+        results.setdefault(variant + (f" ({tag})" if tag else ""), {})[seed] = {
+            "real": real, "simulated": run_results["metrics"], "steps": run_results["completed_steps"], "timing": timing,
+        }
+        print(f"[{variant} {tag} seed {seed}] real macro AUROC {real['macro']:.4f} {real['per_label']}", flush=True)
     report = markdown(results)
     print("\n" + report)
     output_root.mkdir(parents=True, exist_ok=True)
-    (output_root / f"results{('-' + args.tag) if args.tag else ''}.json").write_text(json.dumps(results, indent=2, default=float))
-    (output_root / f"results{('-' + args.tag) if args.tag else ''}.md").write_text(report)
+    name = "results" + ("-ablations" if args.ablations else f"-{args.tag}" if args.tag else "")
+    (output_root / f"{name}.json").write_text(json.dumps(results, indent=2, default=float))
+    (output_root / f"{name}.md").write_text(report)
     return results
 
 

@@ -15,6 +15,7 @@ from dbeta.train.make_demo_corpus import (  # noqa: E402
     DEMO_CONDITIONS,
     MIMIC_LEAD_ORDER,
     RHYTHM_CONDITIONS,
+    RHYTHM_NAMES,
     _write_wfdb,
     make_demo_corpus,
     simulate_ecg,
@@ -61,7 +62,7 @@ def test_reports_state_the_simulated_conditions(demo_root):
         lines = [line for line in row[list(MIMIC_REPORT_COLUMNS)] if isinstance(line, str)]
         # The rhythm statement comes first (machine style, or LUDB's "Rhythm: ..." line).
         rhythm = next(key for key in RHYTHM_CONDITIONS if labels.loc[row.study_id, key])
-        assert DEMO_CONDITIONS[rhythm].lower() in lines[0].lower(), lines
+        assert RHYTHM_NAMES[rhythm].lower() in lines[0].lower(), lines
         assert all(line not in ("Normal ECG", "Borderline ECG", "Abnormal ECG") for line in lines[:-1])
         text = " ".join(lines).lower()
         for key, phrase in DEMO_CONDITIONS.items():
@@ -238,3 +239,23 @@ def test_premature_ventricular_complexes_are_early_and_reported():
     text = " ".join(ecg.report_lines).lower()
     assert "premature ventricular complexes" in text or "ventricular extrasystoles" in text
     assert "sinus rhythm" in text
+
+
+def test_marked_sinus_arrhythmia_is_irregular_with_p_waves_and_reported_as_such():
+    """The irregular rhythm that is *not* atrial fibrillation: P waves before every QRS, a phasic
+    (respiratory) RR modulation with a spread like LUDB's sinus-arrhythmia records."""
+    for seed in range(6):
+        ecg = simulate_ecg(np.random.default_rng(seed), ["sinus_arrhythmia"], ectopic_beats=0)
+        rr = np.diff(ecg.r_peaks_s)
+        assert ecg.has_p_waves
+        assert 0.04 < rr.std() / rr.mean() < 0.2
+        assert 55 <= ecg.heart_rate_bpm <= 101
+        assert "sinus arrhythmia" in ecg.report_lines[0].lower()
+        assert "sinus rhythm" not in " ".join(ecg.report_lines).lower()
+
+
+def test_atrial_fibrillation_rates_overlap_the_sinus_rates():
+    """Rate alone must not give atrial fibrillation away: most AF records run at sinus-rhythm rates."""
+    rates = [simulate_ecg(np.random.default_rng(seed), ["atrial_fibrillation"]).heart_rate_bpm for seed in range(40)]
+    assert 60 <= np.median(rates) <= 100
+    assert np.mean([60 <= rate <= 100 for rate in rates]) > 0.5

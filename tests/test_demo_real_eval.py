@@ -23,8 +23,10 @@ from dbeta.train.real_ecg import (
     LUDB_EVAL_DIR,
     LUDB_EVAL_FILE,
     LUDB_RHYTHM_LABELS,
+    LUDB_TRAIN_FILE,
     evaluate_real_zero_shot,
     load_ludb_eval_set,
+    load_ludb_train_set,
     ludb_training_record_ids,
     real_training_pairs,
     signals_sha256,
@@ -44,8 +46,9 @@ def eval_set():
 
 def test_vendored_set_loads_and_matches_its_hashes(eval_set):
     assert LUDB_EVAL_FILE.is_file() and LUDB_EVAL_FILE.stat().st_size < 4_000_000
-    recorded = (LUDB_EVAL_DIR / "SHA256SUMS").read_text().split()[0]
-    assert hashlib.sha256(LUDB_EVAL_FILE.read_bytes()).hexdigest() == recorded
+    recorded = dict(line.split()[::-1] for line in (LUDB_EVAL_DIR / "SHA256SUMS").read_text().splitlines())
+    for path in (LUDB_EVAL_FILE, LUDB_TRAIN_FILE):
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == recorded[path.name], path
     with np.load(LUDB_EVAL_FILE) as data:
         assert signals_sha256(data["signals_delta"]) == str(data["sha256"])
     n = len(eval_set.record_ids)
@@ -66,6 +69,13 @@ def test_every_rhythm_label_is_scored(eval_set):
 def test_evaluation_and_training_records_are_disjoint(eval_set):
     training = ludb_training_record_ids()
     assert not set(training) & set(eval_set.record_ids)
+    # The vendored training part is exactly the other half, and proves the split from its side too.
+    train_set = load_ludb_train_set()
+    assert train_set.record_ids == training and len(training) + len(eval_set.record_ids) == 160
+    with np.load(LUDB_TRAIN_FILE) as data:
+        assert [str(v) for v in data["evaluation_record_ids"]] == eval_set.record_ids
+    assert not set(train_set.reports) & set(eval_set.reports) or all(  # shared texts are generic rhythm lines
+        report.startswith("Rhythm: ") for report in set(train_set.reports) & set(eval_set.reports))
     assert ALWAYS_TRAIN <= set(training)  # the tokenizer builder's default fixture record is never evaluated
     assert len(set(eval_set.record_ids)) == len(eval_set.record_ids)  # one record per LUDB patient
 
@@ -80,8 +90,23 @@ def test_split_rebuilds_and_real_training_pairs_exclude_the_evaluation_records(e
     for index, record_id in enumerate(eval_set.record_ids[:5]):
         np.testing.assert_allclose(eval_set.signals[index], records[record_id]["signal"], atol=6e-4)
     pairs = real_training_pairs(SHARED_LUDB.parents[1])
-    ludb_ids = {pair["record_id"] for pair in pairs if pair["source"] == "ludb"}
-    assert ludb_ids and not ludb_ids & set(eval_set.record_ids)
+    ludb = {pair["record_id"]: pair for pair in pairs if pair["source"] == "ludb"}
+    assert set(ludb) == set(training) and not set(ludb) & set(eval_set.record_ids)
+    assert {pair["source"] for pair in pairs} == {"ludb", "cinc2021", "cpsc2018"}
+    # The vendored training part decodes to the shared LUDB records (to the int16 encoding's step).
+    for record_id in training[:5]:
+        np.testing.assert_allclose(ludb[record_id]["record"].signal, records[record_id]["signal"], atol=6e-4)
+        assert ludb[record_id]["report"] == records[record_id]["report"]
+
+
+def test_a_training_part_that_overlaps_the_evaluation_set_is_refused(tmp_path, eval_set):
+    with np.load(LUDB_TRAIN_FILE) as data:
+        fields = {key: data[key] for key in data.files}
+    fields["record_ids"] = fields["record_ids"].copy()
+    fields["record_ids"][0] = eval_set.record_ids[0]
+    np.savez_compressed(tmp_path / "bad.npz", **fields)
+    with pytest.raises(ValueError, match="also in the evaluation set"):
+        load_ludb_train_set(tmp_path / "bad.npz")
 
 
 def test_in_training_scoring_equals_the_public_pipeline(tmp_path, eval_set):

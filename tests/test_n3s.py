@@ -182,3 +182,21 @@ def test_encoder_embeddings_are_unit_norm_mean_pooled_over_real_tokens_only(tmp_
 
     index = build_n3s_index(REPORTS, N3SSettings(encoder=str(tmp_path / "encoder"), num_candidates=2))
     assert index.candidates.shape == (7, 2) and (index.candidates >= 0).all()
+
+
+def test_random_mode_draws_distinct_other_rows_without_embedding(monkeypatch):
+    """The ablation without N3S: uniformly drawn other reports, no text encoder involved."""
+    from dbeta.train import n3s
+
+    monkeypatch.setattr(n3s, "embed_reports", lambda *a, **k: pytest.fail("random negatives must not embed the reports"))
+    reports = [f"report number {i}" for i in range(30)]
+    index = n3s.build_n3s_index(reports, n3s.N3SSettings(mode="random", num_candidates=8))
+    assert index.candidates.shape == (30, 8)
+    for row in range(30):
+        candidates = index.candidates[row]
+        assert row not in candidates and len(set(candidates.tolist())) == 8
+        assert candidates.min() >= 0 and candidates.max() < 30
+    # Every other report is reachable: over all rows the candidates cover the corpus.
+    assert set(index.candidates.ravel().tolist()) == set(range(30))
+    small = n3s.build_n3s_index(reports[:3], n3s.N3SSettings(mode="random", num_candidates=8))
+    assert sorted(small.candidates[0, :2].tolist()) == [1, 2] and (small.candidates[:, 2:] == -1).all()

@@ -9,7 +9,9 @@ cardiac dipole ("heart vector") model:
   jitter; atrial fibrillation has no P waves, irregularly irregular RR intervals and a
   fibrillatory baseline (350-600 /min f waves, fine to coarse); atrial flutter has a sawtooth
   F-wave trace at 240-340 /min (negative in the inferior leads, positive in V1) with 2:1, 3:1, 4:1
-  or variable conduction. Rates follow the clinical definitions (brady < 60, tachy > 100).
+  or variable conduction; marked sinus arrhythmia (reported, not a zero-shot label) is irregular
+  *with* P waves. Rates follow the clinical definitions (brady < 60, tachy > 100); atrial
+  fibrillation's overlap the sinus rates, so that irregularity, not speed, marks it.
 * **12-lead morphology.** Every wave (P, septal q, R, S, T; F and f waves) is a 3-D vector times
   a Gaussian pulse; the vectorcardiogram is projected onto the lead vectors of the six limb leads
   (Einthoven/Goldberger: III = II - I, aVR = -(I + II) / 2, ...) and the six precordial leads. The
@@ -79,9 +81,19 @@ RHYTHM_CONDITIONS: tuple[str, ...] = (
     "sinus_tachycardia",
     "atrial_fibrillation",
     "atrial_flutter",
+    # Reported but not one of DEMO_CONDITIONS: an irregular rhythm *with* P waves, so that the
+    # model cannot read "irregular RR" alone as atrial fibrillation.
+    "sinus_arrhythmia",
 )
+#: Statement of each rhythm (the DEMO_CONDITIONS phrase where it has one).
+RHYTHM_NAMES: dict[str, str] = {
+    **{key: phrase for key, phrase in DEMO_CONDITIONS.items() if key in RHYTHM_CONDITIONS},
+    "sinus_arrhythmia": "Sinus arrhythmia",
+}
 #: Probability of each rhythm (they are mutually exclusive).
-RHYTHM_PROBABILITIES: tuple[float, ...] = (0.32, 0.18, 0.18, 0.18, 0.14)
+RHYTHM_PROBABILITIES: tuple[float, ...] = (0.30, 0.17, 0.16, 0.17, 0.12, 0.08)
+#: Rhythms with a sinus P wave before each QRS complex.
+SINUS_RHYTHMS: tuple[str, ...] = ("sinus_rhythm", "sinus_bradycardia", "sinus_tachycardia", "sinus_arrhythmia")
 #: Independent probability of each morphology finding (LBBB and inverted T waves exclude each other:
 #: LBBB already brings discordant T waves).
 MORPHOLOGY_PROBABILITIES: dict[str, float] = {
@@ -91,6 +103,8 @@ MORPHOLOGY_PROBABILITIES: dict[str, float] = {
     # Reported but not one of DEMO_CONDITIONS: conduction variety that the rhythm must be read through.
     "right_bundle_branch_block": 0.08,
 }
+#: Columns of demo_labels.csv: the scored conditions, then the unscored rhythms.
+LABEL_COLUMNS: tuple[str, ...] = (*DEMO_CONDITIONS, *(key for key in RHYTHM_CONDITIONS if key not in DEMO_CONDITIONS))
 #: Share of sinus-rhythm records with ventricular extrasystoles (1-2 premature ventricular complexes).
 ECTOPIC_FRACTION = 0.12
 #: Share of records band-limited as ECG carts do (low-pass 35-100 Hz; some also high-pass 0.5 Hz).
@@ -128,8 +142,17 @@ RATE_RANGES: dict[str, tuple[float, float]] = {
     "sinus_rhythm": (60.0, 99.0),
     "sinus_bradycardia": (38.0, 58.0),
     "sinus_tachycardia": (102.0, 150.0),
-    "atrial_fibrillation": (55.0, 160.0),
+    "atrial_fibrillation": (50.0, 160.0),
+    "sinus_arrhythmia": (55.0, 100.0),
 }
+#: Median ventricular rate of atrial fibrillation (/min). Rate-controlled AF overlaps the sinus
+#: rates (LUDB's AF records run at 62-101 /min), so that its irregularity, not its rate, tells it
+#: apart; a faster median teaches "fast = AF".
+AF_MEDIAN_RATE = 80.0
+#: Depth of the respiratory RR modulation: ordinary sinus rhythm, and marked sinus arrhythmia
+#: (RR coefficient of variation about 0.06-0.14, as LUDB's sinus-arrhythmia records).
+SINUS_MODULATION_DEPTH = (0.0, 0.045)
+MARKED_SINUS_ARRHYTHMIA_DEPTH = (0.09, 0.2)
 
 #: Precordial electrode directions in the horizontal plane (degrees from the patient's left,
 #: towards anterior), and their lead gain relative to the limb leads.
@@ -223,11 +246,13 @@ def _sample_conditions(rng: np.random.Generator) -> list[str]:
     return conditions
 
 
-def _sinus_beats(rng: np.random.Generator, heart_rate_bpm: float, duration_s: float) -> np.ndarray:
+def _sinus_beats(
+    rng: np.random.Generator, heart_rate_bpm: float, duration_s: float, depth_range: tuple[float, float] = SINUS_MODULATION_DEPTH
+) -> np.ndarray:
     """R-peak times of a sinus rhythm: respiratory modulation (sinus arrhythmia) plus jitter."""
     mean_rr = 60.0 / heart_rate_bpm
     breathing_period = rng.uniform(3.0, 6.0)
-    depth = rng.uniform(0.0, 0.045)
+    depth = rng.uniform(*depth_range)
     phase = rng.uniform(0, 2 * np.pi)
     jitter = rng.uniform(0.006, 0.02)
     times, t = [], -_PAD_S + rng.uniform(0, mean_rr)
@@ -402,12 +427,13 @@ _RHYTHM_STATEMENTS: dict[str, list[tuple[str, float]]] = {
     "sinus_tachycardia": [("Sinus tachycardia", 1.0)],
     "atrial_fibrillation": [("Atrial fibrillation", 1.0)],
     "atrial_flutter": [("Atrial flutter", 1.0)],
+    "sinus_arrhythmia": [("Sinus arrhythmia", 0.6), ("Marked sinus arrhythmia", 0.4)],
 }
 
 
 def _rhythm_statement(rng: np.random.Generator, rhythm: str, heart_rate_bpm: float, conduction: str | None, style: str) -> str:
     if style == "cardiologist":
-        name = {"atrial_flutter": "Atrial flutter, typical"}.get(rhythm, DEMO_CONDITIONS[rhythm])
+        name = {"atrial_flutter": "Atrial flutter, typical"}.get(rhythm, RHYTHM_NAMES[rhythm])
         return f"Rhythm: {name}."
     statements, weights = zip(*_RHYTHM_STATEMENTS[rhythm])
     line = statements[rng.choice(len(statements), p=np.array(weights) / sum(weights))]
@@ -472,7 +498,7 @@ def _report_lines(
     if style == "machine" and rng.random() >= SHORT_REPORT_FRACTION:
         if conditions == ["sinus_rhythm"] and (axis is None):
             lines.append("Normal ECG")
-        elif len(conditions) == 1 and rhythm in ("sinus_bradycardia", "sinus_tachycardia", "sinus_rhythm"):
+        elif len(conditions) == 1 and rhythm in SINUS_RHYTHMS:
             lines.append("Borderline ECG")
         else:
             lines.append("Abnormal ECG")
@@ -516,7 +542,7 @@ def simulate_ecg(
         atrial += flutter_waves
     elif rhythm == "atrial_fibrillation":
         low, high = RATE_RANGES[rhythm]
-        rate = float(np.clip(rng.lognormal(np.log(95.0), 0.25), low, high))
+        rate = float(np.clip(rng.lognormal(np.log(AF_MEDIAN_RATE), 0.25), low, high))
         beats_s = _fibrillation_beats(rng, rate, duration_s)
         atrial += _fibrillatory_waves(rng, time_s)
     else:
@@ -526,15 +552,18 @@ def simulate_ecg(
             rate = float(np.clip(rng.normal(74.0, 11.0), low, high))
         elif rhythm == "sinus_bradycardia":
             rate = float(np.clip(high - rng.exponential(7.0), low, high))
-        else:
+        elif rhythm == "sinus_tachycardia":
             rate = float(np.clip(low + rng.exponential(16.0), low, high))
-        beats_s = _sinus_beats(rng, rate, duration_s)
+        else:
+            rate = float(rng.uniform(low, high))
+        depth = MARKED_SINUS_ARRHYTHMIA_DEPTH if rhythm == "sinus_arrhythmia" else SINUS_MODULATION_DEPTH
+        beats_s = _sinus_beats(rng, rate, duration_s, depth)
     mean_rr = float(np.median(np.diff(beats_s)))
     morphology = _morphology(rng, conditions, mean_rr)
 
     heart_vector = atrial
     offset = -int(_TEMPLATE_START_S * SAMPLING_RATE)
-    has_p_waves = rhythm in ("sinus_rhythm", "sinus_bradycardia", "sinus_tachycardia")
+    has_p_waves = rhythm in SINUS_RHYTHMS
     sinus_beats = beats_s
     if ectopic_beats is None:
         ectopic_beats = int(rng.integers(1, 3)) if has_p_waves and rng.random() < ECTOPIC_FRACTION else 0
@@ -712,11 +741,11 @@ def make_demo_corpus(
         )
         measurement_rows.append(measurement)
         if kind is None:
-            label_rows.append({"study_id": study_id, **{key: int(key in simulated.conditions) for key in DEMO_CONDITIONS}})
+            label_rows.append({"study_id": study_id, **{key: int(key in simulated.conditions) for key in LABEL_COLUMNS}})
 
     _write_csv(out_dir / "record_list.csv", record_rows)
     _write_csv(out_dir / "machine_measurements.csv", measurement_rows)
-    _write_csv(out_dir / "demo_labels.csv", label_rows, fieldnames=["study_id", *DEMO_CONDITIONS])
+    _write_csv(out_dir / "demo_labels.csv", label_rows, fieldnames=["study_id", *LABEL_COLUMNS])
     if corrupt_rows:
         _write_csv(out_dir / "corrupt_records.csv", corrupt_rows)
     return out_dir

@@ -51,7 +51,9 @@ from dbeta.train.text import normalize_report
 logger = logging.getLogger(__name__)
 
 N3S_CACHE_VERSION = 1
-N3S_MODES = ("far", "hard")
+#: "far": the least similar reports (the original); "hard": the most similar below a near-duplicate
+#: threshold; "random": uniformly drawn other reports (the ablation without N3S; no embedding).
+N3S_MODES = ("far", "hard", "random")
 DEFAULT_NUM_CANDIDATES = 64
 DEFAULT_HARD_MAX_SIMILARITY = 0.95
 #: Similarity values held in memory at once during the search (a chunk of queries x all reports).
@@ -253,8 +255,8 @@ def search_candidates(
     (least similar first in "far" mode, most similar first in "hard" mode); a row never lists
     itself, and slots without a valid candidate hold -1.
     """
-    if mode not in N3S_MODES:
-        raise ValueError(f"N3S mode must be one of {N3S_MODES}, got {mode!r}.")
+    if mode not in ("far", "hard"):
+        raise ValueError(f"The neighbour search has modes 'far' and 'hard', got {mode!r}.")
     device = torch.device(device or "cpu")
     if hasattr(embeddings, "tocsr"):
         embeddings = embeddings.tocsr()
@@ -302,9 +304,25 @@ def reports_fingerprint(reports: Sequence[str], settings: N3SSettings) -> str:
     return digest.hexdigest()
 
 
+def random_candidates(num_rows: int, num_candidates: int = DEFAULT_NUM_CANDIDATES, seed: int = 0) -> np.ndarray:
+    """`(num_rows, num_candidates)` int32 row ids drawn uniformly without replacement from the other
+    rows (every other row when there are fewer); -1 fills the slots left empty."""
+    rng = np.random.default_rng(seed)
+    k = min(num_candidates, num_rows - 1)
+    result = np.full((num_rows, num_candidates), -1, dtype=np.int32)
+    for row in range(num_rows):
+        if k <= 0:
+            break
+        others = rng.choice(num_rows - 1, size=k, replace=False)
+        result[row, :k] = others + (others >= row)  # skip the row itself
+    return result
+
+
 def _build_from_unique(texts: list[str], settings: N3SSettings, device=None) -> N3SIndex:
     if not texts:
         raise ValueError("N3S needs at least one non-empty report.")
+    if settings.mode == "random":
+        return N3SIndex(texts, random_candidates(len(texts), settings.num_candidates), settings)
     embeddings = embed_reports(texts, settings, device=device)
     candidates = search_candidates(
         embeddings, settings.num_candidates, settings.mode, settings.hard_max_similarity, device=device

@@ -72,12 +72,14 @@ DEMO_CORPUS_DIR = Path("outputs/demo_corpus")
 DEMO_DATASET_DIR = Path("outputs/demo_corpus_prepared")
 DEMO_OUTPUT_DIR = Path("outputs/dbeta-demo")
 DEMO_NUM_RECORDS = 3000
-#: Real ECG-report pairs for the demo's training split (the sim+real variant): a folder laid out
-#: like `../shared/data/real` (ludb/, cinc2021/, cpsc2018/), or None for the simulated corpus only.
-#: The vendored LUDB evaluation records are never among them (`dbeta.train.real_ecg`).
-DEMO_REAL_DIR: str | None = None
+#: Real ECG-report pairs in the demo's training split (`--demo_real_pairs`): "none" (the simulated
+#: corpus only), "ludb" (the vendored LUDB training part: 95 patients with their cardiologists'
+#: diagnosis text), or a folder laid out like `../shared/data/real` (the LUDB part plus its CinC 2021
+#: and CPSC 2018 records with their SNOMED-CT diagnoses as text). The vendored LUDB evaluation
+#: records are never among them (`dbeta.train.real_ecg`).
+DEMO_REAL_PAIRS = "none"
 #: How many times each real pair is repeated in the training split (they are few next to the simulated ones).
-DEMO_REAL_REPEATS = 4
+DEMO_REAL_REPEATS = 8
 #: The paper's encoders (spec section 3, DECISIONS 16): the T5 tower starts from Flan-T5-base, and
 #: N3S embeds the reports with Flan-T5-small. Real (non-demo) runs default to both.
 DEFAULT_TEXT_ENCODER = "google/flan-t5-base"
@@ -166,6 +168,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     data.add_argument("--demo_corpus_dir", default=str(DEMO_CORPUS_DIR))
     data.add_argument("--demo_dataset_dir", default=str(DEMO_DATASET_DIR))
     data.add_argument("--demo_num_records", type=int, default=DEMO_NUM_RECORDS)
+    data.add_argument(
+        "--demo_real_pairs",
+        default=DEMO_REAL_PAIRS,
+        help='Real ECG-report pairs in the demo\'s training split: "none", "ludb" (the vendored LUDB training part) or a '
+        "folder laid out like ../shared/data/real (adds its CinC 2021 / CPSC 2018 records).",
+    )
+    data.add_argument("--demo_real_repeats", type=int, default=DEMO_REAL_REPEATS, help="Times each real pair is repeated.")
 
     n3s = parser.add_argument_group("N3S negatives")
     n3s.add_argument(
@@ -183,7 +192,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model = parser.add_argument_group("model")
     model.add_argument("--model_name_or_path", default=None, help="Continue from a saved D-BETA folder or Hub id.")
     model.add_argument("--config_name", default=None, help="A DBetaConfig JSON; default: the published architecture (demo: a small one).")
-    model.add_argument("--config_overrides", default=None, help='Top-level config fields to change, e.g. "mlm_probability=0.15,ets_loss_weight=2".')
+    model.add_argument("--config_overrides", default=None, help='Config fields to change, e.g. "mlm_probability=0.15,ets_loss_weight=2" (ECG tower: "ecg_config.mask_ratio=0").')
     model.add_argument(
         "--text_encoder",
         default=None,
@@ -332,19 +341,21 @@ def prepare_demo_dataset(args: argparse.Namespace) -> str:
         logger.info(f"Demo corpus: {args.demo_num_records} simulated studies in {corpus_dir} ({time.perf_counter() - started:.0f} s)")
     if not (dataset_dir / "dataset_dict.json").is_file():
         started = time.perf_counter()
-        real_dir = getattr(args, "demo_real_dir", None) or DEMO_REAL_DIR
-        target = dataset_dir.with_name(dataset_dir.name + "_simulated") if real_dir else dataset_dir
+        with_real = args.demo_real_pairs != "none"
+        target = dataset_dir.with_name(dataset_dir.name + "_simulated") if with_real else dataset_dir
         prepare_mimic_iv_ecg(corpus_dir, target, num_proc=min(2, os.cpu_count() or 1), val_fraction=0.1, seed=args.seed, progress=False)
-        if real_dir:
-            add_real_training_pairs(target, dataset_dir, real_dir, getattr(args, "demo_real_repeats", DEMO_REAL_REPEATS))
+        if with_real:
+            real_dir = None if args.demo_real_pairs == "ludb" else args.demo_real_pairs
+            add_real_training_pairs(target, dataset_dir, real_dir, args.demo_real_repeats)
         logger.info(f"Demo corpus prepared in {dataset_dir} ({time.perf_counter() - started:.0f} s)")
     return str(dataset_dir)
 
 
-def add_real_training_pairs(simulated_dir: Path, dataset_dir: Path, real_dir: str | os.PathLike, repeats: int) -> None:
-    """Write `dataset_dir`: the prepared simulated corpus with the real ECG-report pairs of
-    `real_dir` (never the vendored evaluation records) appended `repeats` times to its training
-    split; the validation split stays simulated. The pairs are listed in `real_pairs.csv`."""
+def add_real_training_pairs(simulated_dir: Path, dataset_dir: Path, real_dir: str | os.PathLike | None, repeats: int) -> None:
+    """Write `dataset_dir`: the prepared simulated corpus with the real ECG-report pairs (the
+    vendored LUDB training part, plus `real_dir`'s CinC/CPSC records; never an evaluation record)
+    appended `repeats` times to its training split; the validation split stays simulated. The pairs
+    are listed in `real_pairs.csv`."""
     from dbeta.train.mimic_iv_ecg import SkipRecord, convert_record, dataset_features
     from dbeta.train.real_ecg import real_training_pairs
 
@@ -473,6 +484,17 @@ def demo_model_config(tokenizer) -> DBetaConfig:
     )
 
 
+def apply_config_overrides(config: DBetaConfig, overrides: str) -> None:
+    """`--config_overrides`: "key=value,..." for top-level fields; "ecg_config.key=value" for the ECG tower's."""
+    top_level, ecg = [], []
+    for item in filter(None, (part.strip() for part in overrides.split(","))):
+        (ecg if item.startswith("ecg_config.") else top_level).append(item.removeprefix("ecg_config."))
+    if top_level:
+        config.update_from_string(",".join(top_level))
+    if ecg:
+        config.ecg_config.update_from_string(",".join(ecg))
+
+
 def build_model(args: argparse.Namespace, tokenizer) -> DBetaForPreTraining:
     if args.model_name_or_path:
         model = DBetaForPreTraining.from_pretrained(args.model_name_or_path)
@@ -484,7 +506,7 @@ def build_model(args: argparse.Namespace, tokenizer) -> DBetaForPreTraining:
         else:
             config = DBetaConfig()
         if args.config_overrides:
-            config.update_from_string(args.config_overrides)
+            apply_config_overrides(config, args.config_overrides)
         if args.text_encoder:
             try:
                 model = DBetaForPreTraining.from_text_encoder_pretrained(args.text_encoder, config=config)
@@ -1001,7 +1023,7 @@ def check_pretrained_encoders(args: argparse.Namespace) -> None:
                 "cache, e.g. `huggingface-cli download google/flan-t5-base`, or as a local folder passed to --text_encoder), "
                 "or pass --text_encoder_from_scratch to train the text tower from random weights."
             ) from error
-    if args.n3s_encoder != "tfidf" and args.dataset_dir is not None:
+    if args.n3s_encoder != "tfidf" and args.n3s_mode != "random" and args.dataset_dir is not None:
         settings = N3SSettings(args.n3s_encoder, args.n3s_mode, args.n3s_num_candidates, args.n3s_hard_max_similarity)
         cached = all(
             (n3s_cache_dir(args, split) / settings.cache_name() / "n3s_config.json").is_file()

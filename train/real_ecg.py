@@ -53,6 +53,9 @@ logger = logging.getLogger(__name__)
 
 LUDB_EVAL_DIR = ASSETS_DIR / "ludb_eval"
 LUDB_EVAL_FILE = LUDB_EVAL_DIR / "ludb_eval.npz"
+#: The other half of the split: LUDB's training records with their diagnosis text, vendored too so
+#: that the demo can train on real pairs offline (same format, same licence).
+LUDB_TRAIN_FILE = LUDB_EVAL_DIR / "ludb_train.npz"
 LUDB_LEAD_NAMES: tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 LUDB_SAMPLING_RATE = 500
 #: Seed of the per-rhythm shuffle that decides the evaluation / training split of LUDB.
@@ -181,29 +184,47 @@ def signals_sha256(delta: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(delta, dtype="<i2").tobytes()).hexdigest()
 
 
-def build_ludb_eval_set(ludb_dir: str | Path, output_file: str | Path = LUDB_EVAL_FILE) -> Path:
-    """Split the LUDB folder and write the evaluation part as a compressed ``.npz``."""
-    records = read_ludb_folder(ludb_dir)
-    evaluation, training = split_ludb({record_id: value["rhythm"] for record_id, value in records.items()})
-    signals = np.stack([records[record_id]["signal"] for record_id in evaluation])
-    delta, gain = _encode(signals)
-    output_file = Path(output_file)
+def _write_ludb_part(records: Mapping[str, dict], record_ids: Sequence[str], other_ids: Sequence[str], output_file: Path) -> None:
+    delta, gain = _encode(np.stack([records[record_id]["signal"] for record_id in record_ids]))
     output_file.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         output_file,
-        record_ids=np.array(evaluation),
-        training_record_ids=np.array(training),
+        record_ids=np.array(record_ids),
+        # The evaluation file lists the training ids (and the training file the evaluation ids), so
+        # that either one alone proves the split.
+        **({"training_record_ids": np.array(other_ids)} if output_file.name == LUDB_EVAL_FILE.name else {"evaluation_record_ids": np.array(other_ids)}),
         signals_delta=delta,
         gain=gain,
-        reports=np.array([records[r]["report"] for r in evaluation]),
-        rhythms=np.array([records[r]["rhythm"] for r in evaluation]),
+        reports=np.array([records[r]["report"] for r in record_ids]),
+        rhythms=np.array([records[r]["rhythm"] for r in record_ids]),
         lead_names=np.array(LUDB_LEAD_NAMES),
         sampling_rate=np.array(LUDB_SAMPLING_RATE),
         sha256=np.array(signals_sha256(delta)),
     )
+
+
+def build_ludb_eval_set(ludb_dir: str | Path, output_file: str | Path = LUDB_EVAL_FILE, train_file: str | Path | None = LUDB_TRAIN_FILE) -> Path:
+    """Split the LUDB folder and write the evaluation part (and, unless `train_file` is None, the
+    training part beside it) as compressed ``.npz`` files."""
+    records = read_ludb_folder(ludb_dir)
+    evaluation, training = split_ludb({record_id: value["rhythm"] for record_id, value in records.items()})
+    output_file = Path(output_file)
+    _write_ludb_part(records, evaluation, training, output_file)
+    if train_file is not None:
+        _write_ludb_part(records, training, evaluation, Path(train_file))
     logger.info("Wrote %d LUDB evaluation records (%d kept for training) to %s (%.1f MB)",
                 len(evaluation), len(training), output_file, output_file.stat().st_size / 1e6)
     return output_file
+
+
+def load_ludb_train_set(path: str | Path = LUDB_TRAIN_FILE, eval_file: str | Path = LUDB_EVAL_FILE, verify: bool = True) -> RealEvalSet:
+    """The vendored LUDB training part (records the demo may train on). Checked against the
+    evaluation set: no record of it is here."""
+    data = load_ludb_eval_set(path, verify=verify)
+    overlap = set(data.record_ids) & set(load_ludb_eval_set(eval_file, verify=False).record_ids)
+    if overlap:
+        raise ValueError(f"{path}: LUDB records {sorted(overlap)} are also in the evaluation set {eval_file}.")
+    return data
 
 
 def load_ludb_eval_set(path: str | Path = LUDB_EVAL_FILE, verify: bool = True) -> RealEvalSet:
@@ -295,26 +316,23 @@ def _cinc_report(dx_names: str) -> str:
     return " ".join(statement[:1].upper() + statement[1:] + "." for statement in statements)
 
 
-def real_training_pairs(real_dir: str | Path, eval_file: str | Path = LUDB_EVAL_FILE) -> list[dict]:
-    """Real (ECG, report) pairs that training may use: the LUDB records outside the vendored
-    evaluation set (cardiologist diagnosis text), and the CinC 2021 and CPSC 2018 records (their
-    SNOMED-CT diagnosis names as text). Each pair: {"source", "record_id", "record" (the
-    `processing_dbeta.ECGRecord` read), "report"}. Never returns an evaluation record (checked)."""
-    from processing_dbeta import read_ecg_file
+def real_training_pairs(real_dir: str | Path | None = None, eval_file: str | Path = LUDB_EVAL_FILE, train_file: str | Path = LUDB_TRAIN_FILE) -> list[dict]:
+    """Real (ECG, report) pairs that training may use: the vendored LUDB training part (records
+    outside the evaluation set, with their cardiologists' diagnosis text) and, with `real_dir` (laid
+    out like `../shared/data/real`), its CinC 2021 and CPSC 2018 records (their SNOMED-CT diagnosis
+    names as text). Each pair: {"source", "record_id", "record" (a `processing_dbeta.ECGRecord`),
+    "report"}. Never returns an evaluation record (checked)."""
+    from processing_dbeta import ECGRecord, read_ecg_file
 
+    ludb = load_ludb_train_set(train_file, eval_file)
+    pairs: list[dict] = [
+        {"source": "ludb", "record_id": record_id, "record": ECGRecord(signal, list(ludb.lead_names), float(ludb.sampling_rate), {"name": record_id}),
+         "report": report}
+        for record_id, signal, report in zip(ludb.record_ids, ludb.signals, ludb.reports)
+    ]
+    if real_dir is None:
+        return pairs
     real_dir = Path(real_dir)
-    evaluation = set(load_ludb_eval_set(eval_file, verify=False).record_ids)
-    pairs: list[dict] = []
-    ludb_data = real_dir / "ludb" / "data"
-    if ludb_data.is_dir():
-        for record_id in ludb_training_record_ids(eval_file):
-            if record_id in evaluation:
-                raise AssertionError(f"LUDB record {record_id} is in both the evaluation set and training.")
-            header = ludb_data / f"{record_id}.hea"
-            if not header.is_file():
-                continue
-            record = read_ecg_file(header)
-            pairs.append({"source": "ludb", "record_id": record_id, "record": record, "report": ludb_report(ludb_diagnoses(header))})
     for source, folder in (("cinc2021", real_dir / "cinc2021"), ("cpsc2018", real_dir / "cpsc2018")):
         labels_file = folder / "labels.csv"
         if not labels_file.is_file():
