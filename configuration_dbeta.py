@@ -217,6 +217,9 @@ class DBetaConfig(PreTrainedConfig):
             `scale * e.t + bias`; fixed (scale 1, no bias) as the paper unless made learnable. When
             learnable, SigLIP's parametrisation and start are used (a log-scale parameter starting at
             log 10, bias -10) and the two fixed values are ignored.
+        ets_unmasked_ecg (`bool`, defaults to `False`): the ECG embedding of the ETS loss comes from the
+            MEM-masked ECG (the paper: 25% of the tokens); `True` embeds the whole ECG in a second
+            pass, as zero-shot inference does (one more ECG-tower pass per step).
         lead_names (`tuple[str]`): the lead order the model expects (MIMIC-IV-ECG order for the
             published weights). sampling_rate (`int`, 500), num_samples (`int`, 5000): input
             sampling rate and length.
@@ -250,6 +253,7 @@ class DBetaConfig(PreTrainedConfig):
     ets_logit_scale: float = 1.0
     ets_logit_bias: float = 0.0
     ets_learnable_scale_bias: bool = False
+    ets_unmasked_ecg: bool = False
     lead_names: list[str] | tuple[str, ...] = MIMIC_LEAD_ORDER
     sampling_rate: int = 500
     num_samples: int = 5000

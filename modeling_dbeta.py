@@ -1024,6 +1024,9 @@ class DBetaForPreTraining(DBetaPreTrainedModel):
         if is_aligned is not None:
             losses["etm"] = F.cross_entropy(etm_logits.float(), is_aligned.long())
         ecg_embeds, text_embeds = ecg_output.pooler_output, text_output.pooler_output
+        if config.ets_unmasked_ecg and mask_ratio > 0:
+            # ETS on the whole ECG, as zero-shot scoring sees it (the masked pass still feeds MEM/ETM).
+            ecg_embeds = self.dbeta.ecg_model(input_values).pooler_output
         global_aligned = gather_no_grad(is_aligned) if is_aligned is not None else None
         logits_per_ecg = self.dbeta.ets_logits(gather_with_grad(ecg_embeds), gather_with_grad(text_embeds))
         losses["ets"] = ets_sigmoid_loss(logits_per_ecg.float(), global_aligned)

@@ -152,3 +152,31 @@ def test_demo_summary_prints_the_real_ecg_table(tmp_path, eval_set):
     for label in LUDB_RHYTHM_LABELS:
         assert f"zero-shot AUROC {label}" in text
     assert f"Real-ECG zero-shot macro AUROC: {metrics['real_zero_shot_macro_auroc']:.4f} (5 labels)" in text
+
+
+def test_demo_real_pairs_ludb_adds_the_vendored_training_part_only(tmp_path, eval_set):
+    """`--demo_real_pairs ludb`: the 95 vendored LUDB training patients, repeated, in the training
+    split only; no evaluation record, and the validation split stays simulated."""
+    import datasets
+    from accelerate import PartialState
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+    import pretrain
+    from dbeta.train.make_demo_corpus import make_demo_corpus
+    from dbeta.train.mimic_iv_ecg import prepare_mimic_iv_ecg
+
+    corpus = make_demo_corpus(tmp_path / "corpus", num_records=12, num_subjects=6, seed=0)
+    prepare_mimic_iv_ecg(corpus, tmp_path / "simulated", num_proc=1, val_fraction=0.2, seed=0, progress=False)
+    PartialState(cpu=True)  # pretrain.py logs through accelerate
+    pretrain.add_real_training_pairs(tmp_path / "simulated", tmp_path / "with_real", None, repeats=2)
+    simulated = datasets.load_from_disk(str(tmp_path / "simulated"))
+    combined = datasets.load_from_disk(str(tmp_path / "with_real"))
+    training_ids = load_ludb_train_set().record_ids
+    assert len(combined["train"]) == len(simulated["train"]) + 2 * len(training_ids)
+    assert len(combined["validation"]) == len(simulated["validation"])
+    listed = (tmp_path / "with_real" / "real_pairs.csv").read_text().split()[1:]
+    assert listed == [f"ludb,{record_id}" for record_id in training_ids]
+    assert not {entry.split(",")[1] for entry in listed} & set(eval_set.record_ids)
+    real_rows = combined["train"].select(range(len(simulated["train"]), len(combined["train"])))
+    assert all(path.startswith("real/ludb/") for path in real_rows["path"])
+    assert all(report.startswith("rhythm") for report in real_rows["report"])  # normalised LUDB text

@@ -201,3 +201,40 @@ def test_each_objective_trains_its_own_head():
     assert not any(name.startswith(("dbeta.text_fusion", "dbeta.ecg_fusion", "mlm_head", "mem_head")) for name in gradients["ets_loss"])
     assert "dbeta.ecg_model.pooler.dense.weight" in gradients["ets_loss"]
     assert "dbeta.text_model.pooler.dense.weight" in gradients["ets_loss"]
+
+
+def test_ets_can_embed_the_whole_ecg_while_mem_keeps_the_masked_one():
+    """`ets_unmasked_ecg=True`: the ETS embedding is the zero-shot one (whole ECG); MEM and ETM still
+    read the masked pass."""
+    torch.manual_seed(0)
+    model = DBetaForPreTraining(tiny_config(ets_unmasked_ecg=True)).eval()
+    batch = pretraining_batch()
+    output = model(**batch, mask_generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole = model.dbeta.ecg_model(batch["input_values"]).pooler_output
+        masked = model.dbeta.ecg_model(batch["input_values"], mask_ratio=0.75, mask_generator=torch.Generator().manual_seed(1)).pooler_output
+    torch.testing.assert_close(output.ecg_embeds, whole)
+    assert not torch.allclose(whole, masked)
+    assert output.mem_loss is not None and output.mem_mask.sum(dim=1).tolist() == [234.0] * 4
+    logits = whole @ output.text_embeds.T
+    assert output.ets_loss.item() == pytest.approx(ets_sigmoid_loss(logits, batch["is_aligned"]).item(), rel=1e-6)
+
+
+def test_without_ecg_masking_there_is_no_mem_loss_and_the_training_log_reports_zero():
+    """The no-MEM ablation (`ecg_config.mask_ratio=0`): no MEM term; pretrain.py logs it as 0."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+    import pretrain
+
+    torch.manual_seed(0)
+    config = tiny_config()
+    pretrain.apply_config_overrides(config, "mem_loss_weight=0, ecg_config.mask_ratio=0")
+    assert config.mem_loss_weight == 0 and config.ecg_config.mask_ratio == 0
+    model = DBetaForPreTraining(config).eval()
+    output = model(**pretraining_batch())
+    assert output.mem_loss is None and output.mem_mask is None
+    losses = dict(zip(pretrain.LOSS_NAMES, pretrain.stack_losses(output).tolist()))
+    assert losses["mem_loss"] == 0.0
+    assert losses["loss"] == pytest.approx(losses["mlm_loss"] + losses["etm_loss"] + losses["ets_loss"], rel=1e-5)

@@ -89,6 +89,13 @@ HUB_STAGING_FOLDER = ".hub_staging"
 #: Not uploaded with the final folder (checkpoints hold optimizer states; staging is transient).
 HUB_IGNORE_PATTERNS = [f"{CHECKPOINTS_FOLDER}/**", f"{HUB_STAGING_FOLDER}/**"]
 LOSS_NAMES = ("loss", "mlm_loss", "mem_loss", "etm_loss", "ets_loss")
+
+
+def stack_losses(outputs) -> torch.Tensor:
+    """The LOSS_NAMES values of a forward pass, detached; 0 for an objective it did not compute
+    (MEM when the ECG is not masked: `ecg_config.mask_ratio=0`)."""
+    zero = outputs["loss"].detach().new_zeros(())
+    return torch.stack([outputs[name].detach() if outputs.get(name) is not None else zero for name in LOSS_NAMES])
 #: Offsets the process index in the seeds of validation batches (kept apart from training's).
 VALIDATION_SEED_STREAM = 1 << 20
 
@@ -844,7 +851,7 @@ def evaluate(
         generator.manual_seed(step_seed(seed, batch_index, VALIDATION_SEED_STREAM + accelerator.process_index))
         batch_size = batch.pop("sample_index").shape[0]
         outputs = model(**batch, mask_generator=generator)
-        losses = torch.stack([outputs[name].detach().double() for name in LOSS_NAMES])
+        losses = stack_losses(outputs).double()
         correct = (outputs.etm_logits.argmax(-1) == batch["is_aligned"]).sum().double()
         totals += torch.cat([losses * batch_size, correct[None], totals.new_tensor([batch_size])])
     totals = accelerator.reduce(totals, "sum")
@@ -1342,7 +1349,7 @@ def main(argv: Sequence[str] | None = None) -> PretrainingResult:
             batch_samples = batch["input_ids"].shape[0] * accelerator.num_processes
             progress.samples_seen += batch_samples
             window_samples += batch_samples
-            step_loss_sum += torch.stack([outputs[name].detach().float() for name in LOSS_NAMES])
+            step_loss_sum += stack_losses(outputs).float()
             micro_batches += 1
             progress.train_seconds += time.perf_counter() - step_started
             if not accelerator.sync_gradients:
