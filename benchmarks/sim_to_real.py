@@ -112,6 +112,62 @@ def pipeline_real_auroc(model_folder: Path) -> dict:
             "positives": {name: int(count) for name, count in zip(scored, labels.sum(axis=0))}}
 
 
+def rr_rule_baseline() -> dict:
+    """What a 10-line R-peak detector gets on the real set, without any learning: band-pass 5-25 Hz,
+    R peaks on the summed energy of the 12 leads, then rate and RR coefficient of variation (CV) as
+    scores (bradycardia: -rate; tachycardia: rate; AF and flutter: CV; sinus rhythm: -|rate - 75| -
+    100 CV). An upper reference for what the rhythm labels need, not a zero-shot model."""
+    from scipy.signal import butter, filtfilt, find_peaks
+
+    from dbeta.train.metrics import multilabel_auroc
+    from dbeta.train.real_ecg import LUDB_RHYTHM_LABELS, load_ludb_eval_set
+
+    eval_set = load_ludb_eval_set()
+    b, a = butter(2, [5 / 250, 25 / 250], "band")
+    rates, variation = [], []
+    for signal in eval_set.signals:
+        energy = (filtfilt(b, a, signal, axis=-1) ** 2).sum(axis=0)
+        peaks, _ = find_peaks(energy / energy.max(), height=0.15, distance=125)
+        rr = np.diff(peaks) / eval_set.sampling_rate
+        rates.append(60.0 / np.median(rr))
+        variation.append(rr.std() / rr.mean())
+    rate, cv = np.array(rates), np.array(variation)
+    rules = {"sinus rhythm": -np.abs(rate - 75) - 100 * cv, "sinus bradycardia": -rate, "sinus tachycardia": rate,
+             "atrial fibrillation": cv, "atrial flutter": cv}
+    scored = eval_set.scored_labels()
+    auroc = multilabel_auroc(eval_set.labels({n: LUDB_RHYTHM_LABELS[n] for n in scored}), np.stack([rules[n] for n in scored], 1), scored)
+    return {"macro": float(auroc.macro), "per_label": {k: float(v) for k, v in auroc.per_label.items()}}
+
+
+def real_linear_probe(model_folder: Path) -> dict:
+    """Leave-one-out logistic regression on the model's ECG embeddings of the real set: whether the
+    ECG tower encodes the rhythm of real records at all, apart from the text side (with 2 positives
+    a label's figure is noise)."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import LeaveOneOut, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from transformers import AutoModel, AutoProcessor
+
+    from dbeta.train.real_ecg import LUDB_RHYTHM_LABELS, load_ludb_eval_set
+
+    eval_set = load_ludb_eval_set()
+    model = AutoModel.from_pretrained(str(model_folder), trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(str(model_folder), trust_remote_code=True)
+    inputs = processor(ecg=list(eval_set.signals), sampling_rate=eval_set.sampling_rate, lead_names=list(eval_set.lead_names), return_tensors="pt")
+    with torch.no_grad():
+        features = model.get_ecg_features(inputs["input_values"]).pooler_output.numpy()
+    per_label = {}
+    for name in eval_set.scored_labels():
+        target = eval_set.labels({name: LUDB_RHYTHM_LABELS[name]})[:, 0]
+        probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+        scores = cross_val_predict(probe, features, target, cv=LeaveOneOut(), method="decision_function")
+        per_label[name] = float(roc_auc_score(target, scores))
+    return {"macro": float(np.mean(list(per_label.values()))), "per_label": per_label}
+
+
 def _mean_sd(values: list[float]) -> str:
     values = [v for v in values if v is not None and not np.isnan(v)]
     if not values:
@@ -136,6 +192,9 @@ def markdown(results: dict) -> str:
     row("**real macro AUROC**", lambda run: run["real"]["macro"])
     row("simulated validation macro AUROC", lambda run: run["simulated"].get("zero_shot_macro_auroc"))
     row("simulated ECG->report recall@1", lambda run: run["simulated"].get("ecg_to_text_recall@1"))
+    if any("probe" in run for runs in results.values() for run in runs.values()):
+        row("real LOO linear probe macro AUROC (diagnostic)", lambda run: run.get("probe", {}).get("macro"))
+        row("real LOO linear probe AUROC atrial fibrillation", lambda run: run.get("probe", {}).get("per_label", {}).get("atrial fibrillation"))
     row("training wall minutes", lambda run: run.get("timing", {}).get("wall_seconds", float("nan")) / 60)
     row("training CPU minutes", lambda run: run.get("timing", {}).get("cpu_seconds", float("nan")) / 60)
     seeds = {v: sorted(results[v]) for v in variants}
@@ -177,6 +236,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num_cpu_threads", type=int, default=None)
     parser.add_argument("--config_overrides", default=None, help='Ablations, e.g. "ets_loss_weight=0".')
     parser.add_argument("--negative_fraction", type=float, default=None)
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="Also print the R-peak rule baseline and a leave-one-out linear probe of each model's real-set ECG embeddings.")
     args = parser.parse_args(argv)
     if "sim+real" in args.variants and not Path(args.real_dir).is_dir():
         parser.error(f"sim+real needs --real_dir (not found: {args.real_dir})")
@@ -206,8 +267,14 @@ def main(argv: list[str] | None = None) -> dict:
         results.setdefault(variant + (f" ({tag})" if tag else ""), {})[seed] = {
             "real": real, "simulated": run_results["metrics"], "steps": run_results["completed_steps"], "timing": timing,
         }
+        if args.diagnostics:
+            results[variant + (f" ({tag})" if tag else "")][seed]["probe"] = real_linear_probe(model_folder)
         print(f"[{variant} {tag} seed {seed}] real macro AUROC {real['macro']:.4f} {real['per_label']}", flush=True)
     report = markdown(results)
+    if args.diagnostics:
+        rule = rr_rule_baseline()
+        report += ("\nR-peak rule baseline (no learning; rate and RR variation): real macro AUROC "
+                   f"{rule['macro']:.3f} (" + ", ".join(f"{k} {v:.3f}" for k, v in rule["per_label"].items()) + ")\n")
     print("\n" + report)
     output_root.mkdir(parents=True, exist_ok=True)
     name = "results" + ("-ablations" if args.ablations else f"-{args.tag}" if args.tag else "")
