@@ -9,6 +9,7 @@ demo's end-of-run summary prints the real-ECG table.
 from __future__ import annotations
 
 import hashlib
+import json
 import io
 import sys
 from contextlib import redirect_stdout
@@ -180,3 +181,23 @@ def test_demo_real_pairs_ludb_adds_the_vendored_training_part_only(tmp_path, eva
     real_rows = combined["train"].select(range(len(simulated["train"]), len(combined["train"])))
     assert all(path.startswith("real/ludb/") for path in real_rows["path"])
     assert all(report.startswith("rhythm") for report in real_rows["report"])  # normalised LUDB text
+
+
+def test_a_demo_dataset_prepared_with_other_real_pairs_is_refused(tmp_path):
+    """Re-using a prepared demo folder with another `--demo_real_pairs` would train on the wrong
+    data without a word: it is refused, naming both settings."""
+    from accelerate import PartialState
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+    import pretrain
+
+    PartialState(cpu=True)
+    args = pretrain.parse_args(["--demo_corpus_dir", str(tmp_path / "corpus"), "--demo_dataset_dir", str(tmp_path / "prepared"),
+                                "--demo_num_records", "12", "--output_dir", str(tmp_path / "out")])
+    assert args.demo_real_pairs == "none"
+    dataset_dir = pretrain.prepare_demo_dataset(args)
+    assert json.loads((Path(dataset_dir) / "demo_real_pairs.json").read_text()) == {"demo_real_pairs": "none", "demo_real_repeats": 0}
+    assert pretrain.prepare_demo_dataset(args) == dataset_dir  # same settings: reused
+    args.demo_real_pairs = "ludb"
+    with pytest.raises(ValueError, match="was prepared with .*'none'.* not .*'ludb'"):
+        pretrain.prepare_demo_dataset(args)

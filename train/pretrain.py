@@ -90,12 +90,6 @@ HUB_STAGING_FOLDER = ".hub_staging"
 HUB_IGNORE_PATTERNS = [f"{CHECKPOINTS_FOLDER}/**", f"{HUB_STAGING_FOLDER}/**"]
 LOSS_NAMES = ("loss", "mlm_loss", "mem_loss", "etm_loss", "ets_loss")
 
-
-def stack_losses(outputs) -> torch.Tensor:
-    """The LOSS_NAMES values of a forward pass, detached; 0 for an objective it did not compute
-    (MEM when the ECG is not masked: `ecg_config.mask_ratio=0`)."""
-    zero = outputs["loss"].detach().new_zeros(())
-    return torch.stack([outputs[name].detach() if outputs.get(name) is not None else zero for name in LOSS_NAMES])
 #: Offsets the process index in the seeds of validation batches (kept apart from training's).
 VALIDATION_SEED_STREAM = 1 << 20
 
@@ -346,7 +340,16 @@ def prepare_demo_dataset(args: argparse.Namespace) -> str:
         started = time.perf_counter()
         make_demo_corpus(corpus_dir, num_records=args.demo_num_records, seed=args.seed)
         logger.info(f"Demo corpus: {args.demo_num_records} simulated studies in {corpus_dir} ({time.perf_counter() - started:.0f} s)")
-    if not (dataset_dir / "dataset_dict.json").is_file():
+    real_pairs = {"demo_real_pairs": args.demo_real_pairs, "demo_real_repeats": args.demo_real_repeats if args.demo_real_pairs != "none" else 0}
+    settings_file = dataset_dir / "demo_real_pairs.json"
+    if (dataset_dir / "dataset_dict.json").is_file():
+        # A folder prepared before this file existed holds the simulated corpus only.
+        prepared = json.loads(settings_file.read_text()) if settings_file.is_file() else {"demo_real_pairs": "none", "demo_real_repeats": 0}
+        if prepared != real_pairs:
+            raise ValueError(
+                f"{dataset_dir} was prepared with {prepared}, not {real_pairs}: pass another --demo_dataset_dir, or delete it."
+            )
+    else:
         started = time.perf_counter()
         with_real = args.demo_real_pairs != "none"
         target = dataset_dir.with_name(dataset_dir.name + "_simulated") if with_real else dataset_dir
@@ -354,6 +357,7 @@ def prepare_demo_dataset(args: argparse.Namespace) -> str:
         if with_real:
             real_dir = None if args.demo_real_pairs == "ludb" else args.demo_real_pairs
             add_real_training_pairs(target, dataset_dir, real_dir, args.demo_real_repeats)
+        settings_file.write_text(json.dumps(real_pairs))
         logger.info(f"Demo corpus prepared in {dataset_dir} ({time.perf_counter() - started:.0f} s)")
     return str(dataset_dir)
 
@@ -825,6 +829,13 @@ def full_parameters(accelerator: Accelerator, model):
 
 
 @torch.no_grad()
+def stack_losses(outputs) -> torch.Tensor:
+    """The LOSS_NAMES values of a forward pass, detached; 0 for an objective it did not compute
+    (MEM when the ECG is not masked: `ecg_config.mask_ratio=0`)."""
+    zero = outputs["loss"].detach().new_zeros(())
+    return torch.stack([outputs[name].detach() if outputs.get(name) is not None else zero for name in LOSS_NAMES])
+
+
 def evaluate(
     accelerator: Accelerator,
     model,
