@@ -828,7 +828,6 @@ def full_parameters(accelerator: Accelerator, model):
             yield
 
 
-@torch.no_grad()
 def stack_losses(outputs) -> torch.Tensor:
     """The LOSS_NAMES values of a forward pass, detached; 0 for an objective it did not compute
     (MEM when the ECG is not masked: `ecg_config.mask_ratio=0`)."""
@@ -836,6 +835,7 @@ def stack_losses(outputs) -> torch.Tensor:
     return torch.stack([outputs[name].detach() if outputs.get(name) is not None else zero for name in LOSS_NAMES])
 
 
+@torch.no_grad()
 def evaluate(
     accelerator: Accelerator,
     model,
