@@ -96,6 +96,9 @@ def test_killed_mid_run_leave_the_old_file_intact(model_folder, records, tmp_pat
         process = subprocess.Popen(
             [sys.executable, "-c", SLOW_CLI, str(marker), *make_args(records, model_folder, folder / output_name)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            # A shell starts background jobs with SIGINT ignored, and the child would inherit that
+            # (Ctrl-C then rightly does nothing): give it the default disposition, as in a terminal.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         runs[name] = (process, signum, folder, output_name, marker)
     for name, (process, signum, folder, output_name, marker) in runs.items():
@@ -109,7 +112,7 @@ def test_killed_mid_run_leave_the_old_file_intact(model_folder, records, tmp_pat
         if output_name.endswith(".csv"):
             assert partial[0].read_text().splitlines()[1].startswith("1,")  # the first batch was written
         process.send_signal(signum)
-        _, stderr = process.communicate(timeout=180)  # generous: CI machines may be loaded
+        _, stderr = process.communicate(timeout=60)
         assert (folder / output_name).read_bytes() == OLD, name
         if signum == signal.SIGINT:
             assert process.returncode == 130, stderr[-2000:]
