@@ -18,6 +18,7 @@ from dbeta.train.make_demo_corpus import (  # noqa: E402
     RHYTHM_NAMES,
     _write_wfdb,
     make_demo_corpus,
+    real_beat_library,
     simulate_ecg,
 )
 from dbeta.train.text import MIMIC_REPORT_COLUMNS  # noqa: E402
@@ -110,21 +111,23 @@ def _r_peaks(signal: np.ndarray) -> np.ndarray:
     return peaks
 
 
+@pytest.mark.parametrize("real_morphology", [False, True], ids=["dipole", "real_beats"])
 @pytest.mark.parametrize(
     ("rhythm", "low", "high"),
     [("sinus_bradycardia", 36, 60), ("sinus_rhythm", 58, 102), ("sinus_tachycardia", 99, 162)],
 )
-def test_heart_rate_is_visible(rhythm, low, high):
+def test_heart_rate_is_visible(rhythm, low, high, real_morphology):
     for seed in range(6):
-        ecg = simulate_ecg(np.random.default_rng(seed), [rhythm], ectopic_beats=0)
+        ecg = simulate_ecg(np.random.default_rng(seed), [rhythm], ectopic_beats=0, real_morphology=real_morphology)
         peaks = _r_peaks(ecg.signal)
         rate = 60.0 * 500 / np.median(np.diff(peaks))
         assert low <= rate <= high, (rhythm, rate)
 
 
-def test_atrial_fibrillation_is_irregular_and_sinus_is_not():
+@pytest.mark.parametrize("real_morphology", [False, True], ids=["dipole", "real_beats"])
+def test_atrial_fibrillation_is_irregular_and_sinus_is_not(real_morphology):
     def rr_variation(conditions, seed):
-        peaks = _r_peaks(simulate_ecg(np.random.default_rng(seed), conditions, ectopic_beats=0).signal)
+        peaks = _r_peaks(simulate_ecg(np.random.default_rng(seed), conditions, ectopic_beats=0, real_morphology=real_morphology).signal)
         rr = np.diff(peaks)
         return rr.std() / rr.mean()
 
@@ -165,10 +168,12 @@ def _lead(ecg, name):
     return ecg.signal[MIMIC_LEAD_ORDER.index(name)].astype(np.float64)
 
 
-def test_limb_leads_obey_einthoven_and_goldberger():
-    """Noise is added per electrode, so the lead relations hold exactly (up to float32) as in a real recording."""
+@pytest.mark.parametrize("real_morphology", [False, True], ids=["dipole", "real_beats"])
+def test_limb_leads_obey_einthoven_and_goldberger(real_morphology):
+    """Noise is added per electrode, so the lead relations hold exactly (up to float32) as in a real
+    recording; real beats (from per-lead normalised LUDB) are rebuilt from I, II, V1-V6, so they do too."""
     for seed in range(3):
-        ecg = simulate_ecg(np.random.default_rng(seed), lead_normalised=False, filtered=bool(seed % 2))
+        ecg = simulate_ecg(np.random.default_rng(seed), ["sinus_rhythm"], lead_normalised=False, filtered=bool(seed % 2), real_morphology=real_morphology)
         one, two, three = _lead(ecg, "I"), _lead(ecg, "II"), _lead(ecg, "III")
         np.testing.assert_allclose(three, two - one, atol=1e-5)
         np.testing.assert_allclose(_lead(ecg, "aVR"), -(one + two) / 2, atol=1e-5)
@@ -200,9 +205,10 @@ def test_sinus_p_wave_precedes_each_qrs_and_af_baseline_has_none():
                 bumps.append(window.max() - 0.5 * (window[0] + window[-1]))
         return float(np.median(bumps))
 
-    sinus = [pre_r_bump(simulate_ecg(np.random.default_rng(s), ["sinus_rhythm"], lead_normalised=False, ectopic_beats=0)) for s in range(6)]
-    af = [pre_r_bump(simulate_ecg(np.random.default_rng(s), ["atrial_fibrillation"], lead_normalised=False)) for s in range(6)]
-    assert np.median(sinus) > 2 * np.median(af)
+    for real in (False, True):
+        sinus = [pre_r_bump(simulate_ecg(np.random.default_rng(s), ["sinus_rhythm"], lead_normalised=False, ectopic_beats=0, real_morphology=real)) for s in range(6)]
+        af = [pre_r_bump(simulate_ecg(np.random.default_rng(s), ["atrial_fibrillation"], lead_normalised=False, real_morphology=real)) for s in range(6)]
+        assert np.median(sinus) > 2 * np.median(af), real
 
 
 def test_flutter_has_sawtooth_waves_at_atrial_rate_and_conducted_beats():
@@ -259,3 +265,71 @@ def test_atrial_fibrillation_rates_overlap_the_sinus_rates():
     rates = [simulate_ecg(np.random.default_rng(seed), ["atrial_fibrillation"]).heart_rate_bpm for seed in range(40)]
     assert 60 <= np.median(rates) <= 100
     assert np.mean([60 <= rate <= 100 for rate in rates]) > 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# Real beats (REAL_MORPHOLOGY_FRACTION of the records)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_real_beats_come_only_from_the_ludb_training_part():
+    from dbeta.train.real_ecg import load_ludb_eval_set, load_ludb_train_set
+
+    library = real_beat_library()
+    sources = {beat.record_id for beat in library}
+    assert len(library) >= 50
+    assert sources <= set(load_ludb_train_set().record_ids)
+    assert not sources & set(load_ludb_eval_set().record_ids)
+    training = load_ludb_train_set()
+    for beat in library:
+        rhythm = training.rhythms[training.record_ids.index(beat.record_id)]
+        assert rhythm.startswith("sinus") and "arrhythmia" not in rhythm  # regular sinus sources only
+
+
+def test_real_beat_record_carries_the_source_morphology():
+    """The QRS of a real-beat record is its source patient's: lead by lead it correlates with the
+    source's median beat far better than with another patient's."""
+    from dbeta.train.real_ecg import load_ludb_train_set
+
+    training = load_ludb_train_set()
+    ecg = simulate_ecg(np.random.default_rng(4), ["sinus_rhythm"], ectopic_beats=0, real_morphology=True, lead_normalised=False, filtered=False)
+    source = next(beat for beat in real_beat_library() if beat.record_id == ecg.real_beat_record)
+    other = next(beat for beat in real_beat_library() if beat.record_id != ecg.real_beat_record)
+    window = slice(int(0.23 * 500), int(0.37 * 500))  # -50..+90 ms around R in the beat template
+
+    def qrs_correlation(beat):
+        leads = [MIMIC_LEAD_ORDER.index(name) for name in ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")]
+        correlations = []
+        for r in ecg.r_peaks_s[1:-1]:
+            start = int(round(r * 500)) - int(0.28 * 500)
+            segment = ecg.signal[leads, start + window.start : start + window.stop]
+            template = beat.ventricular[:, window]
+            correlations.append(np.mean([np.corrcoef(a, b)[0, 1] for a, b in zip(segment, template)]))
+        return float(np.median(correlations))
+
+    assert qrs_correlation(source) > 0.9
+    assert qrs_correlation(source) > qrs_correlation(other) + 0.1
+    assert training.record_ids.index(ecg.real_beat_record) >= 0
+
+
+def test_real_beat_st_t_follows_the_rate():
+    beat = real_beat_library()[0]
+    slow, fast = beat.ventricular_at(1.5 * beat.rr_s), beat.ventricular_at(0.5 * beat.rr_s)
+    assert fast.shape[1] < beat.ventricular.shape[1] < slow.shape[1]
+    qrs = slice(0, int((0.28 + 0.08) * 500))  # up to the end of the QRS: unchanged
+    np.testing.assert_allclose(fast[:, qrs], beat.ventricular[:, qrs])
+
+
+def test_real_beat_reports_state_only_the_rhythm_and_axis():
+    seen = 0
+    for seed in range(60):
+        ecg = simulate_ecg(np.random.default_rng(seed))
+        if ecg.real_beat_record is None:
+            continue
+        seen += 1
+        assert set(ecg.conditions) <= set(RHYTHM_CONDITIONS) | {"ventricular_extrasystoles"}
+        text = " ".join(ecg.report_lines).lower()
+        assert "bundle branch block" not in text and "low qrs" not in text and "inverted t" not in text
+    assert 15 <= seen <= 45  # REAL_MORPHOLOGY_FRACTION = 0.5 of 60
+    with pytest.raises(ValueError, match="real beat has its own morphology"):
+        simulate_ecg(np.random.default_rng(0), ["sinus_rhythm", "left_bundle_branch_block"], real_morphology=True)

@@ -24,6 +24,12 @@ cardiac dipole ("heart vector") model:
 * **Amplitude variability.** A share of the records (:data:`LEAD_NORMALISED_FRACTION`) has every
   lead scaled to 1 mV peak-to-peak, as some exports (LUDB v1.0.1) are; the model must not rely on
   absolute amplitude alone.
+* **Real beats.** In half of the records (:data:`REAL_MORPHOLOGY_FRACTION`) the P wave and the
+  QRS-T complex are not Gaussians but the median beat of a real patient: one of the regular sinus
+  records of the vendored LUDB *training* part (:func:`real_beat_library`; the evaluation patients
+  are never used), split in the PR segment, with its ST-T stretched to the simulated RR interval
+  (Bazett). The rhythm (beat times, P waves or f/F waves, ectopics) and the noise are simulated as
+  above, so the labels stay exact while the morphology is real.
 
 The conditions in :data:`DEMO_CONDITIONS` change the signal as a cardiologist would see them,
 and the report states what was simulated, in the phrasing of MIMIC-IV-ECG machine statements or
@@ -50,8 +56,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +119,12 @@ ECTOPIC_FRACTION = 0.12
 FILTERED_FRACTION = 0.5
 #: Share of records with every lead scaled to 1 mV peak-to-peak (as LUDB v1.0.1 is published).
 LEAD_NORMALISED_FRACTION = 0.5
+#: Share of records whose beats are real: the P wave and QRS-T complex are one patient's median
+#: beat from the vendored LUDB training part (never from the evaluation part), re-timed to the
+#: simulated rhythm. The dipole model alone gives every patient the same few Gaussian waves; real
+#: morphology (notched, fragmented, low or tall complexes, real ST-T) is what a model reads on real
+#: ECGs, so it must learn the rhythm through it.
+REAL_MORPHOLOGY_FRACTION = 0.5
 #: Share of reports written in LUDB's cardiologist style instead of the machine style.
 CARDIOLOGIST_STYLE_FRACTION = 0.3
 #: Share of machine-style reports without the closing "Normal/Borderline/Abnormal ECG" statement.
@@ -221,6 +235,8 @@ class SimulatedECG:
     r_peaks_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
     has_p_waves: bool = True
     lead_normalised: bool = False
+    #: The LUDB training record whose median beat the record is built from (None: the dipole model).
+    real_beat_record: str | None = None
 
 
 def _rotation(axis: int, angle_radians: float) -> np.ndarray:
@@ -420,6 +436,116 @@ def _electrode_noise(rng: np.random.Generator, num_samples: int) -> np.ndarray:
     return noise
 
 
+# --------------------------------------------------------------------------------------------
+# Real beats (REAL_MORPHOLOGY_FRACTION of the records)
+# --------------------------------------------------------------------------------------------
+
+#: Median-beat window around the R peak (s): from before the P wave to after the T wave.
+_REAL_BEAT_START_S = -0.28
+_REAL_BEAT_END_S = 0.5
+#: The P wave ends and the QRS starts in the PR segment; the beat is split there with a short
+#: cross-fade (isoelectric, so the split adds nothing).
+_REAL_SPLIT_S = (-0.07, -0.05)
+#: Past the QRS, the ST-T segment is stretched with the RR interval (Bazett) when re-timed.
+_REAL_QRS_END_S = 0.08
+#: Source records: regular (RR coefficient of variation below this) sinus rhythms slow enough that
+#: the window holds one beat, without a paced rhythm or a complete bundle branch block.
+_REAL_SOURCE_MAX_RR_CV = 0.12
+_REAL_SOURCE_MIN_RR_S = 0.72
+#: Complete bundle branch blocks are excluded because the demo reports them (a real beat's report
+#: states only the simulated rhythm and the source's axis).
+_REAL_SOURCE_EXCLUDE = re.compile(r"pacing|complete (left|right) bundle branch block|iii degree", re.IGNORECASE)
+#: LUDB's axis statement -> a representative frontal QRS axis (degrees) for the report.
+_LUDB_AXIS_DEGREES = {"left axis deviation": -45.0, "right axis deviation": 110.0, "horizontal": 10.0, "vertical": 80.0, "normal": 50.0}
+#: The eight independent leads (I, II, V1-V6) of LUDB's lead order, from which the electrodes follow.
+_LUDB_INDEPENDENT_LEADS = (0, 1, 6, 7, 8, 9, 10, 11)
+
+
+@dataclass(frozen=True)
+class RealBeat:
+    """One real patient's median beat in the eight independent leads (I, II, V1-V6), split into
+    the atrial part (the P wave) and the ventricular part (QRS-T); sample 0 is `_REAL_BEAT_START_S`."""
+
+    record_id: str
+    atrial: np.ndarray  # (8, W)
+    ventricular: np.ndarray  # (8, W)
+    rr_s: float
+    axis_degrees: float
+    qrs_duration_ms: float
+
+    def ventricular_at(self, rr_s: float) -> np.ndarray:
+        """The QRS-T part with its ST-T segment stretched to another RR interval (QT ~ sqrt(RR))."""
+        factor = float(np.clip(np.sqrt(rr_s / self.rr_s), 0.65, 1.35))
+        source_s = _REAL_BEAT_START_S + np.arange(self.ventricular.shape[1]) / SAMPLING_RATE
+        end_s = _REAL_QRS_END_S + (source_s[-1] - _REAL_QRS_END_S) * factor
+        target_s = _REAL_BEAT_START_S + np.arange(int(round((end_s - _REAL_BEAT_START_S) * SAMPLING_RATE)) + 1) / SAMPLING_RATE
+        lookup_s = np.where(target_s <= _REAL_QRS_END_S, target_s, _REAL_QRS_END_S + (target_s - _REAL_QRS_END_S) / factor)
+        return np.stack([np.interp(lookup_s, source_s, row) for row in self.ventricular])
+
+
+def _r_peaks(signal: np.ndarray) -> np.ndarray:
+    """R-peak sample indices of a 12-lead 500 Hz record: maxima of the 5-25 Hz energy summed over leads."""
+    from scipy.signal import butter, find_peaks, sosfiltfilt
+
+    energy = (sosfiltfilt(butter(2, (5.0, 25.0), "band", fs=SAMPLING_RATE, output="sos"), signal, axis=-1) ** 2).sum(axis=0)
+    peaks, _ = find_peaks(energy / energy.max(), height=0.15, distance=int(0.25 * SAMPLING_RATE))
+    return peaks
+
+
+def _median_beat(record_id: str, signal: np.ndarray, report: str) -> RealBeat | None:
+    """The median beat of a regular record, baseline-corrected and tapered; None if unsuitable."""
+    peaks = _r_peaks(signal)
+    rr = np.diff(peaks) / SAMPLING_RATE
+    if rr.size < 4 or rr.std() / rr.mean() > _REAL_SOURCE_MAX_RR_CV or np.median(rr) < _REAL_SOURCE_MIN_RR_S:
+        return None
+    before, after = int(-_REAL_BEAT_START_S * SAMPLING_RATE), int(_REAL_BEAT_END_S * SAMPLING_RATE)
+    beats = [signal[:, peak - before : peak + after] for peak in peaks if peak >= before and peak + after <= signal.shape[1]]
+    if len(beats) < 3:
+        return None
+    beat = np.median(np.stack(beats), axis=0)[list(_LUDB_INDEPENDENT_LEADS)].astype(np.float64)
+    # Baseline: a straight line through the isoelectric ends (before the P wave, after the T wave).
+    edge = int(0.02 * SAMPLING_RATE)
+    ramp = np.linspace(0.0, 1.0, beat.shape[1])
+    start_level, end_level = beat[:, :edge].mean(axis=1, keepdims=True), beat[:, -edge:].mean(axis=1, keepdims=True)
+    beat -= start_level + (end_level - start_level) * ramp
+    taper = np.ones(beat.shape[1])
+    taper[:edge] = np.sin(np.linspace(0.0, np.pi / 2, edge)) ** 2
+    taper[-edge:] = taper[:edge][::-1]
+    beat *= taper
+    time_s = _REAL_BEAT_START_S + np.arange(beat.shape[1]) / SAMPLING_RATE
+    ventricular_weight = np.clip((time_s - _REAL_SPLIT_S[0]) / (_REAL_SPLIT_S[1] - _REAL_SPLIT_S[0]), 0.0, 1.0)
+    axis = next((degrees for name, degrees in _LUDB_AXIS_DEGREES.items() if f"electric axis of the heart: {name}" in report.lower()), 50.0)
+    # QRS duration: where the slope (summed over leads) stays above 10 % of its peak near R.
+    slope = np.abs(np.diff(beat, axis=1)).sum(axis=0)
+    near_r = np.abs(time_s[1:]) < 0.1
+    qrs_samples = int(np.count_nonzero(near_r & (slope > 0.1 * slope[near_r].max())))
+    return RealBeat(record_id, beat * (1.0 - ventricular_weight), beat * ventricular_weight, float(np.median(rr)), axis, 1000.0 * qrs_samples / SAMPLING_RATE)
+
+
+@functools.lru_cache(maxsize=1)
+def real_beat_library() -> tuple[RealBeat, ...]:
+    """The median beats of the vendored LUDB training part's regular sinus records (patients that
+    are never in the real evaluation set: `dbeta.train.real_ecg.load_ludb_train_set` checks it)."""
+    from dbeta.train.real_ecg import load_ludb_train_set
+
+    records = load_ludb_train_set()
+    library = []
+    for record_id, signal, report, rhythm in zip(records.record_ids, records.signals, records.reports, records.rhythms):
+        if rhythm.startswith("sinus") and "arrhythmia" not in rhythm and not _REAL_SOURCE_EXCLUDE.search(report):
+            beat = _median_beat(record_id, np.asarray(signal, dtype=np.float64), report)
+            if beat is not None:
+                library.append(beat)
+    return tuple(library)
+
+
+def _independent_leads_to_electrodes(leads: np.ndarray) -> np.ndarray:
+    """Electrode potentials (9, N) relative to Wilson's terminal from I, II, V1-V6 (8, N): the
+    limb leads then obey Einthoven/Goldberger exactly, whatever the source did."""
+    lead_i, lead_ii = leads[0], leads[1]
+    right_arm = -(lead_i + lead_ii) / 3.0
+    return np.stack([right_arm, right_arm + lead_i, right_arm + lead_ii, *leads[2:]])
+
+
 _RHYTHM_STATEMENTS: dict[str, list[tuple[str, float]]] = {
     # (statement, weight); rate-dependent variants are chosen in `_rhythm_statement`.
     "sinus_rhythm": [("Sinus rhythm", 0.6), ("Normal sinus rhythm", 0.4)],
@@ -522,6 +648,7 @@ def simulate_ecg(
     lead_normalised: bool | None = None,
     ectopic_beats: int | None = None,
     filtered: bool | None = None,
+    real_morphology: bool | None = None,
 ) -> SimulatedECG:
     """Simulate one 10 s 12-lead ECG (mV, MIMIC lead order) with the given (or random) conditions.
 
@@ -529,8 +656,19 @@ def simulate_ecg(
     by default a random :data:`LEAD_NORMALISED_FRACTION` of the records are scaled. `ectopic_beats`
     sets the number of premature ventricular complexes of a sinus rhythm (default: 1-2 in a random
     :data:`ECTOPIC_FRACTION` of them), `filtered` the cart-like band-limiting (default: random).
+    `real_morphology` takes the beats from :func:`real_beat_library` (default: a random
+    :data:`REAL_MORPHOLOGY_FRACTION` of the records with random conditions); such a record has no
+    simulated morphology finding, and its report states the source patient's axis.
     """
-    conditions = list(conditions) if conditions is not None else _sample_conditions(rng)
+    if real_morphology is None:
+        real_morphology = conditions is None and bool(rng.random() < REAL_MORPHOLOGY_FRACTION)
+    if conditions is None:
+        conditions = _sample_conditions(rng)
+        if real_morphology:
+            conditions = [key for key in conditions if key in RHYTHM_CONDITIONS]
+    conditions = list(conditions)
+    if real_morphology and any(key in MORPHOLOGY_PROBABILITIES for key in conditions):
+        raise ValueError(f"A real beat has its own morphology: {conditions} cannot be simulated with real_morphology=True")
     rhythm = next(key for key in conditions if key in RHYTHM_CONDITIONS)
     duration_s = NUM_SAMPLES / SAMPLING_RATE
     total = NUM_SAMPLES + int(2 * _PAD_S * SAMPLING_RATE)
@@ -560,6 +698,7 @@ def simulate_ecg(
         beats_s = _sinus_beats(rng, rate, duration_s, depth)
     mean_rr = float(np.median(np.diff(beats_s)))
     morphology = _morphology(rng, conditions, mean_rr)
+    real_beat = real_beat_library()[int(rng.integers(len(real_beat_library())))] if real_morphology else None
 
     heart_vector = atrial
     offset = -int(_TEMPLATE_START_S * SAMPLING_RATE)
@@ -576,17 +715,27 @@ def simulate_ecg(
         beats_s = np.delete(beats_s, chosen)
         _place(heart_vector, _pvc_template(rng, mean_rr), ectopic_times, offset, np.ones(ectopic_times.size))
         conditions = conditions + ["ventricular_extrasystoles"]
-    _place(heart_vector, morphology.template, beats_s, offset, rng.normal(1.0, 0.03, size=beats_s.size))
-    if has_p_waves:
-        width = int(0.1 * SAMPLING_RATE)
-        p_time = (np.arange(2 * width + 1) - width) / SAMPLING_RATE
-        p_shape = _gaussian(p_time, -0.25 * morphology.p_width_s, morphology.p_width_s) + 0.8 * _gaussian(p_time, 0.9 * morphology.p_width_s, morphology.p_width_s)
-        p_template = morphology.p_vector[:, None] * p_shape[None] / 1.1
-        _place(heart_vector, p_template, beats_s - morphology.pr_interval_s, width, rng.normal(1.0, 0.03, size=beats_s.size))
+    real_leads = np.zeros((len(_LUDB_INDEPENDENT_LEADS), total))
+    if real_beat is not None:
+        # LUDB scales every lead to 1 peak-to-peak: a patient gain and a gain per lead give the
+        # amplitudes back their variety (the limb leads stay consistent, see below).
+        gains = rng.lognormal(np.log(1.2), 0.3) * rng.lognormal(0.0, 0.2, size=(len(_LUDB_INDEPENDENT_LEADS), 1))
+        real_offset = int(-_REAL_BEAT_START_S * SAMPLING_RATE)
+        _place(real_leads, gains * real_beat.ventricular_at(mean_rr), beats_s, real_offset, rng.normal(1.0, 0.03, size=beats_s.size))
+        if has_p_waves:
+            _place(real_leads, gains * real_beat.atrial, beats_s, real_offset, rng.normal(1.0, 0.03, size=beats_s.size))
+    else:
+        _place(heart_vector, morphology.template, beats_s, offset, rng.normal(1.0, 0.03, size=beats_s.size))
+        if has_p_waves:
+            width = int(0.1 * SAMPLING_RATE)
+            p_time = (np.arange(2 * width + 1) - width) / SAMPLING_RATE
+            p_shape = _gaussian(p_time, -0.25 * morphology.p_width_s, morphology.p_width_s) + 0.8 * _gaussian(p_time, 0.9 * morphology.p_width_s, morphology.p_width_s)
+            p_template = morphology.p_vector[:, None] * p_shape[None] / 1.1
+            _place(heart_vector, p_template, beats_s - morphology.pr_interval_s, width, rng.normal(1.0, 0.03, size=beats_s.size))
     beats_s = np.sort(np.concatenate([beats_s, ectopic_times]))
     del sinus_beats
 
-    electrodes = _heart_vector_to_electrodes(heart_vector, rng) + _electrode_noise(rng, total)
+    electrodes = _heart_vector_to_electrodes(heart_vector, rng) + _independent_leads_to_electrodes(real_leads) + _electrode_noise(rng, total)
     if filtered is None:
         filtered = bool(rng.random() < FILTERED_FRACTION)
     if filtered:  # the same linear filter on every electrode keeps the lead relations
@@ -602,17 +751,19 @@ def simulate_ecg(
     if lead_normalised:
         signal = signal / np.maximum(np.ptp(signal, axis=1, keepdims=True), 1e-6)
     inside = beats_s[(beats_s >= 0) & (beats_s < duration_s)]
+    axis_degrees = real_beat.axis_degrees if real_beat is not None else morphology.qrs_axis_degrees
     measured_rate = 60.0 / float(np.mean(np.diff(inside))) if inside.size > 1 else 60.0 / mean_rr
     return SimulatedECG(
         signal=signal.astype(np.float32),
         conditions=conditions,
-        report_lines=_report_lines(rng, conditions, measured_rate, morphology.qrs_axis_degrees, conduction),
+        report_lines=_report_lines(rng, conditions, measured_rate, axis_degrees, conduction),
         heart_rate_bpm=measured_rate,
-        qrs_duration_ms=morphology.qrs_duration_ms,
-        qrs_axis_degrees=morphology.qrs_axis_degrees,
+        qrs_duration_ms=real_beat.qrs_duration_ms if real_beat is not None else morphology.qrs_duration_ms,
+        qrs_axis_degrees=axis_degrees,
         r_peaks_s=inside,
         has_p_waves=has_p_waves,
         lead_normalised=lead_normalised,
+        real_beat_record=real_beat.record_id if real_beat is not None else None,
     )
 
 
