@@ -24,7 +24,7 @@ cardiac dipole ("heart vector") model:
 * **Amplitude variability.** A share of the records (:data:`LEAD_NORMALISED_FRACTION`) has every
   lead scaled to 1 mV peak-to-peak, as some exports (LUDB v1.0.1) are; the model must not rely on
   absolute amplitude alone.
-* **Real beats.** In half of the records (:data:`REAL_MORPHOLOGY_FRACTION`) the P wave and the
+* **Real beats.** In 80 % of the records (:data:`REAL_MORPHOLOGY_FRACTION`) the P wave and the
   QRS-T complex are not Gaussians but the median beat of a real patient: one of the regular sinus
   records of the vendored LUDB *training* part (:func:`real_beat_library`; the evaluation patients
   are never used), split in the PR segment, with its ST-T stretched to the simulated RR interval
@@ -121,10 +121,12 @@ FILTERED_FRACTION = 0.5
 LEAD_NORMALISED_FRACTION = 0.5
 #: Share of records whose beats are real: the P wave and QRS-T complex are one patient's median
 #: beat from the vendored LUDB training part (never from the evaluation part), re-timed to the
-#: simulated rhythm. The dipole model alone gives every patient the same few Gaussian waves; real
-#: morphology (notched, fragmented, low or tall complexes, real ST-T) is what a model reads on real
-#: ECGs, so it must learn the rhythm through it.
-REAL_MORPHOLOGY_FRACTION = 0.5
+#: simulated rhythm. The dipole model alone gives every patient the same few Gaussian waves, and a
+#: model trained on it reads the rate of dipole beats only (its bradycardia score follows the rate
+#: with Spearman -0.68 on dipole records, -0.2 on real-beat ones and -0.09 on real ECGs). The
+#: rest keep the dipole model, which carries the simulated morphology findings (LBBB, low voltage,
+#: inverted T waves). 0.5 gave real macro AUROC 0.72 (seed 0), 0.8 gave 0.85 (README).
+REAL_MORPHOLOGY_FRACTION = 0.8
 #: Share of reports written in LUDB's cardiologist style instead of the machine style.
 CARDIOLOGIST_STYLE_FRACTION = 0.3
 #: Share of machine-style reports without the closing "Normal/Borderline/Abnormal ECG" statement.
