@@ -115,6 +115,8 @@ DEMO_NOTES = [
     "input-independent embeddings within the few minutes of the demo.",
     "Learning rate 1e-3 with a cosine schedule (5% warm-up), batch 32, 1500 steps, instead of 5e-5 tri-stage, "
     "batch 128, 300k steps.",
+    "A fixed ETS logit bias of -4 (the paper's is 0): about the log share of matched pairs in a batch of 32, so that "
+    "the negative pairs do not dominate the first steps.",
 ]
 PAPER_DEFAULTS = {
     "learning_rate": 5e-5,
@@ -492,6 +494,11 @@ def demo_model_config(tokenizer) -> DBetaConfig:
         # 0.02; ETS (no bias, unnormalised features) then settles in the constant "all pairs
         # negative" solution. A wider initialisation lets the demo leave it within minutes.
         initializer_range=0.05,
+        # A fixed prior on the ETS logits (the paper's is 0): about log(16 / 1024), the share of
+        # matched pairs among the 32 x 32 of a demo batch (half the texts are N3S negatives). At 0
+        # the many negative pairs dominate the first steps and some seeds collapse to
+        # input-independent embeddings; -4 raised seed 1's real macro AUROC from 0.57 to 0.73.
+        ets_logit_bias=-4.0,
     )
 
 
