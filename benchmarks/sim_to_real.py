@@ -9,7 +9,8 @@ per-label and macro AUROC, the simulated validation macro AUROC and ECG->report 
 run's `results.json`), and the wall-clock and CPU time of the training.
 
 Variants:
-  sim       the simulated corpus only (README command 1)
+  sim       the simulated corpus only (README command 1; 80 % of its ECGs are built from real median
+            beats of the LUDB training part, re-timed to simulated rhythms, but it has no real pair)
   sim+ludb  the simulated corpus plus the vendored LUDB training part (95 patients outside the
             evaluation set, with their cardiologists' diagnosis text; no download), each repeated
             `--real_repeats` times
