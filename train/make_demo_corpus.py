@@ -125,7 +125,8 @@ LEAD_NORMALISED_FRACTION = 0.5
 #: model trained on it reads the rate of dipole beats only (its bradycardia score follows the rate
 #: with Spearman -0.68 on dipole records, -0.2 on real-beat ones and -0.09 on real ECGs). The
 #: rest keep the dipole model, which carries the simulated morphology findings (LBBB, low voltage,
-#: inverted T waves). 0.5 gave real macro AUROC 0.72 (seed 0), 0.8 gave 0.85 (README).
+#: inverted T waves). On seed 0, 0.5 gave real macro AUROC 0.72 and 0.8 gave 0.85 (1 thread) / 0.76
+#: (2 threads); the README's sim-to-real table has every run.
 REAL_MORPHOLOGY_FRACTION = 0.8
 #: Share of reports written in LUDB's cardiologist style instead of the machine style.
 CARDIOLOGIST_STYLE_FRACTION = 0.3
