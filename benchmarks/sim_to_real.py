@@ -118,18 +118,14 @@ def rr_rule_baseline() -> dict:
     R peaks on the summed energy of the 12 leads, then rate and RR coefficient of variation (CV) as
     scores (bradycardia: -rate; tachycardia: rate; AF and flutter: CV; sinus rhythm: -|rate - 75| -
     100 CV). An upper reference for what the rhythm labels need, not a zero-shot model."""
-    from scipy.signal import butter, filtfilt, find_peaks
-
+    from dbeta.train.make_demo_corpus import detect_r_peaks
     from dbeta.train.metrics import multilabel_auroc
     from dbeta.train.real_ecg import LUDB_RHYTHM_LABELS, load_ludb_eval_set
 
     eval_set = load_ludb_eval_set()
-    b, a = butter(2, [5 / 250, 25 / 250], "band")
     rates, variation = [], []
     for signal in eval_set.signals:
-        energy = (filtfilt(b, a, signal, axis=-1) ** 2).sum(axis=0)
-        peaks, _ = find_peaks(energy / energy.max(), height=0.15, distance=125)
-        rr = np.diff(peaks) / eval_set.sampling_rate
+        rr = np.diff(detect_r_peaks(np.asarray(signal, dtype=np.float64))) / eval_set.sampling_rate
         rates.append(60.0 / np.median(rr))
         variation.append(rr.std() / rr.mean())
     rate, cv = np.array(rates), np.array(variation)

@@ -460,8 +460,8 @@ _REAL_SOURCE_MIN_RR_S = 0.72
 _REAL_SOURCE_EXCLUDE = re.compile(r"pacing|complete (left|right) bundle branch block|iii degree", re.IGNORECASE)
 #: LUDB's axis statement -> a representative frontal QRS axis (degrees) for the report.
 _LUDB_AXIS_DEGREES = {"left axis deviation": -45.0, "right axis deviation": 110.0, "horizontal": 10.0, "vertical": 80.0, "normal": 50.0}
-#: The eight independent leads (I, II, V1-V6) of LUDB's lead order, from which the electrodes follow.
-_LUDB_INDEPENDENT_LEADS = (0, 1, 6, 7, 8, 9, 10, 11)
+#: The eight independent leads, from which the electrodes (and so the other four leads) follow.
+_INDEPENDENT_LEADS = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
 
 
 @dataclass(frozen=True)
@@ -486,7 +486,7 @@ class RealBeat:
         return np.stack([np.interp(lookup_s, source_s, row) for row in self.ventricular])
 
 
-def _r_peaks(signal: np.ndarray) -> np.ndarray:
+def detect_r_peaks(signal: np.ndarray) -> np.ndarray:
     """R-peak sample indices of a 12-lead 500 Hz record: maxima of the 5-25 Hz energy summed over leads."""
     from scipy.signal import butter, find_peaks, sosfiltfilt
 
@@ -495,9 +495,10 @@ def _r_peaks(signal: np.ndarray) -> np.ndarray:
     return peaks
 
 
-def _median_beat(record_id: str, signal: np.ndarray, report: str) -> RealBeat | None:
-    """The median beat of a regular record, baseline-corrected and tapered; None if unsuitable."""
-    peaks = _r_peaks(signal)
+def _median_beat(record_id: str, signal: np.ndarray, report: str, independent: list[int]) -> RealBeat | None:
+    """The median beat of a regular 12-lead record in its independent leads (row indices
+    `independent`), baseline-corrected and tapered; None if unsuitable."""
+    peaks = detect_r_peaks(signal)
     rr = np.diff(peaks) / SAMPLING_RATE
     if rr.size < 4 or rr.std() / rr.mean() > _REAL_SOURCE_MAX_RR_CV or np.median(rr) < _REAL_SOURCE_MIN_RR_S:
         return None
@@ -505,7 +506,7 @@ def _median_beat(record_id: str, signal: np.ndarray, report: str) -> RealBeat | 
     beats = [signal[:, peak - before : peak + after] for peak in peaks if peak >= before and peak + after <= signal.shape[1]]
     if len(beats) < 3:
         return None
-    beat = np.median(np.stack(beats), axis=0)[list(_LUDB_INDEPENDENT_LEADS)].astype(np.float64)
+    beat = np.median(np.stack(beats), axis=0)[independent].astype(np.float64)
     # Baseline: a straight line through the isoelectric ends (before the P wave, after the T wave).
     edge = int(0.02 * SAMPLING_RATE)
     ramp = np.linspace(0.0, 1.0, beat.shape[1])
@@ -532,10 +533,11 @@ def real_beat_library() -> tuple[RealBeat, ...]:
     from dbeta.train.real_ecg import load_ludb_train_set
 
     records = load_ludb_train_set()
+    independent = [records.lead_names.index(name) for name in _INDEPENDENT_LEADS]
     library = []
     for record_id, signal, report, rhythm in zip(records.record_ids, records.signals, records.reports, records.rhythms):
         if rhythm.startswith("sinus") and "arrhythmia" not in rhythm and not _REAL_SOURCE_EXCLUDE.search(report):
-            beat = _median_beat(record_id, np.asarray(signal, dtype=np.float64), report)
+            beat = _median_beat(record_id, np.asarray(signal, dtype=np.float64), report, independent)
             if beat is not None:
                 library.append(beat)
     return tuple(library)
@@ -701,7 +703,10 @@ def simulate_ecg(
         beats_s = _sinus_beats(rng, rate, duration_s, depth)
     mean_rr = float(np.median(np.diff(beats_s)))
     morphology = _morphology(rng, conditions, mean_rr)
-    real_beat = real_beat_library()[int(rng.integers(len(real_beat_library())))] if real_morphology else None
+    real_beat = None
+    if real_morphology:
+        library = real_beat_library()
+        real_beat = library[int(rng.integers(len(library)))]
 
     heart_vector = atrial
     offset = -int(_TEMPLATE_START_S * SAMPLING_RATE)
@@ -718,11 +723,11 @@ def simulate_ecg(
         beats_s = np.delete(beats_s, chosen)
         _place(heart_vector, _pvc_template(rng, mean_rr), ectopic_times, offset, np.ones(ectopic_times.size))
         conditions = conditions + ["ventricular_extrasystoles"]
-    real_leads = np.zeros((len(_LUDB_INDEPENDENT_LEADS), total))
+    real_leads = np.zeros((len(_INDEPENDENT_LEADS), total))
     if real_beat is not None:
         # LUDB scales every lead to 1 peak-to-peak: a patient gain and a gain per lead give the
         # amplitudes back their variety (the limb leads stay consistent, see below).
-        gains = rng.lognormal(np.log(1.2), 0.3) * rng.lognormal(0.0, 0.2, size=(len(_LUDB_INDEPENDENT_LEADS), 1))
+        gains = rng.lognormal(np.log(1.2), 0.3) * rng.lognormal(0.0, 0.2, size=(len(_INDEPENDENT_LEADS), 1))
         real_offset = int(-_REAL_BEAT_START_S * SAMPLING_RATE)
         _place(real_leads, gains * real_beat.ventricular_at(mean_rr), beats_s, real_offset, rng.normal(1.0, 0.03, size=beats_s.size))
         if has_p_waves:
