@@ -107,6 +107,8 @@ DEMO_DEFAULTS = {
     "warmup_ratio": 0.05,
 }
 DEMO_NOTES = [
+    "The simulated corpus builds 80% of its ECGs from the median beats of 69 patients of the LUDB v1.0.1 training "
+    "part (ODC-By 1.0; none of the 65 real evaluation patients), re-timed to simulated rhythms; the reports are simulated.",
     "A 2.7M-parameter model (4 ECG layers, 2 T5 layers, 2 fusion layers, width 128) instead of 321M, "
     "with a T5 trained from scratch on an 834-token tokenizer instead of Flan-T5-base.",
     "Five stride-2 convolutions (156 ECG tokens of 32 samples) instead of four (312 tokens of 16 samples).",
