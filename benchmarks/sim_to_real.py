@@ -165,13 +165,13 @@ def real_linear_probe(model_folder: Path) -> dict:
     return {"macro": float(np.mean(list(per_label.values()))), "per_label": per_label}
 
 
-def _mean_sd(values: list[float]) -> str:
+def _mean_sd(values: list[float], digits: int = 3) -> str:
     values = [v for v in values if v is not None and not np.isnan(v)]
     if not values:
         return "n/a"
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
 def markdown(results: dict) -> str:
@@ -180,8 +180,8 @@ def markdown(results: dict) -> str:
                     key=lambda name: list(__import__("dbeta.train.real_ecg", fromlist=["x"]).LUDB_RHYTHM_LABELS).index(name))
     lines = ["| metric | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
 
-    def row(name, getter):
-        cells = [_mean_sd([getter(run) for run in results[v].values()]) for v in variants]
+    def row(name, getter, digits=3):
+        cells = [_mean_sd([getter(run) for run in results[v].values()], digits) for v in variants]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
     for label in labels:
@@ -189,6 +189,9 @@ def markdown(results: dict) -> str:
     row("**real macro AUROC**", lambda run: run["real"]["macro"])
     row("simulated validation macro AUROC", lambda run: run["simulated"].get("zero_shot_macro_auroc"))
     row("simulated ECG->report recall@1", lambda run: run["simulated"].get("ecg_to_text_recall@1"))
+    # Near 0: the pooled ECG embedding no longer depends on the input (a collapsed model), and its
+    # zero-shot AUROCs then rank floating-point noise rather than ECGs.
+    row("ECG embedding spread (simulated validation, mean per-dim sd; ~0 = collapsed)", lambda run: run["simulated"].get("ecg_embedding_std"), digits=4)
     if any("probe" in run for runs in results.values() for run in runs.values()):
         row("real LOO linear probe macro AUROC (diagnostic)", lambda run: run.get("probe", {}).get("macro"))
         row("real LOO linear probe AUROC atrial fibrillation", lambda run: run.get("probe", {}).get("per_label", {}).get("atrial fibrillation"))
