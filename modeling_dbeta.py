@@ -223,7 +223,7 @@ def sinusoid_position_table(num_positions: int, dim: int, device=None, dtype=tor
 # --------------------------------------------------------------------------------------------
 
 
-class DBetaFeatureExtractorLayer(nn.Module):
+class DBetaFeatureEncoderLayer(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, bias: bool, group_norm: bool):
         super().__init__()
         self.conv = nn.Conv1d(in_channels, out_channels, kernel_size=kernel, stride=stride, bias=bias)
@@ -256,14 +256,14 @@ class DBetaFeatureExtractorLayer(nn.Module):
         return F.gelu(hidden_states)
 
 
-class DBetaFeatureExtractor(nn.Module):
+class DBetaFeatureEncoder(nn.Module):
     """Strided 1-D convolutions over the raw leads: (batch, leads, samples) -> (batch, tokens, channels)."""
 
     def __init__(self, config: DBetaECGConfig):
         super().__init__()
         in_channels = [config.num_leads] + config.conv_dim[:-1]
         self.conv_layers = nn.ModuleList(
-            DBetaFeatureExtractorLayer(c_in, c_out, k, s, config.conv_bias, group_norm=(i == 0))
+            DBetaFeatureEncoderLayer(c_in, c_out, k, s, config.conv_bias, group_norm=(i == 0))
             for i, (c_in, c_out, k, s) in enumerate(
                 zip(in_channels, config.conv_dim, config.conv_kernel, config.conv_stride)
             )
@@ -385,7 +385,7 @@ class DBetaECGTransformer(nn.Module):
     def __init__(self, config: DBetaECGConfig):
         super().__init__()
         self.config = config
-        self.feature_extractor = DBetaFeatureExtractor(config)
+        self.feature_extractor = DBetaFeatureEncoder(config)  # the original checkpoint's parameter name
         self.feature_projection = DBetaFeatureProjection(config)
         self.pos_conv_embed = DBetaPositionalConvEmbedding(config)
         self.class_embedding = nn.Parameter(torch.empty(config.hidden_size))
@@ -623,7 +623,7 @@ class DBetaPreTrainedModel(PreTrainedModel):
             # g = ||v|| per kernel tap, so the initial weight equals v (as torch's weight_norm does).
             init.copy_(conv.parametrizations.weight.original0, direction.norm(dim=(0, 1), keepdim=True))
             init.zeros_(conv.bias)
-        elif isinstance(module, DBetaFeatureExtractorLayer):
+        elif isinstance(module, DBetaFeatureEncoderLayer):
             init.kaiming_normal_(module.conv.weight)
             if module.conv.bias is not None:
                 init.zeros_(module.conv.bias)

@@ -38,7 +38,7 @@ def normalize_label_text(text: str) -> str:
 
     Lower-case, trim, `"ekg"` -> `"ecg"`, then strip `"* "`, `"=-"` and `"="` from both ends. The
     original zero-shot protocol also lower-cases the label descriptions. (Same rule as
-    `dbeta.train.text.normalize_report`; repeated here because Hub files must be self-contained.)
+    `dbeta.text.normalize_report`; repeated here because Hub files must be self-contained.)
     """
     text = text.lower().strip().replace("ekg", "ecg")
     return text.strip("* ").strip("=-").strip("=")

@@ -587,10 +587,7 @@ def read_wfdb_record(path: Union[str, os.PathLike], max_duration: Optional[float
     if digital.shape[1] == 0:
         raise ValueError(f"{header_path}: the record has no samples")
 
-    metadata = {"name": header.record_name, "comments": list(header.comments)}
-    metadata.update(_parse_header_comments(header.comments))
-    metadata["units"] = [spec.units for spec in header.signals]
-    metadata["total_samples"] = int(total_samples)
+    metadata = _record_metadata(header, total_samples)
     return ECGRecord(
         signal=_to_millivolts(digital, header.signals, header_path),
         lead_names=[spec.description for spec in header.signals],
@@ -649,10 +646,14 @@ def _check_dat_file_sizes(header_path: Path, header: _WFDBHeader, paths: dict[st
     return implied.pop() if implied else None
 
 
-def _read_wfdb_dat(
-    base: Path, header_path: Path, header: _WFDBHeader, max_samples: Optional[int]
-) -> tuple[np.ndarray, int]:
-    """Digital samples (num_signals, samples read) of a WFDB record, decoded by `wfdb`, and its length."""
+def _open_wfdb_dat(base: Path, header_path: Path, header: _WFDBHeader):
+    """The checks every read of a WFDB `.dat` record passes, whole or window by window (one contract):
+    each signal file lies inside the header's folder, `wfdb`'s own parse of the header names the same
+    files and signal count as ours (it, not we, opens them), and the file sizes agree with the header.
+
+    Returns:
+        `(wfdb module, length the files imply or None)`.
+    """
     try:
         import wfdb  # lazy: only file reading needs it
     except ImportError as error:
@@ -670,8 +671,24 @@ def _read_wfdb_dat(
             paths[name] = _signal_file_inside(header_path.parent, name, header_path)
     if list(dict.fromkeys(wfdb_header.file_name or [])) != file_names or wfdb_header.n_sig != header.num_signals:
         raise ValueError(f"Cannot read WFDB record {base}: its header is ambiguous ({header_path})")
+    return wfdb, _check_dat_file_sizes(header_path, header, paths)
 
-    total_samples = _check_dat_file_sizes(header_path, header, paths)
+
+def _record_metadata(header: _WFDBHeader, total_samples: int) -> dict:
+    """`ECGRecord.metadata` of a WFDB record (the same for a whole read and for its windows)."""
+    metadata = {"name": header.record_name, "comments": list(header.comments)}
+    metadata.update(_parse_header_comments(header.comments))
+    metadata["units"] = [spec.units for spec in header.signals]
+    metadata["total_samples"] = int(total_samples)
+    return metadata
+
+
+def _read_wfdb_dat(
+    base: Path, header_path: Path, header: _WFDBHeader, max_samples: Optional[int]
+) -> tuple[np.ndarray, int]:
+    """Digital samples (num_signals, samples read) of a WFDB record, decoded by `wfdb`, and its length."""
+    wfdb, total_samples = _open_wfdb_dat(base, header_path, header)
+    file_names = list(dict.fromkeys(spec.file_name for spec in header.signals))
     sampto = None
     # Read only the start from disk. `wfdb` (4.3) cannot take `sampto` for a header without the
     # record length: such records are read whole.
@@ -960,24 +977,18 @@ def _iter_wfdb_dat_windows(path, window_seconds: float, stride_seconds: float):
     file_names = list(dict.fromkeys(spec.file_name for spec in header.signals))
     if header.num_samples is None or any(name.lower().endswith(".mat") for name in file_names):
         return None
-    paths = {name: _signal_file_inside(header_path.parent, name, header_path) for name in file_names}
-    total_samples = _check_dat_file_sizes(header_path, header, paths)
+    # The same checks as a whole read (`read_wfdb_record`): files inside the folder, wfdb's header
+    # parse agreeing with ours, file sizes agreeing with the header.
+    wfdb, total_samples = _open_wfdb_dat(base, header_path, header)
     if total_samples is not None and total_samples != header.num_samples:
         raise ValueError(
             f"{header_path}: header declares {header.num_samples} samples, the files hold {total_samples}"
         )
-    try:
-        import wfdb  # lazy: only file reading needs it
-    except ImportError as error:
-        raise ImportError("Reading WFDB .dat files needs `wfdb` (pip install wfdb)") from error
 
     rate = float(header.sampling_rate)
     window = max(1, int(round(window_seconds * rate)))
     stride = max(1, int(round(stride_seconds * rate)))
-    metadata = {"name": header.record_name, "comments": list(header.comments)}
-    metadata.update(_parse_header_comments(header.comments))
-    metadata["units"] = [spec.units for spec in header.signals]
-    metadata["total_samples"] = int(header.num_samples)
+    metadata = _record_metadata(header, header.num_samples)
     names = [spec.description for spec in header.signals]
 
     starts = _window_starts(header.num_samples, window, stride)

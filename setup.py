@@ -7,6 +7,9 @@ the training/evaluation library are installed under the `dbeta` namespace.
 from setuptools import setup
 
 HUB_MODULES = ["configuration_dbeta", "modeling_dbeta", "processing_dbeta", "pipeline_dbeta"]
+# train/ holds one folder per job; each is a subpackage of dbeta.train.
+TRAIN_JOBS = ["pretraining", "demo", "data", "evaluation", "conversion"]
+READER_REQUIREMENTS = ["wfdb>=4.1", "h5py>=3.8", "pyarrow>=14", "matplotlib>=3.7"]
 ONNX_REQUIREMENTS = ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"]
 
 setup(
@@ -18,11 +21,12 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     py_modules=HUB_MODULES,
-    packages=["dbeta", "dbeta.train"],
-    package_dir={"dbeta": "dbeta", "dbeta.train": "train"},
+    packages=["dbeta", "dbeta.train", *(f"dbeta.train.{job}" for job in TRAIN_JOBS)],
+    package_dir={"dbeta": "dbeta", "dbeta.train": "train", **{f"dbeta.train.{job}": f"train/{job}" for job in TRAIN_JOBS}},
     package_data={
         "dbeta": ["label_descriptions.json", "assets/*", "assets/*/*"],
-        "dbeta.train": ["resources/*", "configs/*"],
+        "dbeta.train": ["configs/*"],
+        "dbeta.train.evaluation": ["resources/*"],
     },
     include_package_data=True,
     install_requires=[
@@ -36,16 +40,17 @@ setup(
         "scipy>=1.10",
     ],
     extras_require={
+        # Inference (`dbeta embed / classify / report`, the pipeline on files): the record readers
+        # (wfdb, which brings pandas; h5py), Parquet output and the report picture. Nothing here
+        # trains; `tests/test_inference_dependencies.py` runs the commands without the train extra.
+        "readers": READER_REQUIREMENTS,
         "train": [
+            *READER_REQUIREMENTS,
             "accelerate>=1.0",
             "datasets>=3.0",
-            "wfdb>=4.1",
-            "h5py>=3.8",
             "scikit-learn>=1.3",
             "pandas>=2.0",
-            "pyarrow>=14",
             "tensorboard>=2.14",
-            "matplotlib>=3.7",
             "tqdm>=4.60",
         ],
         # ONNX export (`dbeta export-onnx`) and onnxruntime inference; onnxruntime alone runs the

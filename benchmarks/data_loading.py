@@ -4,7 +4,7 @@
     python benchmarks/data_loading.py [--num_records 400] [--num_batches 40] [--default_batch_size 8] [--threads N] [--quick]
 
 In one run it writes a simulated demo corpus (`make_demo_corpus`) in a temporary folder, prepares
-it (`prepare_mimic_iv_ecg`, through `pretrain.prepare_demo_dataset`), builds the N3S cache, the
+it (`prepare_mimic_iv_ecg`, through `dbeta.train.demo.recipe.prepare_demo_dataset`), builds the N3S cache, the
 pre-training collator, the sampler and the `DataLoader` exactly as `train/pretrain.py` does, and
 measures:
 
@@ -18,7 +18,7 @@ measures:
   and MEM masking, `DBetaForPreTraining(...)(**batch).loss.backward()`, gradient clipping,
   AdamW step, zero_grad) on batches from that collator, after one warm-up step.
 
-for (a) the demo configuration the pretraining script uses (`pretrain.build_model` with the demo
+for (a) the demo configuration the pretraining script uses (`dbeta.train.pretraining.model.build_model` with the demo
 arguments: its small model, batch 32) and (b) the default published architecture
 (`DBetaConfig()`, batch `--default_batch_size`, a step or two: it is slow on CPU). The ratio
 loader/step above 1 means the loader keeps up with training; the two are measured one after the
@@ -51,7 +51,7 @@ def build_loader(train_rows, collator, batch_size: int, num_workers: int, seed: 
     """The training DataLoader as `pretrain.main` builds it (map-style, non-streaming path)."""
     from torch.utils.data import DataLoader
 
-    from dbeta.train.collator import EpochShuffleSampler
+    from dbeta.train.pretraining.collator import EpochShuffleSampler
 
     return DataLoader(
         train_rows,
@@ -90,7 +90,7 @@ def step_samples_per_second(model, batches: list, args, warmup: int, min_iterati
     """Samples/s of the training loop's step (without accelerate, which adds nothing on one CPU)."""
     import torch
 
-    from dbeta.train.pretrain import optimizer_parameter_groups, step_seed
+    from dbeta.train.pretraining.model import optimizer_parameter_groups, step_seed
 
     optimizer = torch.optim.AdamW(
         optimizer_parameter_groups(model, args.weight_decay),
@@ -142,10 +142,13 @@ def main(argv=None):
     from transformers import AutoTokenizer
 
     from configuration_dbeta import DBetaConfig
-    from dbeta.train.collator import DBetaPretrainingCollator, IndexedDataset, PretrainingBatchSettings
-    from dbeta.train.n3s import N3SSettings, default_cache_dir, load_or_build_n3s_index
-    from dbeta.train.build_demo_tokenizer import DEMO_TOKENIZER_DIR
-    from dbeta.train.pretrain import build_model, load_splits, parse_args, prepare_demo_dataset
+    from dbeta.train.pretraining.collator import DBetaPretrainingCollator, IndexedDataset, PretrainingBatchSettings
+    from dbeta.train.pretraining.n3s import N3SSettings, default_cache_dir, load_or_build_n3s_index
+    from dbeta.train.demo.build_demo_tokenizer import DEMO_TOKENIZER_DIR
+    from dbeta.train.demo.recipe import prepare_demo_dataset
+    from dbeta.train.pretraining.args import parse_args
+    from dbeta.train.pretraining.data import load_splits
+    from dbeta.train.pretraining.model import build_model
     from modeling_dbeta import DBetaForPreTraining
 
     torch.set_num_threads(options.threads)

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dbeta.train.make_demo_corpus import DEMO_CONDITIONS, simulate_ecg  # noqa: E402
+from dbeta.train.demo.make_demo_corpus import DEMO_CONDITIONS, simulate_ecg  # noqa: E402
 
 LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 

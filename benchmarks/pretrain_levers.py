@@ -58,8 +58,8 @@ def build_config(name: str, keep_dropout: bool):
     from configuration_dbeta import DBetaConfig
 
     if name == "demo":
-        from dbeta.train.build_demo_tokenizer import load_demo_tokenizer
-        from dbeta.train.pretrain import demo_model_config
+        from dbeta.train.demo.build_demo_tokenizer import load_demo_tokenizer
+        from dbeta.train.demo.recipe import demo_model_config
 
         config = demo_model_config(load_demo_tokenizer())
     elif name == "tiny":
@@ -127,9 +127,9 @@ def measure(setting: str, options: dict) -> dict:
     """One setting, in this process: warm-up pass (losses recorded), then `passes` timed passes."""
     import torch
 
-    from dbeta.train.collator import PretrainingBatchSettings
-    from dbeta.train.pretrain import optimizer_parameter_groups
-    from dbeta.train.speed_levers import build_adamw, compile_repeated_layers
+    from dbeta.train.pretraining.collator import PretrainingBatchSettings
+    from dbeta.train.pretraining.model import optimizer_parameter_groups
+    from dbeta.train.pretraining.speed_levers import build_adamw, compile_repeated_layers
     from modeling_dbeta import DBetaForPreTraining
 
     device = options["device"]

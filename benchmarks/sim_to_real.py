@@ -99,8 +99,8 @@ def pipeline_real_auroc(model_folder: Path) -> dict:
     """Per-label and macro AUROC on the vendored real set, through the public pipeline."""
     from transformers import pipeline
 
-    from dbeta.train.metrics import multilabel_auroc
-    from dbeta.train.real_ecg import LUDB_RHYTHM_LABELS, load_ludb_eval_set
+    from dbeta.train.evaluation.metrics import multilabel_auroc
+    from dbeta.train.demo.real_ecg import LUDB_RHYTHM_LABELS, load_ludb_eval_set
 
     eval_set = load_ludb_eval_set()
     scored = eval_set.scored_labels()
@@ -118,9 +118,9 @@ def rr_rule_baseline() -> dict:
     R peaks on the summed energy of the 12 leads, then rate and RR coefficient of variation (CV) as
     scores (bradycardia: -rate; tachycardia: rate; AF and flutter: CV; sinus rhythm: -|rate - 75| -
     100 CV). An upper reference for what the rhythm labels need, not a zero-shot model."""
-    from dbeta.train.make_demo_corpus import detect_r_peaks
-    from dbeta.train.metrics import multilabel_auroc
-    from dbeta.train.real_ecg import LUDB_RHYTHM_LABELS, load_ludb_eval_set
+    from dbeta.train.demo.make_demo_corpus import detect_r_peaks
+    from dbeta.train.evaluation.metrics import multilabel_auroc
+    from dbeta.train.demo.real_ecg import LUDB_RHYTHM_LABELS, load_ludb_eval_set
 
     eval_set = load_ludb_eval_set()
     rates, variation = [], []
@@ -148,7 +148,7 @@ def real_linear_probe(model_folder: Path) -> dict:
     from sklearn.preprocessing import StandardScaler
     from transformers import AutoModel, AutoProcessor
 
-    from dbeta.train.real_ecg import LUDB_RHYTHM_LABELS, load_ludb_eval_set
+    from dbeta.train.demo.real_ecg import LUDB_RHYTHM_LABELS, load_ludb_eval_set
 
     eval_set = load_ludb_eval_set()
     model = AutoModel.from_pretrained(str(model_folder), trust_remote_code=True).eval()
@@ -177,7 +177,7 @@ def _mean_sd(values: list[float], digits: int = 3) -> str:
 def markdown(results: dict) -> str:
     variants = list(results)
     labels = sorted({label for runs in results.values() for run in runs.values() for label in run["real"]["per_label"]},
-                    key=lambda name: list(__import__("dbeta.train.real_ecg", fromlist=["x"]).LUDB_RHYTHM_LABELS).index(name))
+                    key=lambda name: list(__import__("dbeta.train.demo.real_ecg", fromlist=["x"]).LUDB_RHYTHM_LABELS).index(name))
     lines = ["| metric | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
 
     def row(name, getter, digits=3):

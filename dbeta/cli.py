@@ -35,7 +35,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -43,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from dbeta.files import AtomicOutput
 
 logger = logging.getLogger("dbeta.cli")
 
@@ -61,38 +62,6 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-
-
-class AtomicOutput:
-    """A file written under a temporary name in the target's folder and renamed over the target by
-    `commit()`. Leaving the `with` block without `commit()` (an exception, an interrupt, or nothing
-    to write) removes the temporary file, so the target is either the complete new file or untouched."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        descriptor, name = tempfile.mkstemp(prefix=f"{self.path.name}.", suffix=".partial", dir=self.path.parent)
-        os.close(descriptor)
-        self.temporary = Path(name)
-        self.committed = False
-
-    def commit(self) -> None:
-        with open(self.temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.temporary, 0o666 & ~umask)  # mkstemp makes 0600; give the usual new-file mode
-        os.replace(self.temporary, self.path)
-        self.committed = True
-
-    def discard(self) -> None:
-        if not self.committed:
-            self.temporary.unlink(missing_ok=True)
-
-    def __enter__(self) -> AtomicOutput:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.discard()
 
 
 def check_output_path(option: str, path: str | os.PathLike) -> Path:
@@ -121,11 +90,6 @@ def check_model_argument(model: str) -> None:
             raise UsageError(f"--model {model}: no config.json in this folder (not a saved D-BETA model)")
     elif not _HUB_ID.match(model):
         raise UsageError(f"--model {model}: no such model folder (and not a Hub id of the form namespace/name)")
-
-
-def _one_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 @dataclass(frozen=True)
@@ -243,26 +207,14 @@ def _preflight(args: argparse.Namespace) -> None:
 
 
 def _load(model_path: str, device: str):
-    """The model and processor, checked: a folder that cannot be loaded, a feature extractor that disagrees
-    with the model config, or non-finite weights are usage errors (nothing is scored)."""
-    from pipeline_dbeta import check_model_and_feature_extractor, non_finite_parameters
-
-    from dbeta.train.retrieval import load_model_and_processor
+    """The model and processor through the checked loader: a folder that cannot be loaded, a feature
+    extractor that disagrees with the model config, or non-finite weights are usage errors."""
+    from dbeta.loading import ModelLoadError, load_model_and_processor
 
     try:
-        model, processor = load_model_and_processor(model_path, device=device)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise UsageError(f"cannot load the model {model_path!r}: {_one_line(error)}") from error
-    try:
-        check_model_and_feature_extractor(model, processor.feature_extractor)
-    except ValueError as error:
+        return load_model_and_processor(model_path, device=device)
+    except ModelLoadError as error:
         raise UsageError(str(error)) from error
-    bad = non_finite_parameters(model)
-    if bad:
-        raise UsageError(
-            f"the weights of {model_path!r} contain NaN/inf values ({', '.join(bad)}): the checkpoint is damaged"
-        )
-    return model, processor
 
 
 def _write_errors(path: str | None, failures: list[dict]) -> None:
@@ -308,7 +260,7 @@ def run_embed(args: argparse.Namespace) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from dbeta.train.retrieval import embed_ecg_batch
+    from dbeta.embedding import embed_ecg_batch
 
     _preflight(args)
     records = find_records(args.folder)
@@ -364,7 +316,9 @@ def run_classify(args: argparse.Namespace) -> int:
         return run_classify_windows(args)
     from pipeline_dbeta import ZeroShotECGClassificationPipeline
 
-    from dbeta.train.retrieval import base_model, embed_ecg_batch, load_label_descriptions
+    from dbeta.embedding import embed_ecg_batch
+    from dbeta.loading import model_label_descriptions
+    from dbeta.zero_shot import embed_label_texts, logits_to_scores, zero_shot_logits
 
     _preflight(args)
     records = find_records(args.folder)
@@ -372,7 +326,7 @@ def run_classify(args: argparse.Namespace) -> int:
         print(f"dbeta: no ECG records found under {args.folder}", file=sys.stderr)
         return 2
     model, processor = _load(args.model, args.device)
-    descriptions = load_label_descriptions(args.model if Path(args.model).exists() else None)
+    descriptions = model_label_descriptions(args.model if Path(args.model).exists() else None)
     pipe = ZeroShotECGClassificationPipeline(
         model=model,
         tokenizer=processor.tokenizer,
@@ -382,8 +336,7 @@ def run_classify(args: argparse.Namespace) -> int:
     )
     labels_are_codes = {"auto": None, "yes": True, "no": False}[args.labels_are_codes]
     texts = pipe.label_texts(args.labels, args.hypothesis_template, labels_are_codes)
-    label_embeds = pipe.embed_texts(texts).float().cpu()  # once, for all records
-    base = base_model(model)
+    label_embeds = embed_label_texts(model, processor.tokenizer, texts, normalize=False)  # once, for all records
 
     failures, num_ok = [], 0
     with AtomicOutput(args.output) as target:
@@ -397,14 +350,12 @@ def run_classify(args: argparse.Namespace) -> int:
                 if not ok:
                     continue
                 ecg_embeds = embed_ecg_batch(model, np.stack([item["input_values"] for item in ok]))
-                with torch.no_grad():
-                    logits = base.ets_logits(ecg_embeds.to(base.device), label_embeds.to(base.device)).float().cpu()
+                logits = zero_shot_logits(model, ecg_embeds, label_embeds)
                 ok, logits, failed = _split_non_finite(ok, logits.numpy(), "score")
                 failures += failed
                 if not ok:
                     continue
-                logits = torch.from_numpy(logits)
-                scores = logits.softmax(dim=-1) if args.softmax else logits.sigmoid()
+                scores = logits_to_scores(torch.from_numpy(logits), multi_label=not args.softmax)
                 for item, row in zip(ok, scores.tolist()):
                     writer.writerow([item["record"], *(f"{score:.6g}" for score in row)])
                 handle.flush()
@@ -486,7 +437,7 @@ def run_embed_windows(args: argparse.Namespace) -> int:
 def _write_window_rows(writer, schema, model, ref, rows, width: int, window_s: float) -> int:
     import pyarrow as pa
 
-    from dbeta.train.retrieval import embed_ecg_batch
+    from dbeta.embedding import embed_ecg_batch
 
     embeddings = embed_ecg_batch(model, np.stack([values for _, _, values in rows])).numpy()
     if not np.isfinite(embeddings).all():
@@ -509,7 +460,7 @@ def run_classify_windows(args: argparse.Namespace) -> int:
     from pipeline_dbeta import ZeroShotECGClassificationPipeline
     from tqdm.auto import tqdm
 
-    from dbeta.train.retrieval import load_label_descriptions
+    from dbeta.loading import model_label_descriptions
 
     _preflight(args)
     records = find_records(args.folder)
@@ -522,11 +473,13 @@ def run_classify_windows(args: argparse.Namespace) -> int:
         tokenizer=processor.tokenizer,
         feature_extractor=processor.feature_extractor,
         device=model.device,
-        label_descriptions=load_label_descriptions(args.model if Path(args.model).exists() else None),
+        label_descriptions=model_label_descriptions(args.model if Path(args.model).exists() else None),
     )
     labels_are_codes = {"auto": None, "yes": True, "no": False}[args.labels_are_codes]
     failures, num_ok = [], 0
-    per_window = open(args.per_window, "w", newline="", encoding="utf-8") if args.per_window else None
+    # The per-window CSV is written and committed with the main output, atomically like it.
+    window_target = AtomicOutput(args.per_window) if args.per_window else None
+    per_window = open(window_target.temporary, "w", newline="", encoding="utf-8") if window_target else None
     try:
         window_writer = csv.writer(per_window) if per_window else None
         if window_writer:
@@ -566,10 +519,14 @@ def run_classify_windows(args: argparse.Namespace) -> int:
                             )
                     num_ok += 1
             if num_ok:
+                if per_window:
+                    per_window.close()
+                    window_target.commit()
                 target.commit()
     finally:
         if per_window:
             per_window.close()
+            window_target.discard()
     _write_errors(args.errors, failures)
     return _finish(num_ok, failures, args.output)
 
@@ -637,6 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_arguments(report)
     report.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     report.set_defaults(run=run_report, batch_size=1)
+    for name, (module_name, help_text) in TRAINING_COMMANDS.items():
+        # Listed for `dbeta --help`; `main` hands their arguments to the script before parsing.
+        commands.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
@@ -661,7 +621,41 @@ def _version() -> str:
         return "dbeta (not installed)"
 
 
+#: Commands that run a training-side script with its own options: `dbeta <name> ...` is
+#: `python <script> ...` (they need the `train` extra: datasets, scikit-learn, accelerate).
+TRAINING_COMMANDS = {
+    "evaluate": ("dbeta.train.evaluation.evaluate", "zero-shot / retrieval / linear-probe / fine-tune evaluation (train/evaluation/evaluate.py)"),
+    "convert": ("dbeta.train.conversion.convert_original_checkpoint", "original D-BETA checkpoint -> Hub folder (train/conversion/convert_original_checkpoint.py)"),
+    "prepare-mimic": ("dbeta.train.data.prepare_mimic_iv_ecg", "MIMIC-IV-ECG -> datasets DatasetDict for pretraining (train/data/prepare_mimic_iv_ecg.py)"),
+}
+
+
+def run_training_command(name: str, argv: Sequence[str]) -> int:
+    """Run a training-side script's `main(argv)`; a missing `train` extra is a one-line error."""
+    import importlib
+
+    module_name = TRAINING_COMMANDS[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        print(
+            f"dbeta: error: `dbeta {name}` needs the training extra ({error}); install it with "
+            "pip install -e \".[train]\"",
+            file=sys.stderr,
+        )
+        return 2
+    saved_argv, sys.argv = sys.argv, [f"dbeta {name}", *argv]  # the script's usage lines name the command
+    try:
+        result = module.main(list(argv))
+    finally:
+        sys.argv = saved_argv
+    return result if isinstance(result, int) else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in TRAINING_COMMANDS:
+        return run_training_command(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     if args.batch_size < 1:

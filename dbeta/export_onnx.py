@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import json
 import logging
 import shutil
@@ -41,6 +40,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from dbeta.files import staged_folder
+from dbeta.provenance import package_versions
 
 logger = logging.getLogger("dbeta.export_onnx")
 
@@ -193,38 +195,16 @@ def compare_text(model, session, input_ids, attention_mask) -> float:
     return float(np.abs(actual - expected).max())
 
 
-def _versions() -> dict:
-    versions = {}
-    for package in ("dbeta", "torch", "transformers", "onnx", "onnxscript", "onnxruntime"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
+def is_onnx_export(folder: Path) -> bool:
+    """A folder this exporter wrote (it has the metadata file): the only kind a re-export replaces."""
+    return (Path(folder) / METADATA_FILE).is_file()
 
 
 def _load(model_path: str):
-    """`(model, processor_or_None)`: a full D-BETA folder, or an ECG-only one (`DBetaECGModel`)."""
-    from transformers import AutoConfig
+    """`(model, processor_or_None, feature_extractor)` through the checked loader (`dbeta.loading`)."""
+    from dbeta.loading import load_any_model
 
-    import dbeta  # noqa: F401 - registers the D-BETA configs with AutoConfig
-    from configuration_dbeta import DBetaECGConfig
-
-    config = AutoConfig.from_pretrained(model_path)
-    if isinstance(config, DBetaECGConfig):
-        from modeling_dbeta import DBetaECGModel
-        from processing_dbeta import DBetaFeatureExtractor
-
-        model = DBetaECGModel.from_pretrained(model_path).eval()
-        try:
-            feature_extractor = DBetaFeatureExtractor.from_pretrained(model_path)
-        except OSError:
-            feature_extractor = DBetaFeatureExtractor()
-        return model, None, feature_extractor
-    from dbeta.train.retrieval import load_model_and_processor
-
-    model, processor = load_model_and_processor(model_path)
-    return model, processor, processor.feature_extractor
+    return load_any_model(model_path)
 
 
 def export_onnx(
@@ -243,8 +223,7 @@ def export_onnx(
     of 3; texts of batch 3 with padding, a length unlike the export's example) and the largest
     difference to PyTorch is recorded; above 1e-4 the export fails.
     """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    target = Path(output_dir)
     model, processor, feature_extractor = _load(model_path)
     base = _base(model)
     has_text = hasattr(base, "get_text_features")
@@ -252,76 +231,79 @@ def export_onnx(
     num_samples = int(feature_extractor.num_samples)
     num_leads = int(getattr(config, "ecg_config", config).num_leads)
 
-    logger.info(f"Exporting the ECG tower to {output_dir / ECG_FILE} (opset {opset})")
-    export_ecg_tower(model, output_dir / ECG_FILE, opset, num_samples)
-    metadata: dict = {
-        "format": "dbeta-onnx",
-        "opset": opset,
-        "exporter": "torch.onnx.export(dynamo=True)",
-        "source_model": str(model_path),
-        "versions": _versions(),
-        "ecg_encoder": {
-            "file": ECG_FILE,
-            "inputs": {"input_values": {"dtype": "float32", "shape": ["batch", num_leads, num_samples]}},
-            "outputs": {"pooler_output": {"dtype": "float32", "shape": ["batch", int(config.hidden_size)]}},
-        },
-        "preprocessing": {
-            "sampling_rate": float(feature_extractor.sampling_rate),
-            "num_samples": num_samples,
-            "lead_names": list(feature_extractor.lead_names),
-            "units": "mV",
-            "normalize": feature_extractor.normalize,
-            "crop": "first num_samples samples; shorter recordings zero-padded at the end",
-        },
-    }
-    if has_text:
-        logger.info(f"Exporting the text tower to {output_dir / TEXT_FILE}")
-        export_text_tower(model, output_dir / TEXT_FILE, opset)
-        processor.tokenizer.save_pretrained(output_dir / TOKENIZER_DIR)
-        scale, bias = base.ets_scale_and_bias()  # a learnt scale is stored as its log
-        metadata["text_encoder"] = {
-            "file": TEXT_FILE,
-            "inputs": {
-                "input_ids": {"dtype": "int64", "shape": ["batch", "length"]},
-                "attention_mask": {"dtype": "int64", "shape": ["batch", "length"]},
+    # Built in a staging folder and renamed into place: a failed or interrupted re-export leaves the
+    # previous export whole (never one model's towers beside another's metadata and labels).
+    with staged_folder(target, overwrite=True, replaceable=is_onnx_export) as output_dir:
+        logger.info(f"Exporting the ECG tower to {target / ECG_FILE} (opset {opset})")
+        export_ecg_tower(model, output_dir / ECG_FILE, opset, num_samples)
+        metadata: dict = {
+            "format": "dbeta-onnx",
+            "opset": opset,
+            "exporter": "torch.onnx.export(dynamo=True)",
+            "source_model": str(model_path),
+            "versions": package_versions(("dbeta", "torch", "transformers", "onnx", "onnxscript", "onnxruntime")),
+            "ecg_encoder": {
+                "file": ECG_FILE,
+                "inputs": {"input_values": {"dtype": "float32", "shape": ["batch", num_leads, num_samples]}},
+                "outputs": {"pooler_output": {"dtype": "float32", "shape": ["batch", int(config.hidden_size)]}},
             },
-            "outputs": {"pooler_output": {"dtype": "float32", "shape": ["batch", int(config.hidden_size)]}},
-            "tokenizer": TOKENIZER_DIR,
-            "max_length": int(getattr(config, "max_text_length", 256) - 2),
+            "preprocessing": {
+                "sampling_rate": float(feature_extractor.sampling_rate),
+                "num_samples": num_samples,
+                "lead_names": list(feature_extractor.lead_names),
+                "units": "mV",
+                "normalize": feature_extractor.normalize,
+                "crop": "first num_samples samples; shorter recordings zero-padded at the end",
+            },
         }
-        metadata["ets"] = {
-            "logit_scale": float(scale),
-            "logit_bias": float(bias),
-            "score": "sigmoid(logit_scale * ecg_embedding @ text_embedding.T + logit_bias)",
-        }
-
-    if check:
-        rng = np.random.default_rng(seed)
-        ecg_error = compare_ecg(
-            model, onnx_session(output_dir / ECG_FILE), 0.3 * rng.standard_normal((3, num_leads, num_samples))
-        )
-        metadata["ecg_encoder"]["max_abs_difference_to_pytorch"] = ecg_error
-        errors = {"ECG": ecg_error}
         if has_text:
-            vocab = int(config.text_config.vocab_size)
-            ids = rng.integers(1, vocab, size=(3, 13))
-            mask = np.ones_like(ids)
-            mask[1, 9:] = 0
-            mask[2, 4:] = 0
-            text_error = compare_text(model, onnx_session(output_dir / TEXT_FILE), ids, mask)
-            metadata["text_encoder"]["max_abs_difference_to_pytorch"] = text_error
-            errors["text"] = text_error
-        bad = {name: error for name, error in errors.items() if not error <= 1e-4}
-        if bad:
-            raise RuntimeError(f"The ONNX export differs from PyTorch by more than 1e-4: {bad}")
+            logger.info(f"Exporting the text tower to {target / TEXT_FILE}")
+            export_text_tower(model, output_dir / TEXT_FILE, opset)
+            processor.tokenizer.save_pretrained(output_dir / TOKENIZER_DIR)
+            scale, bias = base.ets_scale_and_bias()  # a learnt scale is stored as its log
+            metadata["text_encoder"] = {
+                "file": TEXT_FILE,
+                "inputs": {
+                    "input_ids": {"dtype": "int64", "shape": ["batch", "length"]},
+                    "attention_mask": {"dtype": "int64", "shape": ["batch", "length"]},
+                },
+                "outputs": {"pooler_output": {"dtype": "float32", "shape": ["batch", int(config.hidden_size)]}},
+                "tokenizer": TOKENIZER_DIR,
+                "max_length": int(getattr(config, "max_text_length", 256) - 2),
+            }
+            metadata["ets"] = {
+                "logit_scale": float(scale),
+                "logit_bias": float(bias),
+                "score": "sigmoid(logit_scale * ecg_embedding @ text_embedding.T + logit_bias)",
+            }
 
-    if labels:
-        if not has_text:
-            raise ValueError("--labels needs a model with a text tower (this folder is ECG-only).")
-        metadata["zero_shot"] = write_label_embeddings(
-            model, processor, output_dir, labels, hypothesis_template, labels_are_codes, model_path
-        )
-    (output_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        if check:
+            rng = np.random.default_rng(seed)
+            ecg_error = compare_ecg(
+                model, onnx_session(output_dir / ECG_FILE), 0.3 * rng.standard_normal((3, num_leads, num_samples))
+            )
+            metadata["ecg_encoder"]["max_abs_difference_to_pytorch"] = ecg_error
+            errors = {"ECG": ecg_error}
+            if has_text:
+                vocab = int(config.text_config.vocab_size)
+                ids = rng.integers(1, vocab, size=(3, 13))
+                mask = np.ones_like(ids)
+                mask[1, 9:] = 0
+                mask[2, 4:] = 0
+                text_error = compare_text(model, onnx_session(output_dir / TEXT_FILE), ids, mask)
+                metadata["text_encoder"]["max_abs_difference_to_pytorch"] = text_error
+                errors["text"] = text_error
+            bad = {name: error for name, error in errors.items() if not error <= 1e-4}
+            if bad:
+                raise RuntimeError(f"The ONNX export differs from PyTorch by more than 1e-4: {bad}")
+
+        if labels:
+            if not has_text:
+                raise ValueError("--labels needs a model with a text tower (this folder is ECG-only).")
+            metadata["zero_shot"] = write_label_embeddings(
+                model, processor, output_dir, labels, hypothesis_template, labels_are_codes, model_path
+            )
+        (output_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     return metadata
 
 
@@ -331,14 +313,14 @@ def write_label_embeddings(
     """Embed the labels as the zero-shot pipeline does, save them and the numpy-only scorer."""
     from pipeline_dbeta import ZeroShotECGClassificationPipeline
 
-    from dbeta.train.retrieval import load_label_descriptions
+    from dbeta.loading import model_label_descriptions
 
     pipe = ZeroShotECGClassificationPipeline(
         model=model,
         tokenizer=processor.tokenizer,
         feature_extractor=processor.feature_extractor,
         device=model.device,
-        label_descriptions=load_label_descriptions(model_path if model_path and Path(model_path).exists() else None),
+        label_descriptions=model_label_descriptions(model_path if model_path and Path(model_path).exists() else None),
     )
     labels = list(labels)
     texts = pipe.label_texts(labels, hypothesis_template, labels_are_codes)

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dbeta.files import write_bytes, write_text
+
 PAPER_SPEED_MM_PER_S = 25.0
 GAIN_MM_PER_MV = 10.0
 #: The 3 x 4 layout: columns of three leads, 2.5 s each.
@@ -231,7 +233,7 @@ def render_report(
         plt.close(figure)
     data = buffer.getvalue()
     if output is not None:
-        Path(output).write_bytes(data)
+        write_bytes(output, data)
     return data
 
 
@@ -260,7 +262,7 @@ td,th{{border:1px solid #ccc;padding:0.2em 0.6em;text-align:left}}img{{max-width
 {meta}
 </table></body></html>
 """
-    Path(path).write_text(page, encoding="utf-8")
+    write_text(path, page)
     return Path(path)
 
 
@@ -301,7 +303,7 @@ def report(
     from pipeline_dbeta import ZeroShotECGClassificationPipeline
     from processing_dbeta import canonical_lead_name, read_ecg_file
 
-    from dbeta.train.retrieval import load_label_descriptions, load_model_and_processor
+    from dbeta.loading import load_model_and_processor, model_label_descriptions
 
     record = read_ecg_file(record_path)
     loaded, processor = load_model_and_processor(model, device=device)
@@ -310,7 +312,7 @@ def report(
         tokenizer=processor.tokenizer,
         feature_extractor=processor.feature_extractor,
         device=loaded.device,
-        label_descriptions=load_label_descriptions(model if Path(model).exists() else None),
+        label_descriptions=model_label_descriptions(model if Path(model).exists() else None),
     )
     scores = pipe(
         record,

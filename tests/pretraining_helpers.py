@@ -10,7 +10,7 @@ from tests.tiny import tiny_config
 
 def demo_tokenizer():
     """The offline T5-style tokenizer that ships in `dbeta/assets/demo_tokenizer`."""
-    from dbeta.train.build_demo_tokenizer import load_demo_tokenizer
+    from dbeta.train.demo.build_demo_tokenizer import load_demo_tokenizer
 
     return load_demo_tokenizer()
 
@@ -41,7 +41,7 @@ MIMIC_ORDER = ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V
 
 
 def prepared_rows(count: int, seed: int = 0, lead_names=MIMIC_ORDER, num_samples: int = 5000):
-    """Rows shaped like `train/prepare_mimic_iv_ecg.py` output (int16 `ecg` + per-lead `ecg_gain`),
+    """Rows shaped like `train/data/prepare_mimic_iv_ecg.py` output (int16 `ecg` + per-lead `ecg_gain`),
     with their dataset `index`: random signals (about 0.5 mV) and the reports above in turn."""
     rng = np.random.default_rng(seed)
     rows = []

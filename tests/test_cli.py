@@ -154,7 +154,7 @@ def test_embed_writes_parquet(model_folder, records, tmp_path):
     assert set(table.loc[table["record"].str.startswith("code"), "sampling_rate"]) == {400.0}
     assert table.loc[table["record"] == "ludb/1", "duration_s"].item() == 10.0
 
-    from dbeta.train.retrieval import load_model_and_processor
+    from dbeta.loading import load_model_and_processor
 
     model, processor = load_model_and_processor(model_folder)
     inputs = processor.feature_extractor(str(records / "cinc" / "HR06000"), return_tensors="pt")

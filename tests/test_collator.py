@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from dbeta.train.collator import (
+from dbeta.train.pretraining.collator import (
     MLM_MASK_TOKEN,
     DBetaPretrainingCollator,
     EpochShuffleSampler,
     PretrainingBatchSettings,
     lead_order_indices,
 )
-from dbeta.train.mimic_iv_ecg import decode_ecg
-from dbeta.train.n3s import build_n3s_index
+from dbeta.train.data.mimic_iv_ecg import decode_ecg
+from dbeta.train.pretraining.n3s import build_n3s_index
 from tests.pretraining_helpers import MIMIC_ORDER, REPORTS, demo_tokenizer, prepared_rows, tiny_pretraining_config
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dbeta.train.convert_original_checkpoint import (
+from dbeta.train.conversion.convert_original_checkpoint import (
     config_from_original,
     convert_checkpoint,
     convert_state_dict,
@@ -20,7 +20,7 @@ from dbeta.train.convert_original_checkpoint import (
     main,
     parse_conv_feature_layers,
 )
-from dbeta.train.build_demo_tokenizer import DEMO_TOKENIZER_DIR
+from dbeta.train.demo.build_demo_tokenizer import DEMO_TOKENIZER_DIR
 from modeling_dbeta import DBetaECGModel, DBetaForPreTraining, DBetaModel
 from pipeline_dbeta import normalize_label_text
 from transformers import AutoProcessor
@@ -191,7 +191,7 @@ def test_converted_folder_is_a_complete_hub_folder(tmp_path):
     card = (folder / "README.md").read_text()
     assert "license: cc-by-nc-4.0" in card and "CC BY-NC 4.0" in card
     assert "tiny_original_checkpoint.pt" in card and "--original_config" in card
-    assert "python train/convert_original_checkpoint.py --checkpoint_path" in card
+    assert "python train/conversion/convert_original_checkpoint.py --checkpoint_path" in card
     # Only the finished folder is left: no temporary sibling.
     assert sorted(path.name for path in tmp_path.iterdir()) == ["config.json", "dbeta-tiny"]
 

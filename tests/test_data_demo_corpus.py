@@ -10,7 +10,7 @@ import pytest
 
 wfdb = pytest.importorskip("wfdb")
 
-from dbeta.train.make_demo_corpus import (  # noqa: E402
+from dbeta.train.demo.make_demo_corpus import (  # noqa: E402
     CORRUPT_RECORD_KINDS,
     DEMO_CONDITIONS,
     MIMIC_LEAD_ORDER,
@@ -21,7 +21,7 @@ from dbeta.train.make_demo_corpus import (  # noqa: E402
     real_beat_library,
     simulate_ecg,
 )
-from dbeta.train.text import MIMIC_REPORT_COLUMNS  # noqa: E402
+from dbeta.text import MIMIC_REPORT_COLUMNS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +273,7 @@ def test_atrial_fibrillation_rates_overlap_the_sinus_rates():
 
 
 def test_real_beats_come_only_from_the_ludb_training_part():
-    from dbeta.train.real_ecg import load_ludb_eval_set, load_ludb_train_set
+    from dbeta.train.demo.real_ecg import load_ludb_eval_set, load_ludb_train_set
 
     library = real_beat_library()
     sources = {beat.record_id for beat in library}
@@ -289,7 +289,7 @@ def test_real_beats_come_only_from_the_ludb_training_part():
 def test_real_beat_record_carries_the_source_morphology():
     """The QRS of a real-beat record is its source patient's: lead by lead it correlates with the
     source's median beat far better than with another patient's."""
-    from dbeta.train.real_ecg import load_ludb_train_set
+    from dbeta.train.demo.real_ecg import load_ludb_train_set
 
     training = load_ludb_train_set()
     ecg = simulate_ecg(np.random.default_rng(4), ["sinus_rhythm"], ectopic_beats=0, real_morphology=True, lead_normalised=False, filtered=False)

@@ -8,7 +8,7 @@ import pytest
 
 wfdb = pytest.importorskip("wfdb")
 
-from dbeta.train.downstream import (  # noqa: E402
+from dbeta.train.evaluation.downstream import (  # noqa: E402
     CODE_TEST_LABELS,
     load_cinc_wfdb,
     load_code_test,
@@ -256,7 +256,7 @@ def test_evaluate_scores_every_ptbxl_label_by_its_description(ptbxl_padded_root,
 
     from zero_shot_utils import save_tiny_zero_shot_folder
 
-    from dbeta.train.evaluate import main as evaluate_main
+    from dbeta.train.evaluation.evaluate import main as evaluate_main
 
     folder = save_tiny_zero_shot_folder(tmp_path / "model")
     arguments = ["--model", str(folder), "--dataset", f"ptbxl-sub={ptbxl_padded_root}", "--dataset", f"ptbxl-form={ptbxl_padded_root}",

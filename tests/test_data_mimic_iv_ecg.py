@@ -11,10 +11,10 @@ import pytest
 wfdb = pytest.importorskip("wfdb")
 datasets = pytest.importorskip("datasets")
 
-from dbeta.train import mimic_iv_ecg  # noqa: E402
-from dbeta.train.make_demo_corpus import MIMIC_LEAD_ORDER, make_demo_corpus, mimic_relative_path, simulate_ecg  # noqa: E402
-from dbeta.train.mimic_iv_ecg import decode_ecg, encode_signal, prepare_mimic_iv_ecg  # noqa: E402
-from dbeta.train.text import clean_mimic_report, join_report_lines, normalize_report  # noqa: E402
+from dbeta.train.data import mimic_iv_ecg  # noqa: E402
+from dbeta.train.demo.make_demo_corpus import MIMIC_LEAD_ORDER, make_demo_corpus, mimic_relative_path, simulate_ecg  # noqa: E402
+from dbeta.train.data.mimic_iv_ecg import decode_ecg, encode_signal, prepare_mimic_iv_ecg  # noqa: E402
+from dbeta.text import clean_mimic_report, join_report_lines, normalize_report  # noqa: E402
 
 NUM_VALID = 36
 SHARD_SIZE = 8

@@ -19,7 +19,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from dbeta.train.real_ecg import (
+from dbeta.train.demo.real_ecg import (
     ALWAYS_TRAIN,
     LUDB_EVAL_DIR,
     LUDB_EVAL_FILE,
@@ -83,7 +83,7 @@ def test_evaluation_and_training_records_are_disjoint(eval_set):
 
 @pytest.mark.skipif(not SHARED_LUDB.is_dir(), reason="the shared real records are not on this machine")
 def test_split_rebuilds_and_real_training_pairs_exclude_the_evaluation_records(eval_set):
-    from dbeta.train.real_ecg import read_ludb_folder
+    from dbeta.train.demo.real_ecg import read_ludb_folder
 
     records = read_ludb_folder(SHARED_LUDB)
     evaluation, training = split_ludb({record_id: value["rhythm"] for record_id, value in records.items()})
@@ -121,7 +121,7 @@ def test_in_training_scoring_equals_the_public_pipeline(tmp_path, eval_set):
                     reports=eval_set.reports[:24], rhythms=eval_set.rhythms[:24])
     metrics = evaluate_real_zero_shot(model, processor, small)
 
-    from dbeta.train.metrics import multilabel_auroc
+    from dbeta.train.evaluation.metrics import multilabel_auroc
 
     scored = small.scored_labels()
     classifier = pipeline("zero-shot-ecg-classification", model=str(folder), trust_remote_code=True)
@@ -134,20 +134,21 @@ def test_in_training_scoring_equals_the_public_pipeline(tmp_path, eval_set):
 
 
 def test_demo_summary_prints_the_real_ecg_table(tmp_path, eval_set):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-    import pretrain
     from transformers import AutoModel, AutoProcessor
+
+    from dbeta.train.pretraining.checkpoints import TrainingProgress
+    from dbeta.train.pretraining.validation import print_summary
 
     folder = save_tiny_zero_shot_folder(tmp_path / "tiny")
     model = AutoModel.from_pretrained(str(folder), trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=True)
     metrics = {"zero_shot_macro_auroc": 0.5, "zero_shot_num_labels": 1, "zero_shot_auroc/sinus_rhythm": 0.5}
     metrics.update(evaluate_real_zero_shot(model, processor, eval_set))
-    progress = pretrain.TrainingProgress(completed_steps=1, samples_seen=32, train_seconds=1.0)
+    progress = TrainingProgress(completed_steps=1, samples_seen=32, train_seconds=1.0)
     label_set = {"sinus_rhythm": ("sinus rhythm", "sinus rhythm")}
     buffer = io.StringIO()
     with redirect_stdout(buffer):
-        pretrain.print_summary(metrics, label_set, tmp_path, 1.0, progress)
+        print_summary(metrics, label_set, tmp_path, 1.0, progress)
     text = buffer.getvalue()
     assert f"Real ECGs (vendored LUDB evaluation set, {len(eval_set.record_ids)} patients" in text
     for label in LUDB_RHYTHM_LABELS:
@@ -161,15 +162,14 @@ def test_demo_real_pairs_ludb_adds_the_vendored_training_part_only(tmp_path, eva
     import datasets
     from accelerate import PartialState
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-    import pretrain
-    from dbeta.train.make_demo_corpus import make_demo_corpus
-    from dbeta.train.mimic_iv_ecg import prepare_mimic_iv_ecg
+    from dbeta.train.demo.make_demo_corpus import make_demo_corpus
+    from dbeta.train.demo.recipe import add_real_training_pairs
+    from dbeta.train.data.mimic_iv_ecg import prepare_mimic_iv_ecg
 
     corpus = make_demo_corpus(tmp_path / "corpus", num_records=12, num_subjects=6, seed=0)
     prepare_mimic_iv_ecg(corpus, tmp_path / "simulated", num_proc=1, val_fraction=0.2, seed=0, progress=False)
-    PartialState(cpu=True)  # pretrain.py logs through accelerate
-    pretrain.add_real_training_pairs(tmp_path / "simulated", tmp_path / "with_real", None, repeats=2)
+    PartialState(cpu=True)  # the recipe logs through accelerate
+    add_real_training_pairs(tmp_path / "simulated", tmp_path / "with_real", None, repeats=2)
     simulated = datasets.load_from_disk(str(tmp_path / "simulated"))
     combined = datasets.load_from_disk(str(tmp_path / "with_real"))
     training_ids = load_ludb_train_set().record_ids
@@ -188,16 +188,16 @@ def test_a_demo_dataset_prepared_with_other_real_pairs_is_refused(tmp_path):
     data without a word: it is refused, naming both settings."""
     from accelerate import PartialState
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-    import pretrain
+    from dbeta.train.demo.recipe import prepare_demo_dataset
+    from dbeta.train.pretraining.args import parse_args
 
     PartialState(cpu=True)
-    args = pretrain.parse_args(["--demo_corpus_dir", str(tmp_path / "corpus"), "--demo_dataset_dir", str(tmp_path / "prepared"),
+    args = parse_args(["--demo_corpus_dir", str(tmp_path / "corpus"), "--demo_dataset_dir", str(tmp_path / "prepared"),
                                 "--demo_num_records", "12", "--output_dir", str(tmp_path / "out")])
     assert args.demo_real_pairs == "none"
-    dataset_dir = pretrain.prepare_demo_dataset(args)
+    dataset_dir = prepare_demo_dataset(args)
     assert json.loads((Path(dataset_dir) / "demo_real_pairs.json").read_text()) == {"demo_real_pairs": "none", "demo_real_repeats": 0}
-    assert pretrain.prepare_demo_dataset(args) == dataset_dir  # same settings: reused
+    assert prepare_demo_dataset(args) == dataset_dir  # same settings: reused
     args.demo_real_pairs = "ludb"
     with pytest.raises(ValueError, match="was prepared with .*'none'.* not .*'ludb'"):
-        pretrain.prepare_demo_dataset(args)
+        prepare_demo_dataset(args)

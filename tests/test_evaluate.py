@@ -1,4 +1,4 @@
-"""train/evaluate.py: end to end on real LUDB records, the original protocol, linear probe, fine-tuning."""
+"""train/evaluation/evaluate.py: end to end on real LUDB records, the original protocol, linear probe, fine-tuning."""
 
 import json
 
@@ -12,8 +12,8 @@ from sklearn.metrics import roc_auc_score
 from transformers import pipeline
 from zero_shot_utils import LUDB_FIXTURES, save_tiny_zero_shot_folder
 
-from dbeta.train import downstream
-from dbeta.train.evaluate import finetune, label_prompts, linear_probe, main, prepare_original, probe_subset
+from dbeta.train.evaluation import downstream
+from dbeta.train.evaluation.evaluate import finetune, label_prompts, linear_probe, main, prepare_original, probe_subset
 from pipeline_dbeta import TASK
 from processing_dbeta import ECGRecord
 
@@ -191,7 +191,7 @@ def _synthetic_split_dataset(count: int = 18):
 def test_zero_filled_lead_sets_match_the_feature_extractor_on_fewer_leads():
     from processing_dbeta import DBetaFeatureExtractor, canonical_lead_name
 
-    from dbeta.train.evaluate import LEAD_SETS, zero_fill_leads
+    from dbeta.train.evaluation.evaluate import LEAD_SETS, zero_fill_leads
 
     extractor = DBetaFeatureExtractor()
     record = downstream.load_ludb(LUDB_FIXTURES).read(0)  # real 12-lead LUDB record, lower-case names
@@ -212,7 +212,7 @@ def test_zero_filled_lead_sets_match_the_feature_extractor_on_fewer_leads():
 
 
 def test_reduced_leads_random_baseline_and_confidence_intervals(model_folder, tmp_path, monkeypatch):
-    from dbeta.train import evaluate
+    from dbeta.train.evaluation import evaluate
 
     dataset = _synthetic_split_dataset()
     monkeypatch.setitem(evaluate.DATASETS, "synthetic", (lambda path, **kwargs: dataset, {}))
@@ -253,7 +253,7 @@ def test_reduced_leads_random_baseline_and_confidence_intervals(model_folder, tm
     random_probe = entry["linear_probe_random_init"]["ratios"]["1.0"]
     assert random_probe["num_train"] == 8 and 0.0 <= random_probe["test_macro_auroc"] <= 1.0
     assert entry["lead_sets"]["6"]["linear_probe_random_init"]["ratios"]["1.0"]["num_train"] == 8
-    from dbeta.train.retrieval import load_model_and_processor
+    from dbeta.loading import load_model_and_processor
 
     model, _ = load_model_and_processor(model_folder)
     first, second = evaluate.random_encoder(model, 42), evaluate.random_encoder(model, 42)

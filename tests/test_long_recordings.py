@@ -133,7 +133,8 @@ def test_cli_embed_windows_and_classify_sliding(model_folder, long_records, tmp_
     assert holter["window_start_s"].tolist() == [0.0, 10.0, 20.0]
     assert table.loc[table["record"] == "short", "window_start_s"].tolist() == [0.0]
 
-    from dbeta.train.retrieval import embed_ecg_batch, load_model_and_processor
+    from dbeta.embedding import embed_ecg_batch
+    from dbeta.loading import load_model_and_processor
 
     model, processor = load_model_and_processor(model_folder)
     window = next(w for s, w in iter_ecg_windows(long_records / "holter", 10.0) if s == 10)

@@ -222,19 +222,16 @@ def test_ets_can_embed_the_whole_ecg_while_mem_keeps_the_masked_one():
 
 def test_without_ecg_masking_there_is_no_mem_loss_and_the_training_log_reports_zero():
     """The no-MEM ablation (`ecg_config.mask_ratio=0`): no MEM term; pretrain.py logs it as 0."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-    import pretrain
+    from dbeta.train.pretraining.model import apply_config_overrides
+    from dbeta.train.pretraining.validation import LOSS_NAMES, stack_losses
 
     torch.manual_seed(0)
     config = tiny_config()
-    pretrain.apply_config_overrides(config, "mem_loss_weight=0, ecg_config.mask_ratio=0")
+    apply_config_overrides(config, "mem_loss_weight=0, ecg_config.mask_ratio=0")
     assert config.mem_loss_weight == 0 and config.ecg_config.mask_ratio == 0
     model = DBetaForPreTraining(config).eval()
     output = model(**pretraining_batch())
     assert output.mem_loss is None and output.mem_mask is None
-    losses = dict(zip(pretrain.LOSS_NAMES, pretrain.stack_losses(output).tolist()))
+    losses = dict(zip(LOSS_NAMES, stack_losses(output).tolist()))
     assert losses["mem_loss"] == 0.0
     assert losses["loss"] == pytest.approx(losses["mlm_loss"] + losses["etm_loss"] + losses["ets_loss"], rel=1e-5)

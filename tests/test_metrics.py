@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from dbeta.train.metrics import (
+from dbeta.train.evaluation.metrics import (
     cross_modal_recall,
     macro_auroc,
     multilabel_auroc,
@@ -121,7 +121,7 @@ def test_cross_modal_recall_both_directions():
 
 
 def test_bootstrap_auroc_ci_matches_a_loop_over_sklearn():
-    from dbeta.train.metrics import _auroc_rows, bootstrap_auroc_ci
+    from dbeta.train.evaluation.metrics import _auroc_rows, bootstrap_auroc_ci
 
     rng = np.random.default_rng(3)
     y_true = (rng.random((40, 3)) < 0.3).astype(int)
@@ -155,7 +155,7 @@ def test_bootstrap_auroc_ci_matches_a_loop_over_sklearn():
 
 
 def test_bootstrap_ci_narrows_with_more_data_and_skips_degenerate_labels():
-    from dbeta.train.metrics import bootstrap_auroc_ci
+    from dbeta.train.evaluation.metrics import bootstrap_auroc_ci
 
     rng = np.random.default_rng(0)
 

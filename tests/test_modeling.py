@@ -372,3 +372,30 @@ def test_feature_extractor_gemm_path_equals_convolution():
     with torch.no_grad():
         actual = model.ecg_model.feature_extractor(ecg)
     torch.testing.assert_close(actual, expected.detach().transpose(1, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_checkpoint_saved_before_the_front_end_rename_loads_bit_exactly():
+    """The conv front end is `DBetaFeatureEncoder` now; its parameters keep the original names."""
+    from pathlib import Path
+
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from modeling_dbeta import DBetaFeatureEncoder, DBetaModel
+
+    folder = Path(__file__).resolve().parent / "fixtures" / "saved_checkpoint"
+    saved_names = set(load_file(folder / "model.safetensors"))
+    model = DBetaModel.from_pretrained(folder).eval()
+    assert isinstance(model.ecg_model.feature_extractor, DBetaFeatureEncoder)
+    # Every saved tensor is a parameter of the current model under the same name (the T5 input
+    # embedding is tied to `shared` and saved once).
+    assert saved_names <= set(model.state_dict())
+    assert set(model.state_dict()) - saved_names == {"text_model.t5.encoder.embed_tokens.weight"}
+    assert any(name.startswith("ecg_model.feature_extractor.conv_layers.0.") for name in saved_names)
+    reference = np.load(folder / "outputs.npz")
+    with torch.no_grad():
+        ecg = model.get_ecg_features(input_values=torch.from_numpy(reference["input_values"])).pooler_output
+        ids = torch.from_numpy(reference["input_ids"])
+        text = model.get_text_features(input_ids=ids, attention_mask=torch.ones_like(ids)).pooler_output
+    assert np.array_equal(ecg.numpy(), reference["ecg_pooler"])
+    assert np.array_equal(text.numpy(), reference["text_pooler"])

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from dbeta.train import n3s
-from dbeta.train.n3s import (
+from dbeta.train.pretraining import n3s
+from dbeta.train.pretraining.n3s import (
     N3SIndex,
     N3SSettings,
     build_n3s_index,
@@ -186,7 +186,7 @@ def test_encoder_embeddings_are_unit_norm_mean_pooled_over_real_tokens_only(tmp_
 
 def test_random_mode_draws_distinct_other_rows_without_embedding(monkeypatch):
     """The ablation without N3S: uniformly drawn other reports, no text encoder involved."""
-    from dbeta.train import n3s
+    from dbeta.train.pretraining import n3s
 
     monkeypatch.setattr(n3s, "embed_reports", lambda *a, **k: pytest.fail("random negatives must not embed the reports"))
     reports = [f"report number {i}" for i in range(30)]

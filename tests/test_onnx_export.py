@@ -15,7 +15,7 @@ pytest.importorskip("onnxscript")
 
 from dbeta.cli import main as cli_main  # noqa: E402
 from dbeta.export_onnx import DEFAULT_OPSET, compare_ecg, compare_text, onnx_session  # noqa: E402
-from dbeta.train.retrieval import load_model_and_processor  # noqa: E402
+from dbeta.loading import load_model_and_processor  # noqa: E402
 from pipeline_dbeta import TASK  # noqa: E402
 
 LABELS = ["AFIB", "LBBB", "sinus rhythm"]

@@ -16,6 +16,19 @@ import torch
 from safetensors.torch import load_file
 
 from dbeta.train import pretrain
+from dbeta.train.demo.recipe import DEMO_DEFAULTS
+from dbeta.train.pretraining.args import parse_args
+from dbeta.train.pretraining.checkpoints import (
+    HUB_STAGING_FOLDER,
+    list_checkpoints,
+    publish_checkpoint,
+    remove_incomplete_checkpoints,
+    resolve_checkpoint,
+    rotate_checkpoints,
+)
+from dbeta.train.pretraining.data import keyword_labels, zero_shot_label_set
+from dbeta.train.pretraining.model import step_seed, text_encoder_source, tri_stage_lambda
+from dbeta.train.pretraining.processes import cpu_threads_per_process
 from tests.pretraining_helpers import demo_tokenizer, write_tiny_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +56,7 @@ if (REPO_ROOT / "pipeline_dbeta.py").is_file():
 
 
 def test_tri_stage_schedule_by_hand():
-    multiplier = pretrain.tri_stage_lambda(100, warmup_ratio=0.1, hold_ratio=0.4, init_lr_scale=0.01, final_lr_scale=0.01)
+    multiplier = tri_stage_lambda(100, warmup_ratio=0.1, hold_ratio=0.4, init_lr_scale=0.01, final_lr_scale=0.01)
     assert multiplier(0) == pytest.approx(0.01)
     assert multiplier(5) == pytest.approx(0.01 + 0.99 * 0.5)
     assert multiplier(10) == multiplier(49) == 1.0
@@ -53,62 +66,62 @@ def test_tri_stage_schedule_by_hand():
 
 
 def test_demo_and_paper_defaults():
-    demo = pretrain.parse_args([])
+    demo = parse_args([])
     assert demo.is_demo and demo.output_dir == "outputs/dbeta-demo" and demo.zero_shot_labels == "demo"
-    assert demo.learning_rate == pretrain.DEMO_DEFAULTS["learning_rate"]
-    paper = pretrain.parse_args(["--dataset_dir", "data/mimic_prepared"])
+    assert demo.learning_rate == DEMO_DEFAULTS["learning_rate"]
+    paper = parse_args(["--dataset_dir", "data/mimic_prepared"])
     assert not paper.is_demo
     assert (paper.learning_rate, paper.adam_beta1, paper.adam_beta2, paper.adam_epsilon, paper.weight_decay) == (5e-5, 0.9, 0.98, 1e-6, 0.01)
     assert (paper.lr_scheduler_type, paper.warmup_ratio, paper.hold_ratio) == ("tri_stage", 0.1, 0.4)
     assert paper.zero_shot_labels == "mimic" and paper.n3s_mode == "far" and paper.n3s_num_candidates == 64
     with pytest.raises(ValueError, match="max_train_steps"):
-        pretrain.parse_args(["--dataset_dir", "x", "--streaming"])
+        parse_args(["--dataset_dir", "x", "--streaming"])
     with pytest.raises(ValueError, match="hub_model_id"):
-        pretrain.parse_args(["--push_to_hub"])
+        parse_args(["--push_to_hub"])
 
 
 def test_step_seed_depends_on_seed_step_and_process_only():
-    assert pretrain.step_seed(0, 5, 1) == pretrain.step_seed(0, 5, 1)
-    assert len({pretrain.step_seed(0, 5, 1), pretrain.step_seed(1, 5, 1), pretrain.step_seed(0, 6, 1), pretrain.step_seed(0, 5, 0)}) == 4
+    assert step_seed(0, 5, 1) == step_seed(0, 5, 1)
+    assert len({step_seed(0, 5, 1), step_seed(1, 5, 1), step_seed(0, 6, 1), step_seed(0, 5, 0)}) == 4
 
 
 def test_cpu_threads_are_shared_by_the_local_processes(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert pretrain.cpu_threads_per_process(None, num_processes=1) == 8
-    assert pretrain.cpu_threads_per_process(None, num_processes=3) == 2
+    assert cpu_threads_per_process(None, num_processes=1) == 8
+    assert cpu_threads_per_process(None, num_processes=3) == 2
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # several machines: only this machine's processes share
-    assert pretrain.cpu_threads_per_process(None, num_processes=16) == 2
-    assert pretrain.cpu_threads_per_process(5, num_processes=16) == 5
+    assert cpu_threads_per_process(None, num_processes=16) == 2
+    assert cpu_threads_per_process(5, num_processes=16) == 5
 
 
 def test_checkpoint_rotation_and_latest(tmp_path):
     for step in (2, 10, 4, 8):
         (tmp_path / "checkpoints" / f"step_{step}").mkdir(parents=True)
     (tmp_path / "checkpoints" / "not_a_checkpoint").mkdir()
-    assert pretrain.resolve_checkpoint("latest", str(tmp_path)).name == "step_10"
-    pretrain.rotate_checkpoints(str(tmp_path), keep=2)
+    assert resolve_checkpoint("latest", str(tmp_path)).name == "step_10"
+    rotate_checkpoints(str(tmp_path), keep=2)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["not_a_checkpoint", "step_10", "step_8"]
-    assert pretrain.resolve_checkpoint("latest", str(tmp_path / "elsewhere")) is None
-    assert pretrain.resolve_checkpoint(None, str(tmp_path)) is None
+    assert resolve_checkpoint("latest", str(tmp_path / "elsewhere")) is None
+    assert resolve_checkpoint(None, str(tmp_path)) is None
 
 
 def test_real_runs_default_to_the_papers_pretrained_encoders():
-    real = pretrain.parse_args(["--dataset_dir", "data/mimic_prepared"])
+    real = parse_args(["--dataset_dir", "data/mimic_prepared"])
     assert real.text_encoder == "google/flan-t5-base" and real.n3s_encoder == "google/flan-t5-small"
-    assert pretrain.text_encoder_source(real) == "google/flan-t5-base (pretrained)"
-    scratch = pretrain.parse_args(["--dataset_dir", "d", "--text_encoder_from_scratch", "--n3s_encoder", "tfidf"])
+    assert text_encoder_source(real) == "google/flan-t5-base (pretrained)"
+    scratch = parse_args(["--dataset_dir", "d", "--text_encoder_from_scratch", "--n3s_encoder", "tfidf"])
     assert scratch.text_encoder is None and scratch.n3s_encoder == "tfidf"
-    assert pretrain.text_encoder_source(scratch) == "random initialisation (--text_encoder_from_scratch)"
-    continued = pretrain.parse_args(["--dataset_dir", "d", "--model_name_or_path", "some/dbeta"])
+    assert text_encoder_source(scratch) == "random initialisation (--text_encoder_from_scratch)"
+    continued = parse_args(["--dataset_dir", "d", "--model_name_or_path", "some/dbeta"])
     assert continued.text_encoder is None and continued.n3s_encoder == "google/flan-t5-small"
-    demo = pretrain.parse_args([])
+    demo = parse_args([])
     assert demo.text_encoder is None and demo.n3s_encoder == "tfidf"
-    assert pretrain.text_encoder_source(demo) == "random initialisation (demo: trained from scratch)"
+    assert text_encoder_source(demo) == "random initialisation (demo: trained from scratch)"
     with pytest.raises(ValueError, match="--text_encoder_from_scratch"):
-        pretrain.parse_args(["--dataset_dir", "d", "--text_encoder_from_scratch", "--text_encoder", "t5-small"])
+        parse_args(["--dataset_dir", "d", "--text_encoder_from_scratch", "--text_encoder", "t5-small"])
     with pytest.raises(ValueError, match="--overwrite_output_dir"):
-        pretrain.parse_args(["--dataset_dir", "d", "--overwrite_output_dir", "--resume_from_checkpoint", "latest"])
+        parse_args(["--dataset_dir", "d", "--overwrite_output_dir", "--resume_from_checkpoint", "latest"])
 
 
 def test_checkpoint_saves_are_published_whole_and_removed_whole(tmp_path):
@@ -116,30 +129,30 @@ def test_checkpoint_saves_are_published_whole_and_removed_whole(tmp_path):
     for name in ("step_2", "step_4", "step_6.tmp", "step_1.deleting"):
         (checkpoints / name).mkdir(parents=True)
         (checkpoints / name / "model.safetensors").write_text(name)
-    assert [p.name for p in pretrain.list_checkpoints(tmp_path)] == ["step_2", "step_4"]
-    assert pretrain.resolve_checkpoint("latest", str(tmp_path)).name == "step_4"
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_2", "step_4"]
+    assert resolve_checkpoint("latest", str(tmp_path)).name == "step_4"
     with pytest.raises(ValueError, match="incomplete checkpoint"):
-        pretrain.resolve_checkpoint(str(checkpoints / "step_6.tmp"), str(tmp_path))
-    pretrain.publish_checkpoint(checkpoints / "step_6.tmp", checkpoints / "step_6")
-    pretrain.rotate_checkpoints(str(tmp_path), keep=2)
-    pretrain.remove_incomplete_checkpoints(tmp_path)
+        resolve_checkpoint(str(checkpoints / "step_6.tmp"), str(tmp_path))
+    publish_checkpoint(checkpoints / "step_6.tmp", checkpoints / "step_6")
+    rotate_checkpoints(str(tmp_path), keep=2)
+    remove_incomplete_checkpoints(tmp_path)
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step_4", "step_6"]
     (checkpoints / "step_4.tmp").mkdir()
     (checkpoints / "step_4.tmp" / "model.safetensors").write_text("new")
-    pretrain.publish_checkpoint(checkpoints / "step_4.tmp", checkpoints / "step_4")  # a re-run of step 4 replaces it
+    publish_checkpoint(checkpoints / "step_4.tmp", checkpoints / "step_4")  # a re-run of step 4 replaces it
     assert (checkpoints / "step_4" / "model.safetensors").read_text() == "new"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step_4", "step_6"]
 
 
 def test_keyword_labels_respect_word_boundaries():
-    labels = pretrain.zero_shot_label_set("mimic")
+    labels = zero_shot_label_set("mimic")
     reports = ["Sinus rhythm. Abnormal ECG", "sinus rhythm normal ecg", "atrial fibrillation with pvcs"]
-    matrix = pretrain.keyword_labels(reports, labels)
+    matrix = keyword_labels(reports, labels)
     names = list(labels)
     assert matrix[0, names.index("normal ecg")] == 0  # "abnormal ecg" is not "normal ecg"
     assert matrix[1, names.index("normal ecg")] == 1
     assert matrix[2, names.index("ventricular premature complexes")] == 1
-    demo = pretrain.zero_shot_label_set("demo")
+    demo = zero_shot_label_set("demo")
     assert demo["atrial_fibrillation"][0] == "atrial fibrillation"
 
 
@@ -150,8 +163,8 @@ def test_keyword_labels_respect_word_boundaries():
 
 @pytest.fixture(scope="module")
 def prepared_dataset(tmp_path_factory):
-    from dbeta.train.make_demo_corpus import make_demo_corpus
-    from dbeta.train.mimic_iv_ecg import prepare_mimic_iv_ecg
+    from dbeta.train.demo.make_demo_corpus import make_demo_corpus
+    from dbeta.train.data.mimic_iv_ecg import prepare_mimic_iv_ecg
 
     root = tmp_path_factory.mktemp("corpus")
     make_demo_corpus(root / "raw", num_records=60, num_subjects=30, seed=0)
@@ -276,7 +289,7 @@ def test_a_checkpoint_save_cut_short_is_ignored_and_training_resumes_bit_exact(f
         run_main(common_args(tiny_setup, output_dir))
     monkeypatch.undo()
     assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["step_2", "step_4.tmp"]
-    assert pretrain.resolve_checkpoint("latest", str(output_dir)).name == "step_2"
+    assert resolve_checkpoint("latest", str(output_dir)).name == "step_2"
 
     resumed = run_main(common_args(tiny_setup, output_dir, "--resume_from_checkpoint", "latest"))
     assert resumed.history == full_run.result.history[2:]  # steps 3..6, every loss term bit for bit
@@ -336,7 +349,7 @@ def test_an_unreachable_flan_t5_stops_a_real_run_before_training(tiny_setup, tmp
 
 
 def test_the_n3s_command_names_its_encoder_flag_when_offline(tiny_setup, hub_offline):
-    from dbeta.train import n3s
+    from dbeta.train.pretraining import n3s
 
     with pytest.raises(SystemExit, match="--encoder 'google/flan-t5-small': the N3S text encoder") as raised:
         n3s.main(["--dataset_dir", str(tiny_setup.dataset), "--encoder", "google/flan-t5-small", "--splits", "validation"])
@@ -452,7 +465,7 @@ print(json.dumps({"module": type(model).__module__, "class": type(model).__name_
 def test_model_card_renders_the_measured_numbers(full_run, tmp_path):
     from huggingface_hub import ModelCard
 
-    from dbeta.train.model_card import _format_value
+    from dbeta.model_card import _format_value
 
     folder = full_run.output_dir
     results = json.loads((folder / "results.json").read_text())
@@ -495,7 +508,7 @@ def test_push_uploads_a_commit_per_checkpoint_and_the_final_folder(full_run):
     assert not any(name.startswith(("checkpoints/", ".hub_staging/")) for name in final)
     assert hub.commits[-1]["results"]["completed_steps"] == 6
     assert [commit["results"]["completed_steps"] for commit in hub.commits[:3]] == [2, 4, 6]
-    staging = full_run.output_dir / pretrain.HUB_STAGING_FOLDER
+    staging = full_run.output_dir / HUB_STAGING_FOLDER
     assert not staging.exists() or not any(staging.iterdir())  # staged copies removed after upload
 
 

@@ -9,9 +9,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dbeta.train import pretrain
-from dbeta.train.collator import DBetaPretrainingCollator, PretrainingBatchSettings
-from dbeta.train.speed_levers import build_adamw, check_fused_adamw_devices, compile_repeated_layers
+from dbeta.train.pretraining.args import parse_args
+from dbeta.train.pretraining.checkpoints import TrainingProgress, rescale_to_processes
+from dbeta.train.pretraining.collator import DBetaPretrainingCollator, PretrainingBatchSettings
+from dbeta.train.pretraining.model import build_scheduler, optimizer_parameter_groups
+from dbeta.train.pretraining.speed_levers import build_adamw, check_fused_adamw_devices, compile_repeated_layers
 from modeling_dbeta import DBetaForPreTraining
 from tests.pretraining_helpers import demo_tokenizer, prepared_rows, tiny_pretraining_config
 
@@ -41,7 +43,7 @@ def batches(tokenizer, settings, count=2, batch_size=4):
 
 def train_steps(model, step_batches, fused=False):
     """Forward, backward, clipping and an AdamW update per batch; returns the losses of each step."""
-    optimizer = build_adamw(pretrain.optimizer_parameter_groups(model, 0.01), 1e-3, (0.9, 0.98), 1e-6, fused=fused)
+    optimizer = build_adamw(optimizer_parameter_groups(model, 0.01), 1e-3, (0.9, 0.98), 1e-6, fused=fused)
     history = []
     for step, batch in enumerate(step_batches):
         batch = {name: value for name, value in batch.items() if name != "sample_index"}
@@ -61,10 +63,10 @@ def assert_same_history(actual, expected, tolerance):
 
 
 def test_speed_levers_default_off():
-    args = pretrain.parse_args([])
+    args = parse_args([])
     assert not args.compile and not args.fused_adamw
     assert args.text_length_buckets is None and args.pad_to_multiple_of is None
-    args = pretrain.parse_args(["--compile", "--compile_backend", "aot_eager", "--text_length_buckets", "64", "128", "--pad_to_multiple_of", "8", "--fused_adamw"])
+    args = parse_args(["--compile", "--compile_backend", "aot_eager", "--text_length_buckets", "64", "128", "--pad_to_multiple_of", "8", "--fused_adamw"])
     assert args.compile and args.fused_adamw and args.compile_backend == "aot_eager"
     assert args.text_length_buckets == [64, 128] and args.pad_to_multiple_of == 8
 
@@ -185,9 +187,9 @@ def test_pretrain_with_every_lever_trains_as_the_plain_run(tiny_setup, tmp_path)
 
 def prepared_scheduler(num_processes, total_steps, completed_steps):
     """The run's tri-stage schedule as accelerate drives it: `num_processes` scheduler steps per optimiser step."""
-    args = pretrain.parse_args(["--dataset_dir", "unused", "--lr_scheduler_type", "tri_stage", "--learning_rate", "1e-3", "--config_name", "x"])
+    args = parse_args(["--dataset_dir", "unused", "--lr_scheduler_type", "tri_stage", "--learning_rate", "1e-3", "--config_name", "x"])
     optimizer = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=args.learning_rate)
-    scheduler = pretrain.build_scheduler(args, optimizer, total_steps, num_processes)
+    scheduler = build_scheduler(args, optimizer, total_steps, num_processes)
     for _ in range(completed_steps * num_processes):
         optimizer.step()
         scheduler.step()
@@ -199,10 +201,10 @@ def test_resuming_on_another_process_count_keeps_the_data_position_and_the_sched
     (old_processes, old_batch), (new_processes, new_batch) = old, new
     total, done = 100, 37
     saved = prepared_scheduler(old_processes, total, done)
-    progress = pretrain.TrainingProgress(completed_steps=done, epoch=1, batches_in_epoch=12, num_processes=old_processes, per_device_batch_size=old_batch)
+    progress = TrainingProgress(completed_steps=done, epoch=1, batches_in_epoch=12, num_processes=old_processes, per_device_batch_size=old_batch)
     resumed = prepared_scheduler(new_processes, total, 0)
     resumed.load_state_dict(saved.state_dict())  # what load_state restores
-    assert pretrain.rescale_to_processes(progress, resumed, new_processes, new_batch)
+    assert rescale_to_processes(progress, resumed, new_processes, new_batch)
     # The same samples read in this epoch (rounded up to whole new global batches) ...
     read = 12 * old_processes * old_batch
     assert progress.batches_in_epoch * new_processes * new_batch >= read > (progress.batches_in_epoch - 1) * new_processes * new_batch
@@ -219,8 +221,8 @@ def test_resuming_on_another_process_count_keeps_the_data_position_and_the_sched
 def test_resuming_on_the_same_layout_changes_nothing():
     scheduler = prepared_scheduler(2, 100, 10)
     state = scheduler.state_dict()
-    progress = pretrain.TrainingProgress(completed_steps=10, batches_in_epoch=5, num_processes=2, per_device_batch_size=8)
-    assert not pretrain.rescale_to_processes(progress, scheduler, 2, 8)
+    progress = TrainingProgress(completed_steps=10, batches_in_epoch=5, num_processes=2, per_device_batch_size=8)
+    assert not rescale_to_processes(progress, scheduler, 2, 8)
     assert progress.batches_in_epoch == 5 and scheduler.state_dict() == state
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dbeta.train import pretrain
+from dbeta.train.pretraining.processes import SharedPreparation
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CPU_CONFIG = REPO_ROOT / "train" / "configs" / "cpu_2_processes.yaml"
@@ -54,7 +54,7 @@ def _preparation_rank(rank: int, init_file: str, folder: str) -> None:
     try:
         os.environ["LOCAL_WORLD_SIZE"] = "2"
         accelerator = SimpleNamespace(num_processes=2, process_index=rank, is_main_process=rank == 0, is_local_main_process=rank == 0)
-        preparation = pretrain.SharedPreparation(accelerator, timeout_seconds=120)
+        preparation = SharedPreparation(accelerator, timeout_seconds=120)
         shared = Path(folder) / "shared.txt"
 
         def write_then_read():
@@ -112,7 +112,7 @@ def test_preparation_turns_per_machine(monkeypatch):
         accelerator = SimpleNamespace(
             num_processes=1, process_index=process_index, is_main_process=process_index == 0, is_local_main_process=local_index == 0
         )
-        preparation = pretrain.SharedPreparation(accelerator)  # no group: one process
+        preparation = SharedPreparation(accelerator)  # no group: one process
         preparation.several_machines = num_processes > 2
         return preparation._turns()
 

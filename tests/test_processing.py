@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from dbeta.train.build_demo_tokenizer import DEMO_TOKENIZER_DIR, SENTINEL_TOKENS, load_demo_tokenizer
+from dbeta.train.demo.build_demo_tokenizer import DEMO_TOKENIZER_DIR, SENTINEL_TOKENS, load_demo_tokenizer
 from processing_dbeta import (
     MIMIC_LEAD_NAMES,
     STANDARD_LEAD_NAMES,

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from zero_shot_utils import LUDB_FIXTURES, copy_records, save_tiny_zero_shot_folder
 
 import dbeta.cli as cli
-import dbeta.train.retrieval as retrieval
+import dbeta.embedding as retrieval
 
 OLD = b"record,AFIB\nold-complete-file,0.5\n"
 
@@ -24,7 +24,7 @@ OLD = b"record,AFIB\nold-complete-file,0.5\n"
 # so that the test can signal the process while the output is half written.
 SLOW_CLI = """
 import pathlib, sys, time
-import dbeta.train.retrieval as retrieval
+import dbeta.embedding as retrieval
 original, calls = retrieval.embed_ecg_batch, []
 def slow(*args, **kwargs):
     calls.append(1)

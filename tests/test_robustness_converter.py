@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dbeta.train.build_demo_tokenizer import DEMO_TOKENIZER_DIR
-from dbeta.train.convert_original_checkpoint import (
+from dbeta.train.demo.build_demo_tokenizer import DEMO_TOKENIZER_DIR
+from dbeta.train.conversion.convert_original_checkpoint import (
     CheckpointLayoutError,
     DamagedCheckpointError,
     config_from_original,
@@ -244,7 +244,7 @@ def test_an_unrecognised_layout_lists_unmatched_and_expected_keys(tmp_path, orig
 
 
 def test_unknown_extra_keys_are_listed(original, original_config):
-    from dbeta.train.convert_original_checkpoint import convert_state_dict
+    from dbeta.train.conversion.convert_original_checkpoint import convert_state_dict
 
     extra = {**original, "logit_scale": torch.zeros(()), "ecg_encoder.some_new_layer.weight": torch.zeros(2, 3)}
     config = config_from_original(extra, original_config)

@@ -23,9 +23,9 @@ wfdb = pytest.importorskip("wfdb")
 datasets = pytest.importorskip("datasets")
 
 import processing_dbeta  # noqa: E402
-from dbeta.train import mimic_iv_ecg  # noqa: E402
-from dbeta.train.make_demo_corpus import MIMIC_LEAD_ORDER, make_demo_corpus, mimic_relative_path, simulate_ecg  # noqa: E402
-from dbeta.train.mimic_iv_ecg import SkipRecord, convert_record, prepare_mimic_iv_ecg, read_study_index  # noqa: E402
+from dbeta.train.data import mimic_iv_ecg  # noqa: E402
+from dbeta.train.demo.make_demo_corpus import MIMIC_LEAD_ORDER, make_demo_corpus, mimic_relative_path, simulate_ecg  # noqa: E402
+from dbeta.train.data.mimic_iv_ecg import SkipRecord, convert_record, prepare_mimic_iv_ecg, read_study_index  # noqa: E402
 from test_data_mimic_iv_ecg import _append_study  # noqa: E402
 
 NUM_VALID = 8
@@ -295,7 +295,7 @@ def test_missing_columns_name_the_csv_and_column(tmp_path):
 
 _DRIVER = """
 import sys, time
-from dbeta.train import mimic_iv_ecg
+from dbeta.train.data import mimic_iv_ecg
 
 original = mimic_iv_ecg.process_shard
 
@@ -373,7 +373,7 @@ def test_killed_preparation_leaves_no_worker(tmp_path):
 
 
 def test_command_line_reports_bad_csv_on_one_line(tmp_path, capsys):
-    from dbeta.train.prepare_mimic_iv_ecg import main
+    from dbeta.train.data.prepare_mimic_iv_ecg import main
 
     root = _write_index(tmp_path / "m", "subject_id,study_id,path\nabc,2,files/a/2\n")
     with pytest.raises(SystemExit) as exit_info:

@@ -378,3 +378,28 @@ def test_packed_format_212(records, with_length):
     if with_length:
         with pytest.raises(ValueError, match="header disagrees with the data"):
             read_wfdb_record(header)
+
+
+def test_whole_and_windowed_reads_share_the_header_checks(tmp_path):
+    """A header naming `1é.dat` (present, harmless) that `wfdb` reads as `1.dat` (a link out of the
+    folder): the sliding-window reader refuses it exactly as the whole-record reader does."""
+    from processing_dbeta import iter_ecg_windows
+
+    fixtures = Path(__file__).resolve().parent / "fixtures" / "ludb"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.dat").write_bytes((fixtures / "1.dat").read_bytes())
+    folder = tmp_path / "record"
+    folder.mkdir()
+    (folder / "1é.dat").write_bytes((fixtures / "1.dat").read_bytes())
+    (folder / "1.dat").symlink_to(outside / "secret.dat")
+    header = (fixtures / "1.hea").read_bytes().replace(b"1.dat", "1é.dat".encode()).replace(b"1 12", b"evil 12", 1)
+    (folder / "evil.hea").write_bytes(header)
+
+    errors = []
+    for read in (lambda: read_wfdb_record(folder / "evil"), lambda: list(iter_ecg_windows(str(folder / "evil"), 2.0))):
+        with pytest.raises(ValueError) as caught:
+            read()
+        errors.append(str(caught.value))
+    assert errors[0] == errors[1]
+    assert "evil.hea" in errors[0]

@@ -6,14 +6,14 @@ from pathlib import Path
 import torch
 from tiny import tiny_config
 
-from dbeta.train.build_demo_tokenizer import load_demo_tokenizer
+from dbeta.train.demo.build_demo_tokenizer import load_demo_tokenizer
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 LUDB_FIXTURES = FIXTURES / "ludb"
 CINC_FIXTURES = FIXTURES / "cinc2021"
 
 
-def save_tiny_zero_shot_folder(folder, seed: int = 0) -> Path:
+def save_tiny_zero_shot_folder(folder, seed: int = 0, **config_overrides) -> Path:
     """Save a tiny random `DBetaModel` with the demo tokenizer, processor, pipeline and label
     descriptions to `folder` (what `pipeline(..., trust_remote_code=True)` loads)."""
     from modeling_dbeta import DBetaModel
@@ -21,7 +21,7 @@ def save_tiny_zero_shot_folder(folder, seed: int = 0) -> Path:
     from processing_dbeta import DBetaFeatureExtractor, DBetaProcessor
 
     torch.manual_seed(seed)
-    model = DBetaModel(tiny_config()).eval()
+    model = DBetaModel(tiny_config(**config_overrides)).eval()
     processor = DBetaProcessor(DBetaFeatureExtractor(), load_demo_tokenizer())
     return save_pipeline_folder(model, processor, folder)
 

@@ -1,38 +1,29 @@
-"""ECG and text embeddings in batches, and ECG <-> report search over them.
+"""ECG and text embeddings in batches (the inference helpers that evaluation, the CLI and the demo share).
 
 D-BETA embeds ECGs (`get_ecg_features(...).pooler_output`) and reports
 (`get_text_features(...).pooler_output`) into one 768-d space where the ETS logit
 `scale * e.t + bias` scores a pair. Retrieval ranks by that logit, i.e. by the raw dot product
 (the features are not L2-normalised, as in pre-training).
 
-    >>> model, processor = load_model_and_processor("outputs/dbeta-demo")
+    >>> model, processor = dbeta.loading.load_model_and_processor("outputs/dbeta-demo")
     >>> ecg = embed_ecgs(model, processor.feature_extractor, records)           # (N, 768)
     >>> text = embed_texts(model, processor.tokenizer, reports)                 # (N, 768)
-    >>> index = ECGTextIndex(ecg, text, texts=reports)
-    >>> index.search_texts(ecg[:1], top_k=5)                                     # ECG -> reports
-    >>> index.recall(ks=(1, 5, 10))                                              # paired evaluation
+
+Search over them: `dbeta.train.evaluation.retrieval.ECGTextIndex`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .metrics import DEFAULT_RECALL_KS, cross_modal_recall
-
-LABEL_DESCRIPTIONS_NAME = "label_descriptions.json"
-
-
 def normalize_text(text: str) -> str:
     """Pre-training report normalisation (lower-case, trim, ekg -> ecg, strip `* =-`)."""
-    from .text import normalize_report
+    from dbeta.text import normalize_report
 
     return normalize_report(text)
 
@@ -40,43 +31,6 @@ def normalize_text(text: str) -> str:
 def base_model(model):
     """The `DBetaModel` inside a `DBetaForPreTraining` (or the model itself)."""
     return getattr(model, "dbeta", model)
-
-
-def load_model_and_processor(path: str | os.PathLike, device: str | torch.device = "cpu", dtype=None):
-    """Load a D-BETA folder (or Hub id) as `(DBetaModel, DBetaProcessor)`, in eval mode.
-
-    The installed package's classes are used, never the folder's remote code (so nothing prompts
-    for `trust_remote_code`). A folder without a saved feature extractor gets a default
-    `DBetaFeatureExtractor` matching the model config.
-    """
-    from transformers import AutoTokenizer
-
-    from modeling_dbeta import DBetaModel
-    from processing_dbeta import DBetaFeatureExtractor, DBetaProcessor
-
-    kwargs = {"dtype": dtype} if dtype is not None else {}
-    model = DBetaModel.from_pretrained(path, **kwargs).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    try:
-        feature_extractor = DBetaFeatureExtractor.from_pretrained(path)
-    except OSError:
-        config = model.config
-        feature_extractor = DBetaFeatureExtractor(
-            sampling_rate=getattr(config, "sampling_rate", 500),
-            num_samples=getattr(config, "num_samples", 5000),
-            lead_names=list(getattr(config, "lead_names", None) or []) or None,
-        )
-    max_text_length = getattr(model.config, "max_text_length", 256) - 2
-    return model, DBetaProcessor(feature_extractor, tokenizer, max_text_length=max_text_length)
-
-
-def load_label_descriptions(model_path: str | os.PathLike | None = None) -> dict[str, str]:
-    """`{code: description}` from the model folder's `label_descriptions.json`, else the packaged file."""
-    import dbeta
-
-    folder_file = Path(model_path) / LABEL_DESCRIPTIONS_NAME if model_path is not None else None
-    source = folder_file if folder_file is not None and folder_file.is_file() else Path(dbeta.LABEL_DESCRIPTIONS_FILE)
-    return json.loads(source.read_text(encoding="utf-8"))
 
 
 @torch.no_grad()
@@ -186,65 +140,11 @@ def embed_ecgs(
     return torch.cat(embeddings), failures
 
 
-class ECGTextIndex:
-    """Exact ECG <-> text search over precomputed embeddings (dot product = ETS logit order).
-
-    Args:
-        ecg_embeds: `(num_ecgs, hidden)`.
-        text_embeds: `(num_texts, hidden)`.
-        ecg_ids / texts: optional names returned with the hits.
-    """
-
-    def __init__(
-        self, ecg_embeds, text_embeds, ecg_ids: Sequence[str] | None = None, texts: Sequence[str] | None = None
-    ):
-        self.ecg_embeds = torch.as_tensor(ecg_embeds, dtype=torch.float32)
-        self.text_embeds = torch.as_tensor(text_embeds, dtype=torch.float32)
-        if self.ecg_embeds.shape[-1] != self.text_embeds.shape[-1]:
-            raise ValueError(f"Embedding widths differ: {self.ecg_embeds.shape[-1]} vs {self.text_embeds.shape[-1]}.")
-        self.ecg_ids = list(ecg_ids) if ecg_ids is not None else [str(i) for i in range(len(self.ecg_embeds))]
-        self.texts = list(texts) if texts is not None else None
-
-    @staticmethod
-    def _top_k(queries: torch.Tensor, gallery: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        queries = torch.as_tensor(queries, dtype=torch.float32)
-        if queries.dim() == 1:
-            queries = queries[None]
-        scores = queries @ gallery.T
-        return torch.topk(scores, k=min(top_k, gallery.shape[0]), dim=-1)
-
-    def search_texts(self, ecg_queries, top_k: int = 5) -> list[list[dict]]:
-        """ECG -> text: for each query ECG embedding, the `top_k` texts `{"index", "text", "score"}`."""
-        scores, indices = self._top_k(ecg_queries, self.text_embeds, top_k)
-        return [
-            [
-                {"index": int(i), "text": self.texts[int(i)] if self.texts else None, "score": float(s)}
-                for s, i in zip(row_scores, row_indices)
-            ]
-            for row_scores, row_indices in zip(scores, indices)
-        ]
-
-    def search_ecgs(self, text_queries, top_k: int = 5) -> list[list[dict]]:
-        """Text -> ECG: for each query text embedding, the `top_k` ECGs `{"index", "id", "score"}`."""
-        scores, indices = self._top_k(text_queries, self.ecg_embeds, top_k)
-        return [
-            [{"index": int(i), "id": self.ecg_ids[int(i)], "score": float(s)} for s, i in zip(row_scores, row_indices)]
-            for row_scores, row_indices in zip(scores, indices)
-        ]
-
-    def recall(self, ks: Iterable[int] = DEFAULT_RECALL_KS, groups: Sequence[Any] | None = None) -> dict:
-        """Recall@k both ways when ECG `i` and text `i` are a pair (see `metrics.cross_modal_recall`)."""
-        return cross_modal_recall(self.ecg_embeds.numpy(), self.text_embeds.numpy(), ks, groups)
-
-
 __all__ = [
-    "ECGTextIndex",
     "EmbeddingFailure",
     "base_model",
     "embed_ecg_batch",
     "embed_ecgs",
     "embed_texts",
-    "load_label_descriptions",
-    "load_model_and_processor",
     "normalize_text",
 ]

@@ -7,7 +7,7 @@ For every batch, in this order (DECISIONS 13, fixing the original's quirk Q1):
    zero each lead independently with probability `lead_masking_probability` (the only
    augmentation; the MEM target is this masked input).
 2. **N3S negatives**: `int(0.5 * B + U[0, 1))` distinct rows get a negative report drawn from
-   their N3S candidates (:mod:`dbeta.train.n3s`) and `is_aligned = 0`.
+   their N3S candidates (:mod:`dbeta.train.pretraining.n3s`) and `is_aligned = 0`.
 3. **Tokenise** the reports (normalised as the original collator does), padded to the longest
    in the batch and truncated to `max_text_length - 2` tokens. Optionally (`text_length_buckets`,
    `pad_to_multiple_of`; off by default) the padded length is rounded up to a fixed set of
@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dbeta.train.mimic_iv_ecg import decode_ecg
-from dbeta.train.text import normalize_report
+from dbeta.train.data.mimic_iv_ecg import decode_ecg
+from dbeta.text import normalize_report
 from processing_dbeta import canonical_lead_name
 
 #: The mask token of MLM: T5 has none, so its first sentinel stands in for it (DECISIONS 13).

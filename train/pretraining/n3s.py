@@ -27,7 +27,7 @@ brings no speed-up for an exact search and is not needed.
 
 Run it ahead of training (pre-training builds the cache itself when it is missing)::
 
-    python train/n3s.py --dataset_dir data/mimic_prepared --encoder google/flan-t5-small
+    python train/pretraining/n3s.py --dataset_dir data/mimic_prepared --encoder google/flan-t5-small
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dbeta.train.text import normalize_report
+from dbeta.text import normalize_report
 
 logger = logging.getLogger(__name__)
 
@@ -374,7 +374,7 @@ def default_cache_dir(dataset_dir: str | os.PathLike, split: str) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Build the N3S negative-report cache of a prepared dataset.")
-    parser.add_argument("--dataset_dir", required=True, help="A DatasetDict saved by train/prepare_mimic_iv_ecg.py.")
+    parser.add_argument("--dataset_dir", required=True, help="A DatasetDict saved by train/data/prepare_mimic_iv_ecg.py.")
     parser.add_argument("--splits", nargs="+", default=["train", "validation"])
     parser.add_argument("--encoder", default="tfidf", help='"tfidf" or a text encoder id, e.g. google/flan-t5-small.')
     parser.add_argument("--mode", choices=N3S_MODES, default="far")

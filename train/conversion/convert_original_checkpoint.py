@@ -4,7 +4,7 @@
 `AutoModel.from_pretrained(folder, trust_remote_code=True)` and
 `pipeline("zero-shot-ecg-classification", model=folder, trust_remote_code=True)` load.
 
-    python train/convert_original_checkpoint.py --checkpoint_path sample.pt --output_dir dbeta-base \
+    python train/conversion/convert_original_checkpoint.py --checkpoint_path sample.pt --output_dir dbeta-base \
         --tokenizer google/flan-t5-base [--original_config config.json] [--ecg_only] [--trust_checkpoint]
 
 Inputs: the fairseq `.pt` of the original release (`{"model": state_dict}`), a plain state dict in
@@ -19,7 +19,7 @@ counts come from contiguous key indices (a gap is an error naming the missing la
 from the tensor shapes; head counts, which shapes do not reveal, come from the original
 `config.json` (`--original_config`) or default to the published 64-d heads.
 
-The folder is written by the same exporter as pre-training (`dbeta.train.hub_export`) into a
+The folder is written by the same exporter as pre-training (`dbeta.hub_export`) into a
 temporary sibling folder that is renamed at the end, so a failed conversion leaves nothing behind.
 """
 
@@ -39,7 +39,9 @@ from pathlib import Path
 import torch
 
 from configuration_dbeta import DBetaConfig, DBetaECGConfig
-from dbeta.train.hub_export import staged_folder, write_hub_folder
+from dbeta.files import staged_folder
+from dbeta.hub_export import write_hub_folder
+from dbeta.model_card import build_conversion_card
 from modeling_dbeta import DBetaECGModel, DBetaForPreTraining
 
 logger = logging.getLogger(__name__)
@@ -602,129 +604,13 @@ def conversion_command(
     checkpoint_path, output_dir, original_config=None, tokenizer=None, ecg_only=False, trust_checkpoint=False
 ) -> str:
     """The command line that performs this conversion (for the model card)."""
-    argv = ["python", "train/convert_original_checkpoint.py", "--checkpoint_path", str(checkpoint_path), "--output_dir", str(output_dir)]
+    argv = ["python", "train/conversion/convert_original_checkpoint.py", "--checkpoint_path", str(checkpoint_path), "--output_dir", str(output_dir)]
     if original_config is not None:
         argv += ["--original_config", str(original_config) if isinstance(original_config, (str, Path)) else "<config.json>"]
     if tokenizer is not None:
         argv += ["--tokenizer", str(tokenizer)]
     argv += ["--ecg_only"] * bool(ecg_only) + ["--trust_checkpoint"] * bool(trust_checkpoint)
     return shlex.join(argv)
-
-
-def build_conversion_card(
-    model,
-    source: str | Path,
-    command: str,
-    counts: Mapping[str, int],
-    tokenizer: str | None = None,
-    original_config_given: bool = False,
-    title: str = "dbeta",
-):
-    """The model card of a converted folder: source checkpoint, conversion command, licence, usage."""
-    from huggingface_hub import ModelCard, ModelCardData
-
-    from dbeta.train.model_card import CITATION
-
-    source = Path(source)
-    files = _files_of_folder(source) if source.is_dir() else [source]
-    checksums = "\n".join(f"| `{file.name}` | {file.stat().st_size:,} | `{file_sha256(file)}` |" for file in files)
-    two_towers = not isinstance(model, DBetaECGModel)
-    config = model.config
-    ecg_config = config if isinstance(model, DBetaECGModel) else config.ecg_config
-    num_parameters = sum(parameter.numel() for parameter in model.parameters())
-    architecture = {
-        "ECG encoder": f"{counts['ECG encoder layer']} layers, {ecg_config.hidden_size}-d, {ecg_config.num_attention_heads} heads",
-        "conv feature extractor": f"{counts['conv feature extractor layer']} layers, channels {list(ecg_config.conv_dim)}",
-    }
-    if two_towers:
-        architecture.update(
-            {
-                "T5 text encoder": f"{counts['T5 text encoder block']} blocks, d_model {config.text_config.d_model}, vocabulary {config.text_config.vocab_size}",
-                "fusion": f"{counts['text fusion layer']} layers per stream, {config.hidden_size}-d, {config.fusion_num_attention_heads} heads",
-                "MEM decoder": f"{counts['MEM decoder block']} blocks, {config.mem_decoder_hidden_size}-d",
-            }
-        )
-    architecture["parameters"] = f"{num_parameters:,}"
-    architecture_rows = "\n".join(f"| {name} | {value} |" for name, value in architecture.items())
-    card_data = ModelCardData(
-        model_name=title,
-        library_name="transformers",
-        pipeline_tag="feature-extraction",
-        license=ORIGINAL_WEIGHTS_LICENSE,
-        tags=["ecg", "electrocardiogram", "d-beta", "custom_code"] + ["zero-shot-ecg-classification"] * two_towers,
-    )
-    if two_towers:
-        usage = """```python
-from transformers import pipeline
-
-classifier = pipeline("zero-shot-ecg-classification", model="path/to/this/folder", trust_remote_code=True)
-classifier("ludb/data/1", candidate_labels=["AFIB", "LBBB", "SR"])  # a WFDB record, or a (12, T) array in mV
-```
-
-Label codes found in `label_descriptions.json` (`AFIB`, `LBBB`, ...) are scored by their description."""
-    else:
-        usage = """```python
-import torch
-from transformers import AutoFeatureExtractor, AutoModel
-
-model = AutoModel.from_pretrained("path/to/this/folder", trust_remote_code=True).eval()
-extractor = AutoFeatureExtractor.from_pretrained("path/to/this/folder", trust_remote_code=True)
-inputs = extractor(ecg, sampling_rate=500, return_tensors="pt")  # ecg: (12, T) array in millivolts
-with torch.no_grad():
-    features = model(**inputs).pooler_output  # the ECG embedding (get_ecg_feats of the original)
-```"""
-    content = f"""---
-{card_data.to_yaml()}
----
-
-# {title}
-
-D-BETA (*Boosting Masked ECG-Text Auto-Encoders as Discriminative Learners*, ICML 2025) weights
-converted from the original release ({ORIGINAL_REPOSITORY}) into the `dbeta` transformers layout:
-{"both towers, fusion layers and pre-training heads (`DBetaForPreTraining`)" if two_towers else "the ECG tower only (`DBetaECGModel`)"}.
-The weights are the original ones, renamed; nothing was trained.
-
-## Source checkpoint
-
-| file | bytes | SHA-256 |
-|---|---|---|
-{checksums}
-
-Converted with:
-
-```bash
-{command}
-```
-
-Tokenizer: {f"`{tokenizer}`" if tokenizer else "none (ECG-only export)"}. Original config: {"given (`--original_config`); layer counts checked against it" if original_config_given else "not given; head counts default to 64-d heads, layer counts read from the keys"}.
-Every original key was mapped and every parameter set; layer counts come from contiguous key indices.
-
-## Architecture
-
-| component | size |
-|---|---|
-{architecture_rows}
-
-## Usage
-
-{usage}
-
-## Licence
-
-The original D-BETA weights are released under **CC BY-NC 4.0** (non-commercial use only), and these
-converted weights are a derivative that keeps that licence. The code files in this folder are the
-`dbeta` package's (Apache-2.0). The model was pre-trained on MIMIC-IV-ECG, distributed by PhysioNet
-under the PhysioNet Credentialed Health Data License 1.5.0.
-
-Not a medical device: outputs are research artefacts and must not drive clinical decisions.
-
-## Citation
-
-```bibtex
-{CITATION}
-```
-"""
-    return ModelCard(content)
 
 
 def convert_checkpoint(
@@ -824,11 +710,18 @@ def convert_checkpoint(
                 lead_names=list(lead_config.lead_names), sampling_rate=lead_config.sampling_rate, num_samples=lead_config.num_samples
             )
         processor = feature_extractor if ecg_only else DBetaProcessor(feature_extractor, text_tokenizer)
+        source = Path(checkpoint_path)
+        source_files = [
+            (file.name, file.stat().st_size, file_sha256(file))
+            for file in (_files_of_folder(source) if source.is_dir() else [source])
+        ]
         card = build_conversion_card(
             model,
-            checkpoint_path,
+            source_files,
             command,
             counts,
+            license=ORIGINAL_WEIGHTS_LICENSE,
+            repository=ORIGINAL_REPOSITORY,
             tokenizer=tokenizer,
             original_config_given=original_config is not None,
             title=Path(output_dir).resolve().name,
@@ -853,7 +746,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     original_config = json.loads(Path(args.original_config).read_text()) if args.original_config else None
-    command = shlex.join(["python", "train/convert_original_checkpoint.py", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "train/conversion/convert_original_checkpoint.py", *(sys.argv[1:] if argv is None else argv)])
     try:
         model = convert_checkpoint(
             args.checkpoint_path,

@@ -19,7 +19,7 @@ patients it never saw. This module
 
 Rebuild the vendored set (only needed if the split rule changes)::
 
-    python -m dbeta.train.real_ecg --ludb_dir ../shared/data/real/ludb/data
+    python -m dbeta.train.demo.real_ecg --ludb_dir ../shared/data/real/ludb/data
 
 LUDB is distributed under the Open Data Commons Attribution License v1.0 (ODC-By 1.0); the
 vendored folder carries the attribution and licence text.
@@ -39,15 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-try:
-    from .downstream import _ludb_diagnoses as _ludb_header_diagnoses
-except ImportError:
-    from downstream import _ludb_diagnoses as _ludb_header_diagnoses
-
-try:
-    from dbeta import ASSETS_DIR
-except ImportError:  # running from a checkout without the package installed
-    ASSETS_DIR = Path(__file__).resolve().parents[1] / "dbeta" / "assets"
+from dbeta import ASSETS_DIR
+from dbeta.train.evaluation.downstream import _ludb_diagnoses as _ludb_header_diagnoses
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +54,7 @@ LUDB_SAMPLING_RATE = 500
 #: Seed of the per-rhythm shuffle that decides the evaluation / training split of LUDB.
 SPLIT_SEED = 20261203
 #: Records that never go to evaluation: record 1 is the LUDB fixture that the tests and
-#: `train/build_demo_tokenizer.py` read by default.
+#: `train/demo/build_demo_tokenizer.py` read by default.
 ALWAYS_TRAIN = frozenset({"1"})
 
 #: Zero-shot rhythm labels on LUDB: label (= the plain-text prompt) -> the LUDB rhythm lines that
@@ -254,40 +247,34 @@ def ludb_training_record_ids(path: str | Path = LUDB_EVAL_FILE) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _normalize_prompt(text: str) -> str:
-    from pipeline_dbeta import normalize_label_text
-
-    return normalize_label_text(text)
-
-
 def zero_shot_logits(model, processor, eval_set: RealEvalSet, prompts: Sequence[str], batch_size: int = 32):
-    """ETS logits (N, num_prompts) of the records against plain-text prompts, computed as
-    `pipeline("zero-shot-ecg-classification")` does: the processor (lead order, resampling), the
-    ECG tower, the normalised prompts through the text tower, `ets_logits`."""
+    """ETS logits (N, num_prompts) of the records against plain-text prompts: the processor (lead
+    order, resampling), the ECG tower, then the package's one scorer (`dbeta.zero_shot`), as
+    `pipeline("zero-shot-ecg-classification")` scores them."""
     import torch
 
-    base = getattr(model, "dbeta", model)
-    device = next(model.parameters()).device
+    from dbeta.embedding import embed_ecg_batch
+    from dbeta.zero_shot import embed_label_texts
+    from dbeta.zero_shot import zero_shot_logits as ets_logits
+
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        texts = [_normalize_prompt(prompt) for prompt in prompts]
-        encoded = processor(text=texts, return_tensors="pt", padding=True)
-        text_embeds = base.get_text_features(encoded["input_ids"].to(device), encoded["attention_mask"].to(device)).pooler_output
+    try:
+        label_embeds = embed_label_texts(model, processor.tokenizer, prompts, normalize=True)
         logits = []
         for start in range(0, len(eval_set.record_ids), batch_size):
             chunk = eval_set.signals[start : start + batch_size]
             inputs = processor(ecg=chunk, sampling_rate=eval_set.sampling_rate, lead_names=list(eval_set.lead_names), return_tensors="pt")
-            ecg_embeds = base.get_ecg_features(inputs["input_values"].to(device)).pooler_output
-            logits.append(base.ets_logits(ecg_embeds, text_embeds.to(ecg_embeds.dtype)).float().cpu())
-    model.train(was_training)
+            logits.append(ets_logits(model, embed_ecg_batch(model, inputs["input_values"]), label_embeds))
+    finally:
+        model.train(was_training)
     return torch.cat(logits).numpy()
 
 
 def evaluate_real_zero_shot(model, processor, eval_set: RealEvalSet | None = None, label_set: Mapping[str, str] = LUDB_RHYTHM_LABELS) -> dict[str, float]:
     """Per-label and macro zero-shot AUROC on real ECGs: ``{"real_zero_shot_macro_auroc", 
     "real_zero_shot_num_labels", "real_zero_shot_num_records", "real_zero_shot_auroc/<label>"}``."""
-    from .metrics import multilabel_auroc
+    from dbeta.train.evaluation.metrics import multilabel_auroc
 
     eval_set = eval_set if eval_set is not None else load_ludb_eval_set()
     scored = eval_set.scored_labels(label_set)

@@ -1,18 +1,26 @@
 # Copyright 2026 The dbeta authors. Licensed under the Apache License, Version 2.0.
-"""The model card (`README.md`) that pre-training writes into every Hub folder it exports.
+"""Model cards (`README.md` of a Hub folder): every card dbeta writes is built here.
 
-Everything in the card comes from the run: the measured validation numbers, the resolved
-hyper-parameters, the data counts and the architecture. Nothing is filled in by hand.
+- `build_model_card`: the card pre-training writes into every folder it exports. Everything in it
+  comes from the run: the measured validation numbers, the resolved hyper-parameters, the data
+  counts and the architecture. Nothing is filled in by hand.
+- `build_conversion_card`: the card of a folder converted from the original release.
+- `add_evaluation_to_card`: evaluation results added to an existing card (`model-index` + a section).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import os
+import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from dbeta.files import write_text
 
 CITATION = """@inproceedings{pham2025dbeta,
   title     = {Boosting Masked {ECG}-Text Auto-Encoders as Discriminative Learners},
@@ -154,7 +162,7 @@ def build_model_card(report: PretrainingReport) -> ModelCard:
 
     if report.is_demo:
         data_text = (
-            f"{report.dataset_description}. The records are **simulated** by `train/make_demo_corpus.py` "
+            f"{report.dataset_description}. The records are **simulated** by `train/demo/make_demo_corpus.py` "
             "(a dipole heart model with rhythm and morphology findings, MIMIC-style machine reports, "
             "the MIMIC-IV-ECG file layout), so this model says nothing about real ECGs. It exists to show the "
             "pre-training pipeline end to end on a laptop."
@@ -266,3 +274,168 @@ Software: {", ".join(f"{name} {version}" for name, version in report.software.it
 ```
 """
     return ModelCard(content)
+
+
+def build_conversion_card(
+    model,
+    source_files: Sequence[tuple[str, int, str]],
+    command: str,
+    counts: Mapping[str, int],
+    license: str,
+    repository: str,
+    tokenizer: str | None = None,
+    original_config_given: bool = False,
+    title: str = "dbeta",
+) -> ModelCard:
+    """The model card of a converted folder: source checkpoint (`(name, bytes, sha256)` per file),
+    conversion command, licence, usage."""
+    from modeling_dbeta import DBetaECGModel
+
+    checksums = "\n".join(f"| `{name}` | {size:,} | `{digest}` |" for name, size, digest in source_files)
+    two_towers = not isinstance(model, DBetaECGModel)
+    config = model.config
+    ecg_config = config if isinstance(model, DBetaECGModel) else config.ecg_config
+    num_parameters = sum(parameter.numel() for parameter in model.parameters())
+    architecture = {
+        "ECG encoder": f"{counts['ECG encoder layer']} layers, {ecg_config.hidden_size}-d, {ecg_config.num_attention_heads} heads",
+        "conv feature extractor": f"{counts['conv feature extractor layer']} layers, channels {list(ecg_config.conv_dim)}",
+    }
+    if two_towers:
+        architecture.update(
+            {
+                "T5 text encoder": f"{counts['T5 text encoder block']} blocks, d_model {config.text_config.d_model}, vocabulary {config.text_config.vocab_size}",
+                "fusion": f"{counts['text fusion layer']} layers per stream, {config.hidden_size}-d, {config.fusion_num_attention_heads} heads",
+                "MEM decoder": f"{counts['MEM decoder block']} blocks, {config.mem_decoder_hidden_size}-d",
+            }
+        )
+    architecture["parameters"] = f"{num_parameters:,}"
+    architecture_rows = "\n".join(f"| {name} | {value} |" for name, value in architecture.items())
+    card_data = ModelCardData(
+        model_name=title,
+        library_name="transformers",
+        pipeline_tag="feature-extraction",
+        license=license,
+        tags=["ecg", "electrocardiogram", "d-beta", "custom_code"] + ["zero-shot-ecg-classification"] * two_towers,
+    )
+    if two_towers:
+        usage = """```python
+from transformers import pipeline
+
+classifier = pipeline("zero-shot-ecg-classification", model="path/to/this/folder", trust_remote_code=True)
+classifier("ludb/data/1", candidate_labels=["AFIB", "LBBB", "SR"])  # a WFDB record, or a (12, T) array in mV
+```
+
+Label codes found in `label_descriptions.json` (`AFIB`, `LBBB`, ...) are scored by their description."""
+    else:
+        usage = """```python
+import torch
+from transformers import AutoFeatureExtractor, AutoModel
+
+model = AutoModel.from_pretrained("path/to/this/folder", trust_remote_code=True).eval()
+extractor = AutoFeatureExtractor.from_pretrained("path/to/this/folder", trust_remote_code=True)
+inputs = extractor(ecg, sampling_rate=500, return_tensors="pt")  # ecg: (12, T) array in millivolts
+with torch.no_grad():
+    features = model(**inputs).pooler_output  # the ECG embedding (get_ecg_feats of the original)
+```"""
+    content = f"""---
+{card_data.to_yaml()}
+---
+
+# {title}
+
+D-BETA (*Boosting Masked ECG-Text Auto-Encoders as Discriminative Learners*, ICML 2025) weights
+converted from the original release ({repository}) into the `dbeta` transformers layout:
+{"both towers, fusion layers and pre-training heads (`DBetaForPreTraining`)" if two_towers else "the ECG tower only (`DBetaECGModel`)"}.
+The weights are the original ones, renamed; nothing was trained.
+
+## Source checkpoint
+
+| file | bytes | SHA-256 |
+|---|---|---|
+{checksums}
+
+Converted with:
+
+```bash
+{command}
+```
+
+Tokenizer: {f"`{tokenizer}`" if tokenizer else "none (ECG-only export)"}. Original config: {"given (`--original_config`); layer counts checked against it" if original_config_given else "not given; head counts default to 64-d heads, layer counts read from the keys"}.
+Every original key was mapped and every parameter set; layer counts come from contiguous key indices.
+
+## Architecture
+
+| component | size |
+|---|---|
+{architecture_rows}
+
+## Usage
+
+{usage}
+
+## Licence
+
+The original D-BETA weights are released under **CC BY-NC 4.0** (non-commercial use only), and these
+converted weights are a derivative that keeps that licence. The code files in this folder are the
+`dbeta` package's (Apache-2.0). The model was pre-trained on MIMIC-IV-ECG, distributed by PhysioNet
+under the PhysioNet Credentialed Health Data License 1.5.0.
+
+Not a medical device: outputs are research artefacts and must not drive clinical decisions.
+
+## Citation
+
+```bibtex
+{CITATION}
+```
+"""
+    return ModelCard(content)
+
+
+def add_evaluation_to_card(
+    card_path: str | os.PathLike,
+    new_results: Sequence[EvalResult],
+    section_key: str,
+    section_markdown: str,
+    figures: Sequence[str | os.PathLike] = (),
+) -> Path:
+    """Merge `new_results` into the card's `model-index` (replacing results of the same task, dataset
+    and metric) and (re)write its evaluation section `section_key` with the figures copied beside
+    the card. A missing card is created."""
+    card_path = Path(card_path)
+    card_path.parent.mkdir(parents=True, exist_ok=True)
+    name = card_path.parent.resolve().name or "dbeta"
+    card = (
+        ModelCard.load(card_path)
+        if card_path.is_file()
+        else ModelCard(f"---\nlibrary_name: transformers\n---\n\n# {name}\n")
+    )
+    data = card.data
+    if not data.model_name:
+        data.model_name = name
+    replaced = {(r.task_type, r.task_name, r.dataset_type, r.metric_name) for r in new_results}
+    kept = [
+        r
+        for r in (data.eval_results or [])
+        if (r.task_type, r.task_name, r.dataset_type, r.metric_name) not in replaced
+    ]
+    data.eval_results = kept + list(new_results)
+
+    figure_links = []
+    for figure in map(Path, figures):
+        target = card_path.parent / figure.name
+        if figure.resolve() != target.resolve():
+            shutil.copyfile(figure, target)
+        figure_links.append(f"![{figure.stem}]({figure.name})")
+    # One section per key (the evaluation protocol), replaced when it is evaluated again.
+    start = f"<!-- dbeta-evaluation:{section_key}:start -->"
+    end = f"<!-- dbeta-evaluation:{section_key}:end -->"
+    section = "\n".join([start, section_markdown.strip(), "", *figure_links, end])
+    text = card.text
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        text = before + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    card.text = text
+    write_text(card_path, str(card))
+    return card_path

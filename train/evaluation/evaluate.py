@@ -1,6 +1,6 @@
 """Evaluate a D-BETA model the way the paper does: zero-shot, retrieval, linear probing, fine-tuning.
 
-    python -m dbeta.train.evaluate --model outputs/dbeta-demo \
+    python -m dbeta.train.evaluation.evaluate --model outputs/dbeta-demo \
         --dataset ludb=../shared/data/real/ludb --tasks zero_shot retrieval \
         --output_dir outputs/eval-ludb
 
@@ -36,13 +36,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import importlib.metadata
 import json
 import logging
 import os
 import platform
-import shutil
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,16 +49,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import downstream
-from .metrics import DEFAULT_RECALL_KS, bootstrap_auroc_ci, multilabel_auroc, recall_at_k, roc_curves
-from .retrieval import (
+from dbeta.embedding import (
     base_model,
     embed_ecgs,
     embed_texts,
-    load_label_descriptions,
-    load_model_and_processor,
     normalize_text,
 )
+from dbeta.loading import load_model_and_processor, model_label_descriptions
+from dbeta.model_card import add_evaluation_to_card
+from dbeta.provenance import git_revision, package_versions
+from dbeta.zero_shot import embed_label_texts, zero_shot_logits
+from dbeta.train.evaluation import downstream
+from dbeta.train.evaluation.metrics import DEFAULT_RECALL_KS, bootstrap_auroc_ci, multilabel_auroc, recall_at_k, roc_curves
 
 logger = logging.getLogger("dbeta.evaluate")
 
@@ -277,10 +276,8 @@ def zero_shot_scores(model, tokenizer, ecg_embeds: torch.Tensor, texts: Sequence
     if protocol == "original":
         text_embeds = embed_texts(model, tokenizer, [text.lower() for text in texts], normalize=False, one_by_one=True)
         return (ecg_embeds @ text_embeds.T).numpy()
-    text_embeds = embed_texts(model, tokenizer, texts, normalize=True)
-    with torch.no_grad():
-        logits = base_model(model).ets_logits(ecg_embeds, text_embeds)
-    return logits.float().numpy()
+    label_embeds = embed_label_texts(model, tokenizer, texts, normalize=True)
+    return zero_shot_logits(model, ecg_embeds, label_embeds).numpy()
 
 
 def evaluate_zero_shot(
@@ -746,19 +743,8 @@ def _probe_cells(entry: dict, ratios) -> list[str]:
 def update_model_card(card_path: Path, results: dict, figures: Sequence[Path]) -> Path:
     """Add the zero-shot / probe numbers to the card's `model-index` and (re)write its evaluation
     section (tables + ROC figures, copied next to the card)."""
-    from huggingface_hub import EvalResult, ModelCard
+    from huggingface_hub import EvalResult
 
-    card_path = Path(card_path)
-    card_path.parent.mkdir(parents=True, exist_ok=True)
-    name = card_path.parent.resolve().name or "dbeta"
-    card = (
-        ModelCard.load(card_path)
-        if card_path.is_file()
-        else ModelCard(f"---\nlibrary_name: transformers\n---\n\n# {name}\n")
-    )
-    data = card.data
-    if not data.model_name:
-        data.model_name = name
     new_results = []
     for name, entry in results["datasets"].items():
         if entry.get("zero_shot", {}).get("macro_auroc") is not None:
@@ -804,67 +790,13 @@ def update_model_card(card_path: Path, results: dict, figures: Sequence[Path]) -
                             metric_value=round(value, 4),
                         )
                     )
-    replaced = {(r.task_type, r.task_name, r.dataset_type, r.metric_name) for r in new_results}
-    kept = [
-        r
-        for r in (data.eval_results or [])
-        if (r.task_type, r.task_name, r.dataset_type, r.metric_name) not in replaced
-    ]
-    data.eval_results = kept + new_results
-
-    figure_links = []
-    for figure in figures:
-        target = card_path.parent / figure.name
-        if Path(figure).resolve() != target.resolve():
-            shutil.copyfile(figure, target)
-        figure_links.append(f"![{figure.stem}]({figure.name})")
-    # One section per protocol, replaced when the same protocol is evaluated again.
-    start = f"<!-- dbeta-evaluation:{results['protocol']}:start -->"
-    end = f"<!-- dbeta-evaluation:{results['protocol']}:end -->"
-    section = "\n".join([start, markdown_report(results, level=2).strip(), "", *figure_links, end])
-    text = card.text
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        text = before + section + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    card.text = text
-    card.save(card_path)
-    return card_path
-
-
-def _git_revision() -> dict:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        revision = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout
-        return {"revision": revision, "dirty": bool(status.strip())}
-    except (OSError, subprocess.CalledProcessError):
-        return {"revision": None, "dirty": None}
+    return add_evaluation_to_card(
+        card_path, new_results, results["protocol"], markdown_report(results, level=2), figures
+    )
 
 
 def provenance(args: argparse.Namespace, argv: Sequence[str]) -> dict:
-    versions = {}
-    for package in (
-        "dbeta",
-        "torch",
-        "transformers",
-        "numpy",
-        "scipy",
-        "scikit-learn",
-        "huggingface_hub",
-        "tokenizers",
-        "wfdb",
-        "h5py",
-    ):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
+    versions = package_versions()
     model_config = Path(args.model) / "config.json"
     return {
         "command": [Path(sys.argv[0]).name, *argv],
@@ -872,7 +804,7 @@ def provenance(args: argparse.Namespace, argv: Sequence[str]) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": versions,
-        "git": _git_revision(),
+        "git": git_revision(),
         "model_path": str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
         "model_config_sha": _file_digest(model_config) if model_config.is_file() else None,
         "seeds": {"probe_subsets": SPLIT_SEED, "training": args.seed, "dataset_splits": args.split_seed},
@@ -1144,7 +1076,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.label_descriptions:
         descriptions = json.loads(Path(args.label_descriptions).read_text(encoding="utf-8"))
     else:
-        descriptions = load_label_descriptions(args.model if Path(args.model).exists() else None)
+        descriptions = model_label_descriptions(args.model if Path(args.model).exists() else None)
     prompt_overrides = json.loads(Path(args.prompts).read_text(encoding="utf-8")) if args.prompts else None
 
     results: dict[str, Any] = {

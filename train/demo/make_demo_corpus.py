@@ -49,7 +49,7 @@ Layout written (identical to the PhysioNet release)::
 
 Usage::
 
-    python train/make_demo_corpus.py --output_dir data/demo_mimic --num_records 2000 --seed 0
+    python train/demo/make_demo_corpus.py --output_dir data/demo_mimic --num_records 2000 --seed 0
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dbeta.train.text import MIMIC_REPORT_COLUMNS
+from dbeta.text import MIMIC_REPORT_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -529,8 +529,8 @@ def _median_beat(record_id: str, signal: np.ndarray, report: str, independent: l
 @functools.lru_cache(maxsize=1)
 def real_beat_library() -> tuple[RealBeat, ...]:
     """The median beats of the vendored LUDB training part's regular sinus records (patients that
-    are never in the real evaluation set: `dbeta.train.real_ecg.load_ludb_train_set` checks it)."""
-    from dbeta.train.real_ecg import load_ludb_train_set
+    are never in the real evaluation set: `dbeta.train.demo.real_ecg.load_ludb_train_set` checks it)."""
+    from dbeta.train.demo.real_ecg import load_ludb_train_set
 
     records = load_ludb_train_set()
     independent = [records.lead_names.index(name) for name in _INDEPENDENT_LEADS]

@@ -1,7 +1,7 @@
 """Evaluation metrics: multi-label ROC-AUC and cross-modal retrieval recall@k.
 
 Everything here works on plain arrays (NumPy, or anything `np.asarray` accepts, such as CPU torch
-tensors), so the pre-training validation loop, `train/evaluate.py` and notebooks share one
+tensors), so the pre-training validation loop, `train/evaluation/evaluate.py` and notebooks share one
 definition of each number.
 
 ROC-AUC conventions (DECISIONS 22): a label whose ground truth has no positive (or no negative) in

@@ -292,7 +292,6 @@ def load_cpsc2018(
         headers = _find_headers(root)
         if not headers:
             raise FileNotFoundError(f"{root} has neither REFERENCE.csv nor WFDB headers")
-        from processing_dbeta import read_wfdb_record
 
         record_ids, record_labels = [], []
         for header in headers:
@@ -332,7 +331,7 @@ def load_cinc_wfdb(
 ) -> DownstreamDataset:
     """PhysioNet/CinC 2021 or CSN (Chapman-Shaoxing-Ningbo): WFDB ``.hea`` + ``.mat`` records whose
     ``# Dx:`` SNOMED-CT codes are named through ``mapping_files`` (default: the CinC 2021
-    ``dx_mapping_*.csv`` shipped in ``train/resources``; pass CSN's ``ConditionNames_SNOMED-CT.csv``
+    ``dx_mapping_*.csv`` shipped in ``train/evaluation/resources``; pass CSN's ``ConditionNames_SNOMED-CT.csv``
     for its own acronyms). ``label_names`` fixes the label columns (default: every name that occurs);
     codes without a name keep the code itself as name.
     """

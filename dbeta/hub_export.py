@@ -1,6 +1,8 @@
 # Copyright 2026 The dbeta authors. Licensed under the Apache License, Version 2.0.
 """Writing D-BETA Hub folders: the one exporter shared by pre-training and the checkpoint converter.
 
+Callers write into a `dbeta.files.staged_folder`, so a failed export leaves no half-written folder.
+
 A complete folder is what `pipeline("zero-shot-ecg-classification", model=folder,
 trust_remote_code=True)` and `AutoModel.from_pretrained(folder, trust_remote_code=True)` load in an
 environment without the `dbeta` package: config (with `auto_map` and `custom_pipelines`),
@@ -11,10 +13,7 @@ safetensors weights, the four hub `.py` files, processor and tokenizer files,
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 
 HUB_CODE_FILES = ("configuration_dbeta.py", "modeling_dbeta.py", "processing_dbeta.py", "pipeline_dbeta.py")
@@ -65,33 +64,3 @@ def write_hub_folder(
     if missing:
         raise FileNotFoundError(f"{folder} lacks the hub code files {missing}: it would not load with trust_remote_code.")
     return folder
-
-
-@contextmanager
-def staged_folder(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling folder of `target` that becomes `target` only if the block succeeds.
-
-    Any error (a bad tokenizer, a failed check, Ctrl-C) removes the temporary folder, so no
-    half-written `target` is ever left behind. An existing non-empty `target` is an error unless
-    `overwrite=True`, in which case it is replaced once the new folder is complete.
-    """
-    target = Path(target)
-    if target.exists() and not target.is_dir():
-        raise FileExistsError(f"{target} exists and is not a folder.")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise FileExistsError(f"{target} already exists and is not empty; choose another folder or allow overwriting it.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # A sibling, so that the final rename stays on one file system (and is atomic there).
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        yield staging
-        if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            target.rename(retired / target.name)
-            staging.rename(target)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)

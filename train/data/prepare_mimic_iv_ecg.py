@@ -1,12 +1,12 @@
 """Prepare MIMIC-IV-ECG v1.0 (or the simulated demo corpus) for D-BETA pre-training.
 
-    python train/prepare_mimic_iv_ecg.py --mimic_root /data/mimic-iv-ecg/1.0 --output_dir data/mimic_prepared \\
+    python train/data/prepare_mimic_iv_ecg.py --mimic_root /data/mimic-iv-ecg/1.0 --output_dir data/mimic_prepared \\
         --num_proc 8 --val_fraction 0.05 --seed 0
 
 Writes a Hugging Face ``datasets.DatasetDict`` (train / validation, split by subject) to
 ``--output_dir`` with a dataset card, ``summary.json`` and ``skipped.csv``. Re-running the same
 command after an interruption resumes from the finished shards. See
-:mod:`dbeta.train.mimic_iv_ecg` for the row format and the skip reasons. A missing or malformed
+:mod:`dbeta.train.data.mimic_iv_ecg` for the row format and the skip reasons. A missing or malformed
 CSV is reported on one line (file, column, first bad row) with exit status 2.
 """
 
@@ -18,7 +18,7 @@ import logging
 import sys
 from dataclasses import asdict
 
-from dbeta.train.mimic_iv_ecg import PreparationInputError, prepare_mimic_iv_ecg
+from dbeta.train.data.mimic_iv_ecg import PreparationInputError, prepare_mimic_iv_ecg
 
 logger = logging.getLogger(__name__)
 

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from dbeta.train.text import MIMIC_REPORT_COLUMNS, join_report_lines, normalize_report
+from dbeta.text import MIMIC_REPORT_COLUMNS, join_report_lines, normalize_report
 
 logger = logging.getLogger(__name__)
 
@@ -309,7 +309,7 @@ def read_study_index(root: str | os.PathLike) -> tuple[list[StudyEntry], list[di
     Returns ``(entries with a report, skipped rows (duplicate_study, missing_report), studies
     listed, measurement rows without a record, duplicate measurement rows)``. The report is the
     non-empty ``report_N`` columns joined with single spaces and normalised
-    (:func:`dbeta.train.text.normalize_report`).
+    (:func:`dbeta.text.normalize_report`).
 
     A study_id listed more than once in ``record_list.csv`` (under the same or another subject) is
     kept at its first listing; the later ones are skipped as ``duplicate_study``, so one study can
@@ -859,13 +859,13 @@ tags:
 
 # MIMIC-IV-ECG, prepared for D-BETA
 
-Prepared by `train/prepare_mimic_iv_ecg.py` (dbeta) from `{root}`.
+Prepared by `train/data/prepare_mimic_iv_ecg.py` (dbeta) from `{root}`.
 
 **Source.** MIMIC-IV-ECG: Diagnostic Electrocardiogram Matched Subset v1.0 (Gow et al., PhysioNet,
 https://doi.org/10.13026/4nqg-sb35): 10 s, 500 Hz, 12-lead ECGs with machine-generated reports.
 The data is under the PhysioNet Credentialed Health Data License 1.5.0; do not share this folder
 with anyone who has not signed its data use agreement. (If `{root}` is the simulated demo corpus of
-`train/make_demo_corpus.py`, none of this applies: its records are synthetic.)
+`train/demo/make_demo_corpus.py`, none of this applies: its records are synthetic.)
 
 ## Counts
 
@@ -892,7 +892,7 @@ D-BETA preprocessing).
 ## Columns
 
 - `ecg`: int16 (12, {NUM_SAMPLES}); `ecg_gain`: float32 (12,). Millivolts = `ecg / ecg_gain[:, None]`
-  (`dbeta.train.mimic_iv_ecg.decode_ecg`); the gain is {DEFAULT_STORAGE_GAIN:g}/mV unless a lead peaks above 32.767 mV.
+  (`dbeta.train.data.mimic_iv_ecg.decode_ecg`); the gain is {DEFAULT_STORAGE_GAIN:g}/mV unless a lead peaks above 32.767 mV.
 - `lead_names`: the lead names in the order of the rows of `ecg`, as written in the file
   (MIMIC: I, II, III, aVR, aVF, aVL, V1-V6).
 - `sampling_rate` ({SAMPLING_RATE:g}), `subject_id`, `study_id`, `ecg_time`, `path` (relative to the source root).
@@ -906,7 +906,7 @@ Train / validation by subject (no subject in both): a seeded random {settings["v
 
 ```python
 import datasets
-from dbeta.train.mimic_iv_ecg import decode_ecg
+from dbeta.train.data.mimic_iv_ecg import decode_ecg
 data = datasets.load_from_disk("{summary.output_dir}")
 ecg_mv = decode_ecg(data["train"].with_format("numpy")[0])   # float32 (12, {NUM_SAMPLES})
 ```

@@ -11,7 +11,7 @@ phrases written below.
 Training a Unigram model twice can give slightly different ids, so the result is generated once
 and committed; tests and the demo only load it (`load_demo_tokenizer()`). Regenerate with
 
-    python train/build_demo_tokenizer.py [--output_dir DIR] [--extra_ludb_dir ../shared/data/real/ludb/data]
+    python train/demo/build_demo_tokenizer.py [--output_dir DIR] [--extra_ludb_dir ../shared/data/real/ludb/data]
 """
 
 from __future__ import annotations
@@ -23,12 +23,7 @@ import string
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
-try:
-    from dbeta import ASSETS_DIR, LABEL_DESCRIPTIONS_FILE
-except ImportError:  # running from a checkout without the package installed
-    _REPO_ROOT = Path(__file__).resolve().parents[1]
-    ASSETS_DIR = _REPO_ROOT / "dbeta" / "assets"
-    LABEL_DESCRIPTIONS_FILE = _REPO_ROOT / "dbeta" / "label_descriptions.json"
+from dbeta import ASSETS_DIR, LABEL_DESCRIPTIONS_FILE
 
 
 logger = logging.getLogger(__name__)
@@ -245,7 +240,7 @@ def build_demo_tokenizer(
     vocab_size: int = DEFAULT_VOCAB_SIZE,
 ):
     """Train on the shipped text (plus optional extra LUDB folders) and save to `output_dir`."""
-    repo_fixtures = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "ludb"
+    repo_fixtures = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "ludb"
     ludb_dirs = [repo_fixtures] if repo_fixtures.is_dir() else []
     ludb_dirs += [Path(path) for path in (extra_ludb_dirs or []) if Path(path).is_dir()]
     texts = training_texts(ludb_dirs)
@@ -257,7 +252,7 @@ def build_demo_tokenizer(
     (output_dir / "README.md").write_text(
         "# D-BETA demo tokenizer\n\n"
         f"A {len(tokenizer)}-token T5-style Unigram tokenizer for offline tests and the demo, built by\n"
-        "`train/build_demo_tokenizer.py` from the label descriptions, LUDB diagnosis lines\n"
+        "`train/demo/build_demo_tokenizer.py` from the label descriptions, LUDB diagnosis lines\n"
         f"({', '.join(path.name for path in ludb_dirs) or 'none'}) and MIMIC-IV-ECG style report phrases\n"
         f"({len(texts)} texts). `<pad>`=0, `</s>`=1 (appended), `<unk>`=2, `<extra_id_9>`..`<extra_id_0>`\n"
         "are the last ids (`<extra_id_0>` last; it is the MLM mask token). It is NOT the Flan-T5\n"
