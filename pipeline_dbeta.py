@@ -10,6 +10,8 @@ Fibrillation. ...", ...}`); `save_pipeline_folder` writes a complete folder.
 import difflib
 import importlib.util
 import json
+import math
+import numbers
 import os
 import shutil
 import sys
@@ -157,6 +159,18 @@ def explain_non_finite(model, what: str) -> str:
     else:
         cause = "the weights are finite, so the input or an overflow in the model is the cause"
     return f"{what} are not finite (NaN/inf): {cause}. No scores are returned rather than NaN scores."
+
+
+def _is_record(value: Any) -> bool:
+    """Whether `value` is an `ECGRecord` (duck-typed, as `processing_dbeta` recognises one)."""
+    return not isinstance(value, (np.ndarray, torch.Tensor, str, os.PathLike, list, tuple, Mapping)) and all(
+        hasattr(value, name) for name in ("signal", "lead_names", "sampling_rate")
+    )
+
+
+def _scores(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """Scores from ETS logits (last axis: labels): independent sigmoids, or a softmax over the labels."""
+    return logits.sigmoid() if multi_label else logits.softmax(dim=-1)
 
 
 class _IndexedECG:
@@ -395,7 +409,8 @@ class ZeroShotECGClassificationPipeline(Pipeline):
                 e.g. `"ECG showing {}."`.
             multi_label (`bool`, *optional*, defaults to `True`): independent sigmoid scores;
                 `False` gives a softmax over the candidate labels.
-            top_k (`int`, *optional*): return only the `top_k` best labels.
+            top_k (`int`, *optional*): return only the `top_k` best labels (a positive integer; anything
+                else is a `ValueError`).
             labels_are_codes (`bool`, *optional*): `True` requires known codes, `False` never
                 expands, `None` (default) expands known codes and keeps other text.
             normalize_text (`bool`, *optional*, defaults to `True`): lower-case and trim the label
@@ -405,8 +420,9 @@ class ZeroShotECGClassificationPipeline(Pipeline):
             units (`str`, *optional*, defaults to `"mV"`): units of array inputs (`"uV"`, `"V"`).
             batch_size (`int`, *optional*): ECGs per forward pass for list inputs.
             window (`str`, *optional*): `"sliding"` scores recordings of any length in 10 s windows, with
-                `window_stride` (seconds), `aggregation` (`"mean"` / `"max"`) and `return_windows`; see
-                `score_windows`.
+                `window_stride` (seconds), `aggregation` (`"mean"` / `"max"`) and `return_windows`; every
+                other setting above (given here or to `pipeline(...)`) applies exactly as in a plain call.
+                See `score_windows`.
 
         Return:
             For one ECG, a list of `{"label": str, "score": float}` sorted by logit, best first; for
@@ -426,9 +442,10 @@ class ZeroShotECGClassificationPipeline(Pipeline):
         if window is not None:  # long recordings: see `score_windows`
             if window != "sliding":
                 raise ValueError(f"window must be None or 'sliding', got {window!r}.")
-            if isinstance(ecgs, (list, tuple)):
-                return [self.score_windows(ecg, candidate_labels, **kwargs) for ecg in ecgs]
-            return self.score_windows(ecgs, candidate_labels, **kwargs)
+            inputs = self._as_pipeline_inputs(ecgs)  # what is one ECG and what is a list, as below
+            if isinstance(inputs, list):
+                return [self.score_windows(ecg, candidate_labels, **kwargs) for ecg in inputs]
+            return self.score_windows(inputs, candidate_labels, **kwargs)
         if candidate_labels is None and "candidate_labels" not in self._init_label_settings:
             raise ValueError("`candidate_labels` is required: the label codes or descriptions to score.")
         if candidate_labels is not None:
@@ -456,69 +473,128 @@ class ZeroShotECGClassificationPipeline(Pipeline):
         aggregation: str = "mean",
         return_windows: bool = False,
         window_seconds: float | None = None,
-        batch_size: int = 16,
-        multi_label: bool = True,
-        top_k: int | None = None,
-        sampling_rate: float | None = None,
-        lead_names: Sequence[str] | None = None,
-        hypothesis_template: str = "{}",
-        labels_are_codes: bool | None = None,
-        normalize_text: bool = True,
+        batch_size: int | None = None,
+        **settings: Any,
     ):
         """`window="sliding"`: score a recording of any length window by window and aggregate.
 
         The recording is cut into windows of the model's input length (`num_samples /
-        sampling_rate` of the feature extractor, 10 s) every `window_stride` seconds (default: the
-        window length) with `iter_ecg_windows`; WFDB `.dat` records are read from disk one window
-        at a time, so memory is bounded by `batch_size` windows, not by the recording. Each window
-        is scored like a 10 s ECG; `aggregation="mean"` averages the windows' scores per label,
-        `"max"` keeps the highest.
+        sampling_rate` of the feature extractor, 10 s; `window_seconds` may make them shorter, never
+        longer) every `window_stride` seconds (default: the window length) with `iter_ecg_windows`.
+        When the tail after the last full window is not covered, one more window ends with the
+        recording (it starts at `duration - window`): no part of the recording is left out, and
+        each window reports its real start. WFDB records are read from disk a block at a time, so
+        memory is bounded by a block and `batch_size` windows, not by the recording.
+
+        Settings are those of a plain call, resolved by the same code: `hypothesis_template`,
+        `multi_label`, `top_k`, `labels_are_codes`, `normalize_text`, `sampling_rate`, `lead_names`
+        and `units` given here override the ones given to `pipeline(...)` / the constructor, which
+        apply otherwise; the same values are refused (e.g. `top_k=0`). The ECG follows the plain
+        call's rules too: a file or record describes itself (a contradicting `sampling_rate` or
+        `lead_names` is an error), an unnamed array must have the 12 standard leads, an array
+        without `sampling_rate` is taken at the model's rate only when it is exactly the model's
+        length. Each window is prepared exactly as a plain call prepares a 10 s ECG and scored with
+        the ECG-text logit; `aggregation="mean"` averages the windows' scores per label, `"max"`
+        keeps the highest.
 
         Returns:
-            `[{"label", "score"}]` (aggregated, best first), or with `return_windows=True` a dict
-            `{"scores": [...], "windows": [{"start": seconds, "scores": {label: score}}, ...]}`.
+            `[{"label", "score"}]` (aggregated, best first, at most `top_k`), or with
+            `return_windows=True` a dict `{"scores": [...], "windows": [{"start": seconds, "scores":
+            {label: score}}, ...], "aggregation": ...}`.
+
+        Raises:
+            ValueError: what a plain call refuses, and a stride of less than one sample, more than
+                `MAX_WINDOWS` windows, windows longer than the model's input, an unknown aggregation.
         """
+        if aggregation not in ("mean", "max"):
+            raise ValueError(f"aggregation must be 'mean' or 'max', got {aggregation!r}.")
+        if not isinstance(return_windows, (bool, np.bool_)):
+            raise ValueError(f"return_windows must be True or False, got {return_windows!r}.")
+        batch_size = (self._batch_size or 16) if batch_size is None else batch_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        extractor = self.feature_extractor
+        model_seconds = extractor.num_samples / extractor.sampling_rate
+        if window_seconds is None:
+            window_seconds = model_seconds
+        elif (
+            isinstance(window_seconds, bool)
+            or not isinstance(window_seconds, numbers.Real)
+            or not math.isfinite(window_seconds)
+            or not 0 < window_seconds <= model_seconds * (1 + 1e-9)
+        ):
+            raise ValueError(
+                f"window_seconds must be a positive number of seconds, at most the model's input of {model_seconds:g} s "
+                f"(the model reads no more of a window), got {window_seconds!r}."
+            )
         # The windows come from the feature extractor's own module (the model folder's
         # processing_dbeta.py when loaded as remote code).
-        iter_ecg_windows = getattr(sys.modules.get(type(self.feature_extractor).__module__), "iter_ecg_windows", None)
+        module = sys.modules.get(type(extractor).__module__)
+        iter_ecg_windows = getattr(module, "iter_ecg_windows", None)
         if iter_ecg_windows is None:
             raise ValueError(
                 "window='sliding' needs a processing_dbeta.py with `iter_ecg_windows`; re-save the model folder "
                 "with this version of dbeta."
             )
-        if aggregation not in ("mean", "max"):
-            raise ValueError(f"aggregation must be 'mean' or 'max', got {aggregation!r}.")
-        settings = {key: value for key, value in self._init_label_settings.items()}
-        labels = as_label_list(candidate_labels) if candidate_labels is not None else settings.get("candidate_labels")
-        texts = self.label_texts(labels, hypothesis_template, labels_are_codes, normalize_text)
+        if candidate_labels is not None:
+            settings["candidate_labels"] = as_label_list(candidate_labels)  # a generator is read once, here
+        elif "candidate_labels" not in self._init_label_settings:
+            raise ValueError("`candidate_labels` is required: the label codes or descriptions to score.")
+        # One path for settings: the plain call's (`_sanitize_parameters` + the construction-time ones).
+        preprocess_params, forward_params, postprocess_params = self._call_settings(**settings)
+        label_embeds = forward_params["label_embeds"]
+        labels = postprocess_params["candidate_labels"]
+        multi_label = postprocess_params.get("multi_label", True)
+        top_k = postprocess_params.get("top_k")
+
+        given = ecg
         base = getattr(self.model, "dbeta", self.model)
-        with self.device_placement(), self.get_inference_context()():
-            label_embeds = self.embed_texts(texts)
-            extractor = self.feature_extractor
-            window_seconds = window_seconds or extractor.num_samples / extractor.sampling_rate
-            windows = iter_ecg_windows(ecg, window_seconds, window_stride, sampling_rate, lead_names)
-            starts, chunks, batch = [], [], []
+        starts, chunks, batch = [], [], []
 
-            def flush():
-                inputs = self.feature_extractor([record for _, record in batch], return_tensors="pt")
-                values = inputs["input_values"].to(self.device, self.dtype or torch.float32)
-                embeds = base.get_ecg_features(input_values=values).pooler_output
-                chunks.append(base.ets_logits(embeds, label_embeds.to(embeds.dtype)).float().cpu())
-                starts.extend(start for start, _ in batch)
-                batch.clear()
+        def flush():
+            values = torch.cat([values for _, values in batch]).to(self.device)
+            embeds = base.get_ecg_features(input_values=values).pooler_output
+            chunks.append(base.ets_logits(embeds, label_embeds.to(embeds.dtype)).float().cpu())
+            starts.extend(start for start, _ in batch)
+            batch.clear()
 
-            for item in windows:
-                batch.append(item)
-                if len(batch) == batch_size:
+        try:
+            ecg, sampling_rate, lead_names, units = self._unpack_ecg(ecg, **preprocess_params)
+            is_array = not isinstance(ecg, (str, os.PathLike)) and not _is_record(ecg)
+            if is_array:
+                # The plain call's rule for an array's rate (the feature extractor's own check).
+                sampling_rate = extractor._resolve_sampling_rate(sampling_rate, int(np.shape(ecg)[-1]))
+            windows = iter_ecg_windows(ecg, window_seconds, window_stride, sampling_rate, lead_names, units)
+            with self.device_placement(), self.get_inference_context()():
+                for start, window in windows:
+                    try:
+                        if is_array:  # prepared as a plain call prepares that part of the array
+                            values = self._prepare_ecg(
+                                window.signal, sampling_rate=window.sampling_rate, lead_names=lead_names, units=units
+                            )
+                        else:  # a window of a file or record: a record, which describes itself
+                            values = self._prepare_ecg(window, units=units)
+                    except Exception as error:  # noqa: BLE001 - re-raised naming the window
+                        raise _with_context(error, f"window at {start:g} s") from error
+                    batch.append((start, values))
+                    if len(batch) == batch_size:
+                        flush()
+                if batch:
                     flush()
-            if batch:
-                flush()
+        except Exception as error:  # noqa: BLE001 - named as a plain call names it (`preprocess`)
+            if not isinstance(given, (str, os.PathLike)):
+                raise
+            raise _with_context(error, _describe_ecg(None, given)) from error
         logits = torch.cat(chunks)
-        if not bool(torch.isfinite(logits).all()):
-            raise ValueError(explain_non_finite(self.model, "The window scores"))
-        scores = logits.sigmoid() if multi_label else logits.softmax(dim=-1)
+        finite = torch.isfinite(logits).all(dim=-1)
+        if not bool(finite.all()):
+            bad = [starts[row] for row in (~finite).nonzero().flatten().tolist()]
+            raise ValueError(explain_non_finite(self.model, f"The scores of the windows at {bad[:5]} s"))
+        scores = _scores(logits, multi_label)
         summary = scores.mean(dim=0) if aggregation == "mean" else scores.max(dim=0).values
-        order = torch.argsort(summary, descending=True, stable=True).tolist()[:top_k]
+        order = torch.argsort(summary, descending=True, stable=True).tolist()
+        if top_k is not None:
+            order = order[:top_k]
         result = [{"label": labels[index], "score": float(summary[index])} for index in order]
         if not return_windows:
             return result
@@ -527,6 +603,16 @@ class ZeroShotECGClassificationPipeline(Pipeline):
             for start, row in zip(starts, scores.tolist())
         ]
         return {"scores": result, "windows": windows_out, "aggregation": aggregation}
+
+    def _call_settings(self, **kwargs: Any) -> tuple[dict, dict, dict]:
+        """The preprocess, forward and postprocess settings of one call: this call's settings, checked
+        by `_sanitize_parameters`, over the construction-time ones; the merge `Pipeline.__call__` does."""
+        preprocess_params, forward_params, postprocess_params = self._sanitize_parameters(**kwargs)
+        return (
+            {**self._preprocess_params, **preprocess_params},
+            {**self._forward_params, **forward_params},
+            {**self._postprocess_params, **postprocess_params},
+        )
 
     @staticmethod
     def _as_pipeline_inputs(ecgs: Any) -> Any:
@@ -567,12 +653,17 @@ class ZeroShotECGClassificationPipeline(Pipeline):
             if value is not None
         }
         postprocess_params = {}
+        for name, value in (("multi_label", multi_label), ("normalize_text", normalize_text)):
+            if value is not None and not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"`{name}` must be True or False, got {value!r}.")
+        if labels_are_codes is not None and not isinstance(labels_are_codes, (bool, np.bool_)):
+            raise ValueError(f"`labels_are_codes` must be None, True or False, got {labels_are_codes!r}.")
         if multi_label is not None:
             postprocess_params["multi_label"] = bool(multi_label)
         if top_k is not None:
-            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            if isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, numbers.Integral) or top_k < 1:
                 raise ValueError(f"`top_k` must be a positive integer, got {top_k!r}.")
-            postprocess_params["top_k"] = top_k
+            postprocess_params["top_k"] = int(top_k)
 
         forward_params = {}
         given = {
@@ -607,31 +698,7 @@ class ZeroShotECGClassificationPipeline(Pipeline):
 
     def _prepare_ecg(self, ecg, sampling_rate=None, lead_names=None, units="mV") -> torch.Tensor:
         """One ECG input -> its `(1, leads, samples)` model input, in the model's dtype."""
-        if isinstance(ecg, Mapping):
-            unknown = set(ecg) - {"signal", "sampling_rate", "lead_names", "units"}
-            if "signal" not in ecg or unknown:
-                raise ValueError(
-                    "A dict ECG input needs a 'signal' and may have 'sampling_rate', 'lead_names' and 'units'"
-                    + (f"; unexpected keys {sorted(unknown)}" if unknown else "")
-                    + "."
-                )
-            sampling_rate = ecg.get("sampling_rate", sampling_rate)
-            lead_names = ecg.get("lead_names", lead_names)
-            units = ecg.get("units", units)
-            ecg = ecg["signal"]
-        elif all(hasattr(ecg, name) for name in ("signal", "lead_names", "sampling_rate")):
-            # An `ECGRecord` (duck-typed: the class loaded from a model folder and the one of an
-            # installed package are different objects). It describes itself.
-            ecg, sampling_rate, lead_names = ecg.signal, ecg.sampling_rate, list(ecg.lead_names)
-        if not isinstance(ecg, (np.ndarray, torch.Tensor, list, str, os.PathLike)):
-            raise ValueError(
-                f"Cannot read an ECG from a {type(ecg).__name__}: pass an array (leads, samples), a file path, "
-                "an ECGRecord or a dict with a 'signal'."
-            )
-        if isinstance(ecg, (str, os.PathLike)) and not (Path(ecg).exists() or Path(f"{ecg}.hea").is_file()):
-            raise ValueError(f"No ECG record at {str(ecg)!r} (expected a WFDB/CinC .hea record or a .mat file).")
-        if isinstance(ecg, (np.ndarray, torch.Tensor)) and ecg.ndim != 2:
-            raise ValueError(f"An ECG must be 2-D (leads, samples), got shape {tuple(ecg.shape)}.")
+        ecg, sampling_rate, lead_names, units = self._unpack_ecg(ecg, sampling_rate, lead_names, units)
         inputs = self.feature_extractor(
             ecg, sampling_rate=sampling_rate, lead_names=lead_names, units=units, return_tensors="pt"
         )
@@ -644,6 +711,39 @@ class ZeroShotECGClassificationPipeline(Pipeline):
                 "too large for the model's precision?)."
             )
         return input_values
+
+    @staticmethod
+    def _unpack_ecg(ecg, sampling_rate=None, lead_names=None, units="mV"):
+        """One ECG input -> `(ecg, sampling_rate, lead_names, units)` for the feature extractor: a dict's
+        own settings override the call's; a record (or file) is passed as such, so that the extractor
+        checks the call's settings against it. Refuses what cannot be an ECG."""
+        if isinstance(ecg, Mapping):
+            unknown = set(ecg) - {"signal", "sampling_rate", "lead_names", "units"}
+            if "signal" not in ecg or unknown:
+                raise ValueError(
+                    "A dict ECG input needs a 'signal' and may have 'sampling_rate', 'lead_names' and 'units'"
+                    + (f"; unexpected keys {sorted(unknown)}" if unknown else "")
+                    + "."
+                )
+            sampling_rate = ecg.get("sampling_rate", sampling_rate)
+            lead_names = ecg.get("lead_names", lead_names)
+            units = ecg.get("units", units)
+            ecg = ecg["signal"]
+        if _is_record(ecg):
+            # An `ECGRecord` (duck-typed: the class loaded from a model folder and the one of an
+            # installed package are different objects). It describes itself; the feature extractor
+            # refuses a `sampling_rate`, `lead_names` or `units` that contradicts it.
+            return ecg, sampling_rate, lead_names, units
+        if not isinstance(ecg, (np.ndarray, torch.Tensor, list, str, os.PathLike)):
+            raise ValueError(
+                f"Cannot read an ECG from a {type(ecg).__name__}: pass an array (leads, samples), a file path, "
+                "an ECGRecord or a dict with a 'signal'."
+            )
+        if isinstance(ecg, (str, os.PathLike)) and not (Path(ecg).exists() or Path(f"{ecg}.hea").is_file()):
+            raise ValueError(f"No ECG record at {str(ecg)!r} (expected a WFDB/CinC .hea record or a .mat file).")
+        if isinstance(ecg, (np.ndarray, torch.Tensor)) and ecg.ndim != 2:
+            raise ValueError(f"An ECG must be 2-D (leads, samples), got shape {tuple(ecg.shape)}.")
+        return ecg, sampling_rate, lead_names, units
 
     def _forward(self, model_inputs, label_embeds=None):
         if label_embeds is None:
@@ -663,7 +763,7 @@ class ZeroShotECGClassificationPipeline(Pipeline):
 
     def postprocess(self, model_outputs, candidate_labels=None, multi_label=True, top_k=None):
         logits = model_outputs["logits"][0].float()
-        scores = logits.sigmoid() if multi_label else logits.softmax(dim=-1)
+        scores = _scores(logits, multi_label)
         order = torch.argsort(logits, descending=True, stable=True).tolist()
         if top_k is not None:
             order = order[:top_k]

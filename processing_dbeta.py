@@ -2,15 +2,18 @@
 """ECG file readers, feature extractor and processor for D-BETA.
 
 This file is Hugging Face Hub remote code: it is copied flat next to `config.json` and must stay
-self-contained. At module level it imports only numpy, scipy, torch and transformers; the optional
-readers' dependencies (`wfdb`, `h5py`, `scipy.io`) are imported inside the functions that need
-them, so that loading a model or processor never requires them.
+self-contained. At module level it imports only the standard library, numpy, scipy, torch and
+transformers; the optional readers' dependencies (`wfdb`, `h5py`, `scipy.io`) are imported inside
+the functions that need them, so that loading a model or processor never requires them.
 
 Contents:
 
 - readers: `read_wfdb_record` (WFDB `.hea` + `.dat`, PhysioNet/CinC `.hea` + `.mat`),
   `read_cpsc2018_mat` (original CPSC 2018 `.mat`), `read_code_hdf5` (CODE-test HDF5) and the
-  dispatcher `read_ecg_file`. All return signals in millivolts, shaped (leads, samples).
+  dispatcher `read_ecg_file`. All return signals in millivolts, shaped (leads, samples). Whole
+  reads and the sliding windows of `iter_ecg_windows` share one contract (`_OpenedRecord`): file
+  names, header/file agreement and declared sizes (`MAX_READ_ELEMENTS`, `MAX_READ_BYTES`) are
+  checked before a sample is read.
 - `DBetaFeatureExtractor`: turns ECGs of any lead order, rate and length into the model input
   (B, 12, 5000) float32 millivolts at 500 Hz, in the lead order the model was trained with.
 - `DBetaProcessor`: the feature extractor plus a tokenizer, for (ECG, text) inputs.
@@ -22,10 +25,11 @@ import math
 import os
 import re
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from pathlib import Path, PureWindowsPath
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 import scipy.signal
@@ -146,6 +150,12 @@ MAX_SAMPLING_RATE = 10_000.0
 #: counts): the feature extractor warns, naming the record. Real 12-lead ECGs are around 1-2 mV.
 IMPLAUSIBLE_PEAK_TO_PEAK_MV = 20.0
 
+#: A lead whose peak-to-peak amplitude over the 10 s the model reads is under this (10 uV) is flat
+#: (constant, e.g. all zeros, or disconnected); data preparation rejects such leads with the same
+#: threshold. The feature extractor refuses an ECG whose every lead is flat and warns about one
+#: with some flat leads.
+FLAT_LEAD_PEAK_TO_PEAK_MV = 0.01
+
 #: Smallest accepted WFDB gain, in ADC units per millivolt (one ADC step of at most 1 V). Smaller,
 #: negative or non-finite gains are header errors; a gain of 0 means "uncalibrated" and follows
 #: the WFDB rule (200 ADC units per physical unit), with a warning.
@@ -163,24 +173,65 @@ def _check_sampling_rate(rate: float, source: str) -> float:
     return rate
 
 
-def _signal_file_inside(folder: Path, name: str, header_path: Path) -> Path:
-    """The path of signal file `name` named in `header_path`, which must lie inside `folder`.
+#: Most values (leads x samples) a reader decodes into memory at once: 2**24, e.g. 46 minutes of 12
+#: leads at 500 Hz. Longer reads are refused before anything is read (ValueError naming the file):
+#: read a part with `max_duration`, or window the recording with `iter_ecg_windows`, which streams
+#: WFDB `.dat` and MATLAB v4 `.mat` records block by block.
+MAX_READ_ELEMENTS = 2**24
 
-    Symbolic links are resolved first, so neither `../x.mat`, an absolute path, nor a link that
-    points elsewhere can make a reader open a file outside the header's folder.
-    """
-    if not name or "\x00" in name:
-        raise ValueError(f"{header_path}: invalid signal file name {name!r}")
-    root = folder.resolve()
-    target = (folder / name).resolve()
-    if target == root or not target.is_relative_to(root):
+#: Largest MATLAB v5 variable (declared size, uncompressed) or HDF5 chunk a reader decodes, in bytes.
+#: MATLAB v5 files (CPSC 2018, some CinC `.mat`) cannot be read in part, and their compressed form
+#: can declare gigabytes in a few kB: the declared shapes are checked before anything is loaded.
+MAX_READ_BYTES = 256 * 2**20
+
+
+def _is_plain_file_name(name: str) -> bool:
+    """Whether `name` names an entry directly inside a folder: not empty, `.` or `..`, and without a
+    path separator (`/` or `\\`), a drive (`C:`) or a NUL byte, so it cannot leave the folder."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(character in name for character in ("/", "\\", "\x00"))
+        and not PureWindowsPath(name).drive
+    )
+
+
+def _check_regular_file(path: Path, what: str) -> None:
+    """Raise a ValueError naming `path` unless it is a regular file (a symbolic link to one is fine:
+    git-annex, DataLad and DVC keep records as links into their object stores)."""
+    if path.is_file():
+        return
+    if path.is_symlink():
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
         raise ValueError(
-            f"{header_path}: signal file {name!r} resolves to {target}, outside the header's folder {root}; "
-            "signal files must lie in the record's own folder"
+            f"{what} {path} is a broken symbolic link (to {target}); in a git-annex/DataLad/DVC dataset, "
+            "fetch the file's content first"
         )
-    if not target.is_file():
-        raise ValueError(f"Signal file {folder / name} (named in {header_path}) not found")
-    return target
+    if path.exists():
+        raise ValueError(f"{what} {path} is not a regular file (a folder, device or pipe)")
+    raise ValueError(f"{what} not found: {path}")
+
+
+def _signal_file_inside(folder: Path, name: str, header_path: Path, role: str = "header") -> Path:
+    """The path of the file `name` that `header_path` names, which must be an entry of `folder`.
+
+    The rule is on the name the header writes: a plain file name, without a path separator, `..`,
+    an absolute path, a drive or a NUL byte, so a header cannot make a reader open a file of another
+    folder. The folder's own entries may be symbolic links to anywhere (git-annex, DataLad and DVC
+    datasets are laid out that way): the user's links are the user's. The file must exist and be a
+    regular file (or a link to one), never a device or a pipe.
+    """
+    if not _is_plain_file_name(name):
+        raise ValueError(
+            f"{header_path}: signal file {name!r} points outside the {role}'s folder {folder}: a {role} may only "
+            "name a file of its own folder (no path separator, '..', absolute path, drive or NUL byte)"
+        )
+    path = folder / name
+    _check_regular_file(path, f"Signal file (named in {header_path})")
+    return path
 
 
 @dataclass
@@ -419,8 +470,8 @@ def _to_millivolts(
 _MATLAB_V4_DTYPES = {0: "f8", 1: "f4", 2: "i4", 3: "i2", 4: "u2", 5: "u1"}
 
 #: Largest `val` matrix read from a MATLAB v5/v7 `.mat` file (which cannot be read in part), in
-#: bytes. PhysioNet/CinC `.mat` files are MATLAB v4, which is read in part and has no such limit.
-MAX_MATLAB_V5_BYTES = 256 * 2**20
+#: bytes (the same as `MAX_READ_BYTES`). PhysioNet/CinC `.mat` files are MATLAB v4, read in part.
+MAX_MATLAB_V5_BYTES = MAX_READ_BYTES
 
 
 def _matlab_v4_header(path: Path) -> Optional[tuple[np.dtype, int, int, int, str]]:
@@ -445,14 +496,250 @@ def _matlab_v4_header(path: Path) -> Optional[tuple[np.dtype, int, int, int, str
     return None
 
 
-def _read_matlab_val(
-    path: Path, max_samples: Optional[int] = None, expected_rows: Optional[int] = None, header_path: Any = None
-) -> tuple[np.ndarray, int]:
-    """The (num_signals, num_samples) matrix `val` of a PhysioNet/CinC `.mat` file, and its full length.
+# -- MATLAB v5: the declared shape of a variable, read before anything is loaded ----------------
 
-    MATLAB v4 files (what PhysioNet's `wfdb2mat` writes) are read directly: only the first
-    `max_samples` columns are read from disk, and a file shorter than its own declared matrix is
-    an error. Other MATLAB versions are read whole with `scipy.io` (up to `MAX_MATLAB_V5_BYTES`).
+# Bytes per value of the MATLAB v5 data types (miINT8 ... miUTF32).
+_MAT5_ITEMSIZE = {1: 1, 2: 1, 3: 2, 4: 2, 5: 4, 6: 4, 7: 4, 9: 8, 12: 8, 13: 8, 16: 1, 17: 2, 18: 4}
+_MAT5_MATRIX, _MAT5_COMPRESSED = 14, 15
+_MAT5_CLASS_NAMES = {
+    1: "cell", 2: "struct", 3: "object", 4: "char", 5: "sparse", 6: "double", 7: "single", 8: "int8",
+    9: "uint8", 10: "int16", 11: "uint16", 12: "int32", 13: "uint32", 14: "int64", 15: "uint64",
+}
+_MAT5_NUMERIC_CLASSES = frozenset(range(6, 16))
+# Bytes read from the file at a time, and most bytes inflated at a time: a compressed element
+# is never inflated further than the header element being read (or skipped) needs.
+_MAT5_RAW_CHUNK = 8192
+_MAT5_OUT_CHUNK = 1 << 16
+
+
+class _Mat5Stream:
+    """The bytes of one top-level MATLAB v5 element, inflated on the fly when it is compressed and
+    read in bounded chunks: a compressed element of a few kB may declare gigabytes."""
+
+    def __init__(self, handle: Any, raw_bytes: int, compressed: bool, path: Path):
+        self.handle, self.raw_left, self.path = handle, raw_bytes, path
+        self.inflate = zlib.decompressobj() if compressed else None
+        self.buffer = bytearray()
+        self.consumed = 0
+
+    def _damaged(self) -> ValueError:
+        return ValueError(
+            f"MATLAB file {self.path} is truncated or damaged: an element declares more data than the file holds"
+        )
+
+    def _more(self) -> bool:
+        """Append the next bytes (at most `_MAT5_OUT_CHUNK` inflated ones); False when none are left."""
+        if self.inflate is None:
+            if self.raw_left <= 0:
+                return False
+            raw = self.handle.read(min(_MAT5_RAW_CHUNK, self.raw_left))
+            self.raw_left = self.raw_left - len(raw) if raw else 0
+            self.buffer += raw
+            return bool(raw)
+        source = self.inflate.unconsumed_tail
+        if not source and self.raw_left > 0:
+            source = self.handle.read(min(_MAT5_RAW_CHUNK, self.raw_left))
+            self.raw_left = self.raw_left - len(source) if source else 0
+        try:
+            out = self.inflate.decompress(source, _MAT5_OUT_CHUNK)
+        except zlib.error as error:
+            raise ValueError(f"MATLAB file {self.path}: damaged compressed data ({error})") from None
+        self.buffer += out
+        return bool(out) or bool(source) or bool(self.inflate.unconsumed_tail)
+
+    def read(self, count: int) -> bytes:
+        while len(self.buffer) < count:
+            if not self._more():
+                raise self._damaged()
+        data = bytes(self.buffer[:count])
+        del self.buffer[:count]
+        self.consumed += count
+        return data
+
+    def skip(self, count: int) -> None:
+        self.consumed += count
+        if count <= len(self.buffer):
+            del self.buffer[:count]
+            return
+        count -= len(self.buffer)
+        self.buffer.clear()
+        if self.inflate is None:
+            if count > self.raw_left:
+                raise self._damaged()
+            self.handle.seek(count, os.SEEK_CUR)
+            self.raw_left -= count
+            return
+        while count:
+            if not self.buffer and not self._more():
+                raise self._damaged()
+            step = min(count, len(self.buffer))
+            del self.buffer[:step]
+            count -= step
+
+
+def _mat5_tag(stream: _Mat5Stream, order: str) -> tuple[int, int, Optional[bytes]]:
+    """(data type, byte count, payload of a small data element or None) of the next element."""
+    head = stream.read(8)
+    word = int.from_bytes(head[:4], order)
+    if word >> 16:  # small data element: the size in the upper 16 bits, at most 4 bytes of data
+        size = word >> 16
+        if size > 4:
+            raise stream._damaged()
+        return word & 0xFFFF, size, head[4 : 4 + size]
+    return word, int.from_bytes(head[4:], order), None
+
+
+def _mat5_small_element(stream: _Mat5Stream, order: str, limit: int) -> bytes:
+    """The data of the next (header-sized) element: array flags, dimensions, a name, field names."""
+    _, size, payload = _mat5_tag(stream, order)
+    if payload is not None:
+        return payload
+    if size > limit:
+        raise ValueError(f"MATLAB file {stream.path} is damaged: a {size}-byte array header element")
+    data = stream.read(size)
+    stream.skip(-size % 8)
+    return data
+
+
+@dataclass
+class _Mat5Array:
+    """What a MATLAB v5 file declares about one array, before any of its data is read."""
+
+    class_id: int
+    is_complex: bool
+    dims: tuple[int, ...]
+    data_type: Optional[int] = None  # of the real part, for numeric arrays
+    data_bytes: Optional[int] = None
+    variable_bytes: int = 0  # declared (uncompressed) size of the whole top-level variable
+
+    def describe(self) -> str:
+        kind = _MAT5_CLASS_NAMES.get(self.class_id, f"class-{self.class_id}")
+        return f"{' x '.join(map(str, self.dims))} {'complex ' if self.is_complex else ''}{kind} array"
+
+
+def _mat5_array_header(stream: _Mat5Stream, order: str) -> tuple[int, bool, tuple[int, ...], str]:
+    """(class, complex, dimensions, name) from the start of an miMATRIX element."""
+    flags = _mat5_small_element(stream, order, 8)
+    if len(flags) != 8:
+        raise ValueError(f"MATLAB file {stream.path} is damaged: array flags of {len(flags)} bytes")
+    word = int.from_bytes(flags[:4], order)
+    dims_bytes = _mat5_small_element(stream, order, 4 * 64)
+    dims = tuple(int.from_bytes(dims_bytes[i : i + 4], order, signed=True) for i in range(0, len(dims_bytes) - 3, 4))
+    if len(dims) < 2 or any(size < 0 for size in dims):
+        raise ValueError(f"MATLAB file {stream.path} is damaged: array dimensions {dims}")
+    name = _mat5_small_element(stream, order, 4096).split(b"\0")[0].decode("latin-1")
+    return word & 0xFF, bool(word & 0x0800), dims, name
+
+
+def _mat5_numeric_part(stream: _Mat5Stream, order: str, array: _Mat5Array) -> _Mat5Array:
+    """Add the type and declared byte count of a numeric array's real part (not read)."""
+    if array.class_id in _MAT5_NUMERIC_CLASSES:
+        array.data_type, array.data_bytes, _ = _mat5_tag(stream, order)
+    return array
+
+
+def _matlab_v5_array(path: Path, variable: str, field_name: Optional[str] = None):
+    """What a MATLAB v5 file declares about `variable` (or the field `field_name` of the 1 x 1 struct
+    `variable`), reading only element headers: `(is_v5, _Mat5Array or None, variable names seen)`.
+
+    Compressed variables are inflated a chunk at a time and only up to the array sought (fields
+    before it are skipped); other variables are skipped without inflating them. No sample is read.
+    """
+    names: list[str] = []
+    with open(path, "rb") as handle:
+        head = handle.read(128)
+        if len(head) < 128 or head[126:128] not in (b"IM", b"MI"):
+            return False, None, names
+        order = "little" if head[126:128] == b"IM" else "big"
+        file_size = os.fstat(handle.fileno()).st_size
+        position = 128
+        while position + 8 <= file_size:
+            handle.seek(position)
+            tag = handle.read(8)
+            element_type = int.from_bytes(tag[:4], order)
+            size = int.from_bytes(tag[4:], order)
+            end = position + 8 + size
+            if element_type >> 16 or end > file_size:
+                raise ValueError(
+                    f"MATLAB file {path} is truncated or damaged: an element of {size} bytes at byte {position}, "
+                    f"the file has {file_size} bytes"
+                )
+            position = end
+            if element_type not in (_MAT5_MATRIX, _MAT5_COMPRESSED):
+                continue
+            stream = _Mat5Stream(handle, size, element_type == _MAT5_COMPRESSED, path)
+            variable_bytes = size
+            if element_type == _MAT5_COMPRESSED:
+                inner_type, variable_bytes, _ = _mat5_tag(stream, order)
+                if inner_type != _MAT5_MATRIX:
+                    continue
+                stream.consumed = 0
+            class_id, is_complex, dims, name = _mat5_array_header(stream, order)
+            names.append(name)
+            if name != variable:
+                continue
+            found = _Mat5Array(class_id, is_complex, dims, variable_bytes=variable_bytes)
+            if field_name is None:
+                return True, _mat5_numeric_part(stream, order, found), names
+            if class_id != 2 or math.prod(dims) != 1:
+                return True, None, names
+            name_length = int.from_bytes(_mat5_small_element(stream, order, 4)[:4], order)
+            if not 0 < name_length <= 4096:
+                raise ValueError(f"MATLAB file {path} is damaged: struct field names of length {name_length}")
+            packed = _mat5_small_element(stream, order, name_length * 4096)
+            fields = [
+                packed[i : i + name_length].split(b"\0")[0].decode("latin-1")
+                for i in range(0, len(packed) - name_length + 1, name_length)
+            ]
+            for field in fields:
+                field_type, field_bytes, _ = _mat5_tag(stream, order)
+                if field_type != _MAT5_MATRIX or field_bytes > variable_bytes - stream.consumed:
+                    raise ValueError(
+                        f"MATLAB file {path} is damaged: field {field!r} of {variable!r} declares {field_bytes} bytes"
+                    )
+                if field != field_name:
+                    stream.skip(field_bytes)
+                    continue
+                if field_bytes == 0:
+                    return True, _Mat5Array(6, False, (0, 0), 9, 0, variable_bytes), names
+                class_id, is_complex, dims, _ = _mat5_array_header(stream, order)
+                inner = _Mat5Array(class_id, is_complex, dims, variable_bytes=variable_bytes)
+                return True, _mat5_numeric_part(stream, order, inner), names
+            return True, None, names
+    return True, None, names
+
+
+def _check_mat5_matrix(array: _Mat5Array, path: Path, what: str) -> tuple[int, int]:
+    """Check a declared MATLAB v5 array is a 2-D real numeric matrix small enough to load whole:
+    return its (rows, columns). Nothing has been loaded yet."""
+    if array.class_id not in _MAT5_NUMERIC_CLASSES or array.is_complex or len(array.dims) != 2:
+        raise ValueError(f"MATLAB file {path}: {what} must be a 2-D real numeric matrix, got a {array.describe()}")
+    elements = math.prod(array.dims)
+    if elements > MAX_READ_ELEMENTS or array.variable_bytes > MAX_READ_BYTES:
+        raise ValueError(
+            f"MATLAB file {path}: {what} is declared as a {array.describe()} ({array.variable_bytes} bytes "
+            f"uncompressed), more than a MATLAB v5 file may hold here ({MAX_READ_ELEMENTS} values, "
+            f"{MAX_READ_BYTES // 2**20} MiB): MATLAB v5 files are read whole. Convert the recording to WFDB "
+            "(.hea + .dat) or MATLAB v4, which are read in part"
+        )
+    itemsize = _MAT5_ITEMSIZE.get(array.data_type)
+    if itemsize is None or array.data_bytes != elements * itemsize:
+        raise ValueError(
+            f"MATLAB file {path} is damaged: {what} is declared as a {array.describe()} but its data element "
+            f"holds {array.data_bytes} bytes of type {array.data_type}"
+        )
+    return array.dims[0], array.dims[1]
+
+
+def _open_matlab_val(
+    path: Path, expected_rows: int, header_path: Path
+) -> tuple[int, Callable[[int, int], np.ndarray]]:
+    """Open the `val` matrix (num_signals, num_samples) of a PhysioNet/CinC `.mat` file.
+
+    Returns `(num_samples, read(start, stop) -> digital values)`. MATLAB v4 files (what PhysioNet's
+    `wfdb2mat` writes) are read in part: only columns `start:stop` are read from disk, and a file
+    shorter than its own declared matrix is an error. MATLAB v5/v7 files are loaded whole with
+    `scipy.io`, once their declared shape has been checked (`MAX_READ_ELEMENTS`, `MAX_READ_BYTES`).
     """
     import scipy.io  # lazy: only file reading needs it
 
@@ -461,8 +748,18 @@ def _read_matlab_val(
         v4 = _matlab_v4_header(path)
     except OSError as error:
         raise ValueError(f"Cannot read MATLAB file {path}: {error}") from error
-    if v4 is not None and v4[4] == "val":
-        dtype, rows, columns, offset, _ = v4
+
+    def check_rows(rows: int) -> None:
+        if rows != expected_rows:  # checked before reading anything
+            raise ValueError(
+                f"{header_path}: header declares {expected_rows} signals, the signal files hold {rows} "
+                f"(MATLAB file {path})"
+            )
+
+    if v4 is not None:
+        dtype, rows, columns, offset, name = v4
+        if name != "val":
+            raise ValueError(f"MATLAB file {path} has no variable 'val' first (its first variable is {name!r})")
         expected = offset + rows * columns * dtype.itemsize
         if file_size < expected:
             raise ValueError(
@@ -471,46 +768,47 @@ def _read_matlab_val(
             )
         if rows == 0 or columns == 0:
             raise ValueError(f"MATLAB file {path}: 'val' is empty ({rows} x {columns})")
-        if expected_rows is not None and rows != expected_rows:  # checked before reading anything
-            raise ValueError(
-                f"{header_path}: header declares {expected_rows} signals, the signal files hold {rows} "
-                f"(MATLAB file {path})"
+        check_rows(rows)
+
+        def read_v4(start: int, stop: int) -> np.ndarray:
+            values = np.fromfile(
+                path, dtype=dtype, count=rows * (stop - start), offset=offset + rows * start * dtype.itemsize
             )
-        kept = columns if max_samples is None else min(columns, max_samples)
-        values = np.fromfile(path, dtype=dtype, count=rows * kept, offset=offset)
-        # MATLAB stores matrices column by column: the `rows` values of each sample are adjacent.
-        return values.reshape(kept, rows).T.astype(dtype.newbyteorder("="), copy=False), columns
+            # MATLAB stores matrices column by column: the `rows` values of each sample are adjacent.
+            return values.reshape(stop - start, rows).T.astype(dtype.newbyteorder("="), copy=False)
+
+        return columns, read_v4
 
     try:
-        variables = {name: (shape, kind) for name, shape, kind in scipy.io.whosmat(str(path))}
-    except Exception as error:  # scipy raises several types for damaged files
+        is_v5, array, names = _matlab_v5_array(path, "val")
+    except OSError as error:
         raise ValueError(f"Cannot read MATLAB file {path}: {error}") from error
-    if "val" not in variables:
-        raise ValueError(f"MATLAB file {path} has no variable 'val' (variables: {sorted(variables)})")
-    shape, kind = variables["val"]
-    declared_bytes = math.prod(shape) * 8
-    if declared_bytes > MAX_MATLAB_V5_BYTES:
-        raise ValueError(
-            f"MATLAB file {path}: 'val' is declared {' x '.join(map(str, shape))} ({kind}), more than the "
-            f"{MAX_MATLAB_V5_BYTES // 2**20} MiB read whole from a MATLAB v5/v7 file; convert it to WFDB "
-            "(.hea + .dat) or a MATLAB v4 .mat, which are read in part"
-        )
-    try:
-        contents = scipy.io.loadmat(str(path), variable_names=["val"])
-    except Exception as error:  # scipy raises several types for damaged files
-        raise ValueError(f"Cannot read MATLAB file {path}: {error}") from error
-    if "val" not in contents:
-        raise ValueError(f"MATLAB file {path} has no variable 'val' (keys: {sorted(contents)})")
-    values = np.asarray(contents["val"])
-    if values.ndim != 2 or not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)):
-        raise ValueError(
-            f"MATLAB file {path}: 'val' must be a 2-D real numeric matrix, got shape {values.shape} "
-            f"of type {values.dtype}"
-        )
-    columns = values.shape[1]
-    if max_samples is not None:
-        values = values[:, :max_samples]
-    return values, columns
+    if not is_v5:
+        raise ValueError(f"Cannot read MATLAB file {path}: neither a MATLAB v4 nor a MATLAB v5 file")
+    if array is None:
+        raise ValueError(f"MATLAB file {path} has no variable 'val' (variables: {sorted(names)})")
+    rows, columns = _check_mat5_matrix(array, path, "'val'")
+    if rows == 0 or columns == 0:
+        raise ValueError(f"MATLAB file {path}: 'val' is empty ({rows} x {columns})")
+    check_rows(rows)
+    loaded: list[np.ndarray] = []
+
+    def read_v5(start: int, stop: int) -> np.ndarray:
+        if not loaded:
+            try:
+                contents = scipy.io.loadmat(str(path), variable_names=["val"])
+            except Exception as error:  # scipy raises several types for damaged files
+                raise ValueError(f"Cannot read MATLAB file {path}: {error}") from error
+            values = np.asarray(contents.get("val"))
+            if values.shape != (rows, columns) or values.dtype.kind not in "iuf":
+                raise ValueError(
+                    f"MATLAB file {path}: 'val' must be a 2-D real numeric matrix, got shape {values.shape} "
+                    f"of type {values.dtype}"
+                )
+            loaded.append(values)
+        return loaded[0][:, start:stop]
+
+    return columns, read_v5
 
 
 def _max_samples(max_duration: Optional[float], sampling_rate: float, source: Any) -> Optional[int]:
@@ -522,6 +820,49 @@ def _max_samples(max_duration: Optional[float], sampling_rate: float, source: An
     if not math.isfinite(max_duration) or max_duration <= 0:
         raise ValueError(f"{source}: max_duration must be a positive number of seconds, got {max_duration}")
     return max(1, math.ceil(float(max_duration) * sampling_rate))
+
+
+@dataclass
+class _OpenedRecord:
+    """One recording whose description has been read and checked, its samples read on request.
+
+    This is the reader contract that whole-record reads (`read_ecg_file` and the readers behind
+    it) and sliding windows (`iter_ecg_windows`) share: every check of the header against the
+    files, of file names and of declared sizes happens when the record is opened, before a sample
+    is read; `read(start, stop)` then reads only that part where the format allows it.
+    """
+
+    source: Any  # names the recording in messages (the header, the .mat file, "record x")
+    lead_names: list[str]
+    sampling_rate: float
+    total_samples: int
+    metadata: dict
+    read_part: Callable[[int, int], np.ndarray]  # (start, stop) -> (leads, stop - start) millivolts
+    from_disk: bool = True
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Samples `start:stop` of every lead, in millivolts; refused above `MAX_READ_ELEMENTS`."""
+        stop = min(stop, self.total_samples)
+        values = (stop - start) * len(self.lead_names)
+        if self.from_disk and values > MAX_READ_ELEMENTS:
+            raise ValueError(
+                f"{self.source}: reading {stop - start} samples x {len(self.lead_names)} leads = {values} values "
+                f"({(stop - start) / self.sampling_rate:.6g} s) is more than MAX_READ_ELEMENTS ({MAX_READ_ELEMENTS}); "
+                "read a part (max_duration=...) or cut the recording into windows (iter_ecg_windows)"
+            )
+        return self.read_part(start, stop)
+
+
+def _read_opened(opened: _OpenedRecord, max_duration: Optional[float]) -> ECGRecord:
+    """The first `max_duration` seconds (None: all) of an opened recording, as an `ECGRecord`."""
+    max_samples = _max_samples(max_duration, opened.sampling_rate, opened.source)
+    stop = opened.total_samples if max_samples is None else min(max_samples, opened.total_samples)
+    return ECGRecord(
+        signal=opened.read(0, stop),
+        lead_names=list(opened.lead_names),
+        sampling_rate=opened.sampling_rate,
+        metadata=dict(opened.metadata),
+    )
 
 
 def read_wfdb_record(path: Union[str, os.PathLike], max_duration: Optional[float] = None) -> ECGRecord:
@@ -541,70 +882,95 @@ def read_wfdb_record(path: Union[str, os.PathLike], max_duration: Optional[float
         WFDB storage format is supported; `.mat` files directly (v4) or with `scipy.io`.
         `metadata["total_samples"]` is the length of the whole recording.
 
+    Symbolic links: the header and its signal files may be symbolic links to anywhere (git-annex,
+    DataLad and DVC datasets); what a header may not do is *name* a file outside its folder.
+
     Raises:
         ValueError: the header is malformed (including a sampling rate outside
             `MIN_SAMPLING_RATE`-`MAX_SAMPLING_RATE` Hz, or a negative, non-finite or tiny gain),
-            a signal file is missing, lies outside the header's folder (`../x.dat`, an absolute
-            path, a symbolic link pointing elsewhere), is truncated, or its size or shape
-            disagrees with the header. The message names the file.
+            names a signal file outside its folder (`../x.dat`, an absolute path, a path with a
+            separator), a signal file is missing, a broken link or not a regular file, is
+            truncated, or its size or shape disagrees with the header; a read of more than
+            `MAX_READ_ELEMENTS` values (pass `max_duration`), or a MATLAB v5 file declaring more
+            than `MAX_READ_BYTES`. The message names the file.
     """
+    return _read_opened(_open_wfdb_record(path), max_duration)
+
+
+def _open_wfdb_record(path: Union[str, os.PathLike]) -> _OpenedRecord:
+    """Open a WFDB record (`.hea` + `.dat`, or `.hea` + PhysioNet/CinC `.mat`): every check, no sample read."""
     base = _record_base(path)
     header_path = base.with_name(base.name + ".hea")
-    if not header_path.is_file():
-        raise ValueError(f"WFDB header not found: {header_path}")
+    _check_regular_file(header_path, "WFDB header")
     header = _parse_wfdb_header(header_path)
-    max_samples = _max_samples(max_duration, header.sampling_rate, header_path)
 
     file_names = list(dict.fromkeys(spec.file_name for spec in header.signals))
     is_matlab = [name.lower().endswith(".mat") for name in file_names]
     if all(is_matlab):
-        blocks, lengths = [], set()
-        for name in file_names:
-            signal_path = _signal_file_inside(header_path.parent, name, header_path)
-            rows = sum(spec.file_name == name for spec in header.signals)
-            block, total = _read_matlab_val(signal_path, max_samples, rows, header_path)
-            blocks.append(block)
-            lengths.add(total)
-        if len(lengths) != 1:
-            raise ValueError(f"Signal files of {header_path} have different lengths: {sorted(lengths)}")
-        total_samples = lengths.pop()
-        digital = np.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
+        total_samples, read_digital = _open_matlab_signal_files(header_path, header, file_names)
     elif any(is_matlab):
         raise ValueError(f"{header_path} mixes .mat and other signal files; not supported")
     else:
-        digital, total_samples = _read_wfdb_dat(base, header_path, header, max_samples)
-
-    if digital.shape[0] != header.num_signals:
-        raise ValueError(
-            f"{header_path}: header declares {header.num_signals} signals, the signal files hold "
-            f"{digital.shape[0]}"
-        )
+        total_samples, read_digital = _open_wfdb_dat(base, header_path, header)
     if header.num_samples is not None and total_samples != header.num_samples:
         raise ValueError(
             f"{header_path}: header declares {header.num_samples} samples, the signal files hold "
             f"{total_samples} (truncated or damaged file?)"
         )
-    if digital.shape[1] == 0:
+    if total_samples == 0:
         raise ValueError(f"{header_path}: the record has no samples")
 
-    metadata = _record_metadata(header, total_samples)
-    return ECGRecord(
-        signal=_to_millivolts(digital, header.signals, header_path),
+    def read_part(start: int, stop: int) -> np.ndarray:
+        digital = read_digital(start, stop)
+        if digital.shape != (header.num_signals, stop - start):
+            raise ValueError(
+                f"{header_path}: header declares {header.num_signals} signals, the signal files hold "
+                f"{digital.shape[0]} (samples {start}-{stop}: got {digital.shape[1]})"
+            )
+        return _to_millivolts(digital, header.signals, header_path)
+
+    return _OpenedRecord(
+        source=header_path,
         lead_names=[spec.description for spec in header.signals],
         sampling_rate=header.sampling_rate,
-        metadata=metadata,
+        total_samples=int(total_samples),
+        metadata=_record_metadata(header, total_samples),
+        read_part=read_part,
     )
 
 
-def _check_dat_file_sizes(header_path: Path, header: _WFDBHeader, paths: dict[str, Path]) -> Optional[int]:
-    """Check each `.dat` file's size against the header; return the record length the files imply.
+def _open_matlab_signal_files(
+    header_path: Path, header: _WFDBHeader, file_names: list[str]
+) -> tuple[int, Callable[[int, int], np.ndarray]]:
+    """Open the `.mat` signal files of a PhysioNet/CinC record: (length, read(start, stop) -> digital)."""
+    readers, lengths = [], set()
+    for name in file_names:
+        signal_path = _signal_file_inside(header_path.parent, name, header_path)
+        rows = sum(spec.file_name == name for spec in header.signals)
+        columns, reader = _open_matlab_val(signal_path, rows, header_path)
+        readers.append(reader)
+        lengths.add(columns)
+    if len(lengths) != 1:
+        raise ValueError(f"Signal files of {header_path} have different lengths: {sorted(lengths)}")
+
+    def read_digital(start: int, stop: int) -> np.ndarray:
+        blocks = [reader(start, stop) for reader in readers]
+        return np.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
+
+    return lengths.pop(), read_digital
+
+
+def _check_dat_file_sizes(header_path: Path, header: _WFDBHeader, paths: dict[str, Path]) -> tuple[Optional[int], Optional[int]]:
+    """Check each `.dat` file's size against the header; return `(length the files imply, upper bound)`.
 
     A file must hold exactly (byte offset) + (samples x signals in the file x bytes per sample),
     up to the padding of the bit-packed formats 212/310/311; with the length missing from the
-    header, a whole number of frames. Compressed (FLAC) formats are not checked. The length is
-    None when unknown (bit-packed or compressed formats without a length in the header).
+    header, a whole number of frames. Compressed (FLAC) formats are not checked. The implied length
+    is None when unknown (bit-packed or compressed formats without a length in the header); the
+    upper bound (from the file sizes) is None only for compressed formats.
     """
     implied: set[int] = set()
+    bounds: list[Optional[int]] = []
     for name, signal_path in paths.items():
         specs = [spec for spec in header.signals if spec.file_name == name]
         formats = {spec.fmt for spec in specs}
@@ -614,12 +980,15 @@ def _check_dat_file_sizes(header_path: Path, header: _WFDBHeader, paths: dict[st
         bytes_per_sample = _WFDB_BYTES_PER_SAMPLE.get(fmt)
         if bytes_per_sample is None:
             if fmt in _WFDB_COMPRESSED_FORMATS:
+                bounds.append(None)
                 continue
             raise ValueError(f"{header_path}: unknown WFDB storage format {fmt!r} for {name}")
         offset = specs[0].byte_offset
         samples_per_frame = sum(spec.samples_per_frame for spec in specs)
         data_bytes = signal_path.stat().st_size - offset
         packed = fmt in ("212", "310", "311")
+        frame_bytes = samples_per_frame * bytes_per_sample
+        bounds.append(max(0, math.ceil(data_bytes / frame_bytes)))
         if header.num_samples is not None:
             expected = math.ceil(header.num_samples * samples_per_frame * bytes_per_sample)
             if data_bytes < expected or data_bytes > expected + (3 if packed else 0):
@@ -632,7 +1001,6 @@ def _check_dat_file_sizes(header_path: Path, header: _WFDBHeader, paths: dict[st
                 )
             implied.add(header.num_samples)
         else:
-            frame_bytes = samples_per_frame * bytes_per_sample
             frames = data_bytes / frame_bytes
             if data_bytes < 0 or (not packed and not float(frames).is_integer()):
                 raise ValueError(
@@ -643,16 +1011,23 @@ def _check_dat_file_sizes(header_path: Path, header: _WFDBHeader, paths: dict[st
                 implied.add(int(frames))
     if len(implied) > 1:
         raise ValueError(f"{header_path}: the signal files hold different lengths {sorted(implied)}")
-    return implied.pop() if implied else None
+    bound = None if not bounds or None in bounds else max(bounds)
+    return (implied.pop() if implied else None), bound
 
 
-def _open_wfdb_dat(base: Path, header_path: Path, header: _WFDBHeader):
-    """The checks every read of a WFDB `.dat` record passes, whole or window by window (one contract):
-    each signal file lies inside the header's folder, `wfdb`'s own parse of the header names the same
-    files and signal count as ours (it, not we, opens them), and the file sizes agree with the header.
+def _open_wfdb_dat(
+    base: Path, header_path: Path, header: _WFDBHeader
+) -> tuple[int, Callable[[int, int], np.ndarray]]:
+    """Open the `.dat` signal files of a WFDB record: the checks every read passes, whole or window
+    by window (one contract). Each signal file the header names is a plain file name of the
+    header's folder, `wfdb`'s own parse of the header names the same files and signal count as ours
+    (it, not we, opens them), and the file sizes agree with the header.
 
     Returns:
-        `(wfdb module, length the files imply or None)`.
+        `(record length, read(start, stop) -> digital samples (num_signals, stop - start))`;
+        `wfdb` reads only samples `start:stop` from disk. A record whose length is known only once
+        decoded (bit-packed formats without a length in the header) is decoded whole here, after
+        its size is bounded by its files' sizes.
     """
     try:
         import wfdb  # lazy: only file reading needs it
@@ -662,16 +1037,47 @@ def _open_wfdb_dat(base: Path, header_path: Path, header: _WFDBHeader):
     file_names = list(dict.fromkeys(spec.file_name for spec in header.signals))
     paths = {name: _signal_file_inside(header_path.parent, name, header_path) for name in file_names}
     try:
-        # `wfdb` parses the header on its own: check the files it will open, not only ours.
+        # `wfdb` parses the header on its own: it must name the very files we checked.
         wfdb_header = wfdb.rdheader(str(base))
     except Exception as error:  # wfdb raises ValueError, IndexError, its own syntax errors...
         raise ValueError(f"Cannot read WFDB record {base} ({', '.join(file_names)}): {error}") from error
-    for name in dict.fromkeys(wfdb_header.file_name or []):
-        if name not in paths:
-            paths[name] = _signal_file_inside(header_path.parent, name, header_path)
-    if list(dict.fromkeys(wfdb_header.file_name or [])) != file_names or wfdb_header.n_sig != header.num_signals:
-        raise ValueError(f"Cannot read WFDB record {base}: its header is ambiguous ({header_path})")
-    return wfdb, _check_dat_file_sizes(header_path, header, paths)
+    wfdb_names = list(dict.fromkeys(wfdb_header.file_name or []))
+    if wfdb_names != file_names or wfdb_header.n_sig != header.num_signals:
+        raise ValueError(
+            f"Cannot read WFDB record {base}: its header is ambiguous ({header_path}): `wfdb` reads "
+            f"{wfdb_header.n_sig} signals from {wfdb_names}, this reader {header.num_signals} from {file_names}"
+        )
+    implied, bound = _check_dat_file_sizes(header_path, header, paths)
+
+    def rdrecord(**window: int) -> np.ndarray:
+        try:
+            record = wfdb.rdrecord(str(base), physical=False, **window)
+        except Exception as error:  # wfdb raises ValueError, IndexError, its own syntax errors...
+            where = f"samples {window['sampfrom']}-{window['sampto']} of " if window else ""
+            raise ValueError(f"Cannot read {where}WFDB record {base} ({', '.join(file_names)}): {error}") from error
+        if record.d_signal is None:
+            raise ValueError(f"WFDB record {base} has no signal data")
+        return np.asarray(record.d_signal).T
+
+    if header.num_samples is not None:
+        return header.num_samples, lambda start, stop: rdrecord(sampfrom=start, sampto=stop)
+    # `wfdb` (4.3) cannot take `sampfrom`/`sampto` for a header without the record length: such a
+    # record is decoded whole, once its size is bounded.
+    if bound is None:
+        raise ValueError(
+            f"{header_path}: compressed (FLAC) signal files without the record length in the header: their "
+            "size cannot be bounded before decoding; write the length in the header's record line"
+        )
+    if bound * header.num_signals > MAX_READ_ELEMENTS:
+        raise ValueError(
+            f"{header_path}: the signal files hold up to {bound} samples x {header.num_signals} signals, more than "
+            f"MAX_READ_ELEMENTS ({MAX_READ_ELEMENTS}) values, and without the record length in the header they "
+            "can only be read whole; write the length in the header's record line"
+        )
+    digital = rdrecord()
+    if implied is not None and digital.shape[1] != implied:
+        raise ValueError(f"{header_path}: the signal files imply {implied} samples, `wfdb` decoded {digital.shape[1]}")
+    return digital.shape[1], lambda start, stop: digital[:, start:stop]
 
 
 def _record_metadata(header: _WFDBHeader, total_samples: int) -> dict:
@@ -681,31 +1087,6 @@ def _record_metadata(header: _WFDBHeader, total_samples: int) -> dict:
     metadata["units"] = [spec.units for spec in header.signals]
     metadata["total_samples"] = int(total_samples)
     return metadata
-
-
-def _read_wfdb_dat(
-    base: Path, header_path: Path, header: _WFDBHeader, max_samples: Optional[int]
-) -> tuple[np.ndarray, int]:
-    """Digital samples (num_signals, samples read) of a WFDB record, decoded by `wfdb`, and its length."""
-    wfdb, total_samples = _open_wfdb_dat(base, header_path, header)
-    file_names = list(dict.fromkeys(spec.file_name for spec in header.signals))
-    sampto = None
-    # Read only the start from disk. `wfdb` (4.3) cannot take `sampto` for a header without the
-    # record length: such records are read whole.
-    if max_samples is not None and header.num_samples is not None and max_samples < header.num_samples:
-        sampto = max_samples
-    try:
-        record = wfdb.rdrecord(str(base), physical=False, sampto=sampto)
-    except Exception as error:  # wfdb raises ValueError, IndexError, its own syntax errors...
-        raise ValueError(f"Cannot read WFDB record {base} ({', '.join(file_names)}): {error}") from error
-    if record.d_signal is None:
-        raise ValueError(f"WFDB record {base} has no signal data")
-    digital = np.asarray(record.d_signal).T
-    if total_samples is None:
-        total_samples = digital.shape[1]
-    if max_samples is not None:
-        digital = digital[:, :max_samples]
-    return digital, int(total_samples)
 
 
 def _matlab_scalar_text(value: Any) -> Optional[str]:
@@ -723,18 +1104,41 @@ def read_cpsc2018_mat(path: Union[str, os.PathLike], max_duration: Optional[floa
     `age` and `data` (float64, 12 x N, millivolts); the leads are I, II, III, aVR, aVL, aVF,
     V1-V6 at 500 Hz. The labels are not in the file (they are in `REFERENCE.csv`).
     `max_duration` keeps at most the first `max_duration` seconds (the file is read whole: MATLAB
-    v5 files cannot be read in part; files over `MAX_MATLAB_V5_BYTES` are refused).
+    v5 files cannot be read in part). Before anything is loaded, the shape that the file declares
+    for `ECG.data` is checked: over `MAX_READ_ELEMENTS` values or `MAX_READ_BYTES` uncompressed
+    (a compressed file of a few kB can declare gigabytes), the file is refused.
 
     Raises:
-        ValueError: the file is unreadable, too large, or has no `ECG` struct with a (12, N)
-            real `data` field.
+        ValueError: the file is unreadable, too large (on disk or as declared), or has no `ECG`
+            struct with a (12, N) real `data` field.
     """
+    return _read_opened(_open_cpsc2018_mat(path), max_duration)
+
+
+def _open_cpsc2018_mat(path: Union[str, os.PathLike]) -> _OpenedRecord:
     import scipy.io  # lazy: only file reading needs it
 
     path = Path(path)
+    _check_regular_file(path, "CPSC 2018 file")
     try:
-        if path.stat().st_size > MAX_MATLAB_V5_BYTES:
-            raise ValueError(f"the file is larger than {MAX_MATLAB_V5_BYTES // 2**20} MiB")
+        if path.stat().st_size > MAX_READ_BYTES:
+            raise ValueError(f"the file is larger than {MAX_READ_BYTES // 2**20} MiB")
+        is_v5, declared, names = _matlab_v5_array(path, "ECG", "data")
+    except (OSError, ValueError) as error:
+        detail = str(error).replace(f"MATLAB file {path}", "the file")
+        raise ValueError(f"Cannot read CPSC 2018 file {path}: {detail}") from error
+    if not is_v5:
+        raise ValueError(f"{path} is not a CPSC 2018 file: not a MATLAB v5 file")
+    if declared is None:
+        raise ValueError(
+            f"{path} is not a CPSC 2018 file: no 1 x 1 struct 'ECG' with a field 'data' (variables: {sorted(names)})"
+        )
+    if declared.class_id not in _MAT5_NUMERIC_CLASSES or declared.is_complex:
+        raise ValueError(f"{path}: ECG.data must hold real numbers, got a {declared.describe()}")
+    if len(declared.dims) != 2 or declared.dims[0] != len(STANDARD_LEAD_NAMES) or declared.dims[1] == 0:
+        raise ValueError(f"{path}: ECG.data must be (12, N), got a {declared.describe()}")
+    _check_mat5_matrix(declared, path, "ECG.data")
+    try:
         contents = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False, variable_names=["ECG"])
     except Exception as error:
         raise ValueError(f"Cannot read CPSC 2018 file {path}: {error}") from error
@@ -747,26 +1151,31 @@ def read_cpsc2018_mat(path: Union[str, os.PathLike], max_duration: Optional[floa
     data = raw.astype(np.float64, copy=False)
     if data.ndim != 2 or data.shape[0] != len(STANDARD_LEAD_NAMES) or data.shape[1] == 0:
         raise ValueError(f"{path}: ECG.data must be (12, N), got {data.shape}")
-    total_samples = data.shape[1]
-    max_samples = _max_samples(max_duration, 500.0, path)
-    if max_samples is not None:
-        data = data[:, :max_samples]
+    signal = data.astype(np.float32)
     metadata = {
         "name": path.stem,
         "comments": [],
         "age": _parse_age(_matlab_scalar_text(getattr(ecg, "age", None))),
         "sex": _matlab_scalar_text(getattr(ecg, "sex", None)),
-        "total_samples": int(total_samples),
+        "total_samples": int(signal.shape[1]),
     }
-    return ECGRecord(
-        signal=data.astype(np.float32),
+    return _OpenedRecord(
+        source=path,
         lead_names=list(STANDARD_LEAD_NAMES),
         sampling_rate=500.0,
+        total_samples=int(signal.shape[1]),
         metadata=metadata,
+        read_part=lambda start, stop: signal[:, start:stop],
     )
 
 
 CODE_SAMPLING_RATE = 400.0
+
+
+def _exam_index(value: Any, name: str, path: Path) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{path}: {name} must be an exam index (an integer), got {value!r}")
+    return int(value)
 
 
 def read_code_hdf5(
@@ -780,10 +1189,12 @@ def read_code_hdf5(
 
     Args:
         path: the HDF5 file.
-        start, stop: the range of exams to read (rows `start:stop`), so that large files can be
-            read in chunks.
+        start, stop: the range of exams to read (rows `start:stop`, `0 <= start < stop <= N`;
+            `stop=None` reads to the end), so that large files can be read in chunks. Only these
+            exams are read from the file.
         dataset: the name of the dataset.
-        max_duration: read at most the first `max_duration` seconds of each exam (None: all).
+        max_duration: read at most the first `max_duration` seconds of each exam (None: all);
+            only these samples are read from the file.
 
     Returns:
         `(signals, lead_names, sampling_rate)`: float32 (n, 12, 4096), the values as distributed
@@ -792,8 +1203,11 @@ def read_code_hdf5(
 
     Raises:
         ValueError (naming the file): unreadable file, no such dataset, a shape other than
-            (N, samples, 12), non-numeric (e.g. string) data, or a dataset stored in another file
-            (external link, virtual or external storage) outside the HDF5 file's folder.
+            (N, samples, 12), non-numeric (e.g. string) data, a dataset stored in another file
+            (external link, virtual or external storage) outside the HDF5 file's folder, an exam
+            range outside `0..N`, a read of more than `MAX_READ_ELEMENTS` values (read fewer exams
+            at a time, or pass `max_duration`), or chunks of more than `MAX_READ_BYTES`. All are
+            checked on the declared shapes, before any data is read.
     """
     try:
         import h5py  # lazy: only file reading needs it
@@ -801,7 +1215,10 @@ def read_code_hdf5(
         raise ImportError("Reading CODE HDF5 files needs `h5py` (pip install h5py)") from error
 
     path = Path(path)
+    _check_regular_file(path, "CODE HDF5 file")
     max_samples = _max_samples(max_duration, CODE_SAMPLING_RATE, path)
+    start = _exam_index(start, "start", path)
+    stop = None if stop is None else _exam_index(stop, "stop", path)
     try:
         with h5py.File(path, "r") as handle:
             _check_hdf5_storage_inside(handle, dataset, path)
@@ -815,14 +1232,36 @@ def read_code_hdf5(
                     f"{path}: {dataset!r} must hold real numbers (integers or floats), got values of type "
                     f"{tracings.dtype}"
                 )
-            signals = np.asarray(tracings[start:stop, :max_samples], dtype=np.float32)
+            count, samples = int(tracings.shape[0]), int(tracings.shape[1])
+            last = count if stop is None else stop
+            if not 0 <= start < last <= count:
+                raise ValueError(
+                    f"{path}: exams {start}:{stop} are not a range of the {count} exams of {dataset!r} "
+                    "(0 <= start < stop <= N)"
+                )
+            kept = samples if max_samples is None else min(samples, max_samples)
+            values = (last - start) * kept * len(STANDARD_LEAD_NAMES)
+            if values > MAX_READ_ELEMENTS:
+                raise ValueError(
+                    f"{path}: reading exams {start}:{last} of {dataset!r} ({last - start} x {kept} samples x 12 leads "
+                    f"= {values} values) is more than MAX_READ_ELEMENTS ({MAX_READ_ELEMENTS}); read fewer exams at a "
+                    "time (start/stop) or pass max_duration"
+                )
+            if tracings.chunks is not None:
+                chunk_bytes = math.prod(tracings.chunks) * tracings.dtype.itemsize
+                if chunk_bytes > MAX_READ_BYTES:
+                    raise ValueError(
+                        f"{path}: {dataset!r} is stored in chunks of {tracings.chunks} ({chunk_bytes} bytes), more "
+                        f"than the {MAX_READ_BYTES // 2**20} MiB a reader decodes at once"
+                    )
+            signals = np.asarray(tracings[start:last, :kept], dtype=np.float32)
     except (OSError, KeyError, TypeError) as error:
         raise ValueError(f"Cannot read CODE HDF5 file {path}: {error}") from error
     return np.ascontiguousarray(signals.transpose(0, 2, 1)), list(STANDARD_LEAD_NAMES), CODE_SAMPLING_RATE
 
 
 def _check_hdf5_storage_inside(handle: Any, dataset: str, path: Path) -> None:
-    """Refuse an HDF5 dataset whose data lives in a file outside `path`'s folder."""
+    """Refuse an HDF5 dataset whose data lives in a file that the HDF5 file names outside its folder."""
     import h5py
 
     folder = path.parent
@@ -846,10 +1285,28 @@ def _check_hdf5_storage_inside(handle: Any, dataset: str, path: Path) -> None:
 
 def _check_external_target(folder: Path, target: str, dataset: str, path: Path) -> None:
     try:
-        _signal_file_inside(folder, target, path)
+        _signal_file_inside(folder, target, path, role="HDF5 file")
     except ValueError as error:
         detail = str(error).removeprefix(f"{path}: ")
         raise ValueError(f"{path}: dataset {dataset!r} is stored in another file: {detail}") from None
+
+
+def _open_ecg_file(path: Union[str, os.PathLike]) -> _OpenedRecord:
+    """Open one ECG file with the reader its name calls for (see `read_ecg_file`)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    base = _record_base(path)
+    header = base.with_name(base.name + ".hea")
+    has_header = header.is_file() or header.is_symlink()  # a broken link is reported by the WFDB reader
+    if suffix in (".hea", ".dat") or (suffix not in _SIGNAL_FILE_EXTENSIONS and has_header):
+        return _open_wfdb_record(path)
+    if suffix == ".mat":
+        if has_header:
+            return _open_wfdb_record(path)
+        return _open_cpsc2018_mat(path)
+    if suffix in (".h5", ".hdf5"):
+        raise ValueError(f"{path} is an HDF5 file of many ECGs: use read_code_hdf5")
+    raise ValueError(f"Unsupported ECG file {path}: expected .hea, .dat or .mat")
 
 
 def read_ecg_file(path: Union[str, os.PathLike], max_duration: Optional[float] = None) -> ECGRecord:
@@ -860,21 +1317,10 @@ def read_ecg_file(path: Union[str, os.PathLike], max_duration: Optional[float] =
       otherwise `read_cpsc2018_mat` (original CPSC 2018 struct).
 
     HDF5 files hold many ECGs: read them with `read_code_hdf5`. `max_duration` (seconds) reads
-    only the start of long recordings (see the readers).
+    only the start of long recordings (see the readers); a whole read of more than
+    `MAX_READ_ELEMENTS` values is refused before anything is read.
     """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    base = _record_base(path)
-    has_header = base.with_name(base.name + ".hea").is_file()
-    if suffix in (".hea", ".dat") or (suffix not in _SIGNAL_FILE_EXTENSIONS and has_header):
-        return read_wfdb_record(path, max_duration=max_duration)
-    if suffix == ".mat":
-        if has_header:
-            return read_wfdb_record(path, max_duration=max_duration)
-        return read_cpsc2018_mat(path, max_duration=max_duration)
-    if suffix in (".h5", ".hdf5"):
-        raise ValueError(f"{path} is an HDF5 file of many ECGs: use read_code_hdf5")
-    raise ValueError(f"Unsupported ECG file {path}: expected .hea, .dat or .mat")
+    return _read_opened(_open_ecg_file(path), max_duration)
 
 
 # --------------------------------------------------------------------------------------------
@@ -900,19 +1346,175 @@ ECGInput = Union[np.ndarray, torch.Tensor, list, tuple, ECGRecord, str, os.PathL
 
 
 # --------------------------------------------------------------------------------------------
+# Input rules shared by the feature extractor and the sliding windows
+# --------------------------------------------------------------------------------------------
+
+
+def _is_record(value: Any) -> bool:
+    """Whether `value` is an `ECGRecord` (duck-typed: a model folder's copy of this module, loaded as
+    remote code, has its own class)."""
+    return isinstance(value, ECGRecord) or (
+        not isinstance(value, (np.ndarray, torch.Tensor, str, os.PathLike, list, tuple, dict))
+        and all(hasattr(value, name) for name in ("signal", "lead_names", "sampling_rate"))
+    )
+
+
+def _sampling_rate_argument(sampling_rate: Any) -> float:
+    """A `sampling_rate` argument as a float: a real number of Hz in the accepted ECG range."""
+    if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, float, np.integer, np.floating)):
+        raise TypeError(f"sampling_rate must be a number, got {type(sampling_rate).__name__}")
+    rate = float(sampling_rate)
+    if not math.isfinite(rate) or not MIN_SAMPLING_RATE <= rate <= MAX_SAMPLING_RATE:
+        raise ValueError(
+            f"sampling_rate={sampling_rate!r} is not a plausible ECG sampling rate: it must be a positive "
+            f"number of Hz from {MIN_SAMPLING_RATE:g} to {MAX_SAMPLING_RATE:g}"
+        )
+    return rate
+
+
+def _check_input_leads(num_leads: int, lead_names: Optional[list[str]]) -> list[str]:
+    """The names of an input's `num_leads` leads, by the lead rules of the feature extractor.
+
+    Unnamed input must hold the 12 standard leads in the standard order; named leads must be as
+    many as the input's, unique (case-insensitively) and standard, except that with all 12
+    standard leads present extra leads (e.g. Frank leads vx/vy/vz) are allowed and dropped.
+    """
+    if lead_names is None:
+        if num_leads != len(STANDARD_LEAD_NAMES):
+            raise ValueError(
+                f"Got {num_leads} leads without `lead_names`; unnamed input must have the 12 standard "
+                f"leads in the order {list(STANDARD_LEAD_NAMES)}. Pass `lead_names` for other lead sets."
+            )
+        return list(STANDARD_LEAD_NAMES)
+    if isinstance(lead_names, str) or len(lead_names) != num_leads:
+        raise ValueError(f"lead_names has {len(lead_names)} entries but the ECG has {num_leads} leads")
+    canonical = [canonical_lead_name(name) for name in lead_names]
+    standard = {name for name in canonical if name in STANDARD_LEAD_NAMES}
+    duplicates = sorted({name for name in canonical if canonical.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"Repeated lead names {duplicates} in {list(lead_names)}")
+    unknown = [name for name in lead_names if canonical_lead_name(name) not in STANDARD_LEAD_NAMES]
+    # With all 12 standard leads present, extra leads are simply dropped; with a reduced set an
+    # unknown name is more likely a typo that would silently zero-fill a lead, so it is an error.
+    if unknown and len(standard) < len(STANDARD_LEAD_NAMES):
+        raise ValueError(
+            f"Unknown lead names {unknown}; expected names among {list(STANDARD_LEAD_NAMES)} (case-insensitive)"
+        )
+    if not standard:
+        raise ValueError(f"None of the leads {list(lead_names)} is a standard ECG lead")
+    return list(lead_names)
+
+
+def _check_record_arguments(
+    label: str, record_rate: float, record_leads: list[str], sampling_rate: Any, lead_names: Any
+) -> None:
+    """A record (or file) describes itself: explicit `sampling_rate` / `lead_names` may only confirm it."""
+    if sampling_rate is not None:
+        rate = _sampling_rate_argument(sampling_rate)
+        if not math.isclose(rate, float(record_rate)):
+            raise ValueError(f"{label}: sampling_rate={sampling_rate} contradicts the record's rate {record_rate}")
+    lead_names = _lead_names_argument(lead_names)
+    if lead_names is not None and [canonical_lead_name(n) for n in lead_names] != [
+        canonical_lead_name(n) for n in record_leads
+    ]:
+        raise ValueError(f"{label}: lead_names={lead_names} contradicts the record's leads {list(record_leads)}")
+
+
+def _units_scale(units: Any) -> float:
+    """The factor that brings `units` ("mV", "uV", "V") to millivolts."""
+    scale = _INPUT_UNITS_TO_MILLIVOLTS.get(str(units).strip().lower())
+    if scale is None:
+        raise ValueError(f"units must be one of 'mV', 'uV', 'V', got {units!r}")
+    return scale
+
+
+def _check_record_units(label: str, units: Any) -> None:
+    """A record's (or file's) signal is in millivolts: any other `units` contradicts it."""
+    if _units_scale(units) != 1.0:
+        raise ValueError(
+            f"{label}: units={units!r} contradicts the record, whose signal is in millivolts (readers convert "
+            "with the file's own gains and units)"
+        )
+
+
+# --------------------------------------------------------------------------------------------
 # Long recordings: sliding windows
 # --------------------------------------------------------------------------------------------
 
 
-#: Seconds of signal `iter_ecg_windows` reads from a WFDB `.dat` file at a time (bounds its memory).
+#: Seconds of signal `iter_ecg_windows` reads from a file at a time (bounds its memory).
 _WINDOW_READ_SECONDS = 300.0
 
+#: Most windows `iter_ecg_windows` cuts from one recording (a 24-hour Holter with a 1 s stride is
+#: 86,400). More, e.g. from a stride of a nanosecond, is refused before anything is read.
+MAX_WINDOWS = 100_000
 
-def _window_starts(total_samples: int, window: int, stride: int) -> range:
-    """Start samples of the full windows of a recording (one window when it is shorter than one)."""
+
+def _seconds_argument(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _window_starts(total_samples: int, window: int, stride: int, source: Any) -> list[int]:
+    """Start samples of the windows of a recording: every `stride` samples while a full window fits,
+    plus one last window ending with the recording when the tail after the last full window is not
+    covered; a recording shorter than one window is one window. More than `MAX_WINDOWS` is an error."""
     if total_samples <= window:
-        return range(0, 1)
-    return range(0, total_samples - window + 1, stride)
+        return [0]
+    full = (total_samples - window) // stride + 1
+    tail = (full - 1) * stride + window < total_samples
+    if full + tail > MAX_WINDOWS:
+        raise ValueError(
+            f"{source}: {full + tail} windows of {window} samples every {stride} samples, more than MAX_WINDOWS "
+            f"({MAX_WINDOWS}); use a longer stride"
+        )
+    return list(range(0, full * stride, stride)) + ([total_samples - window] if tail else [])
+
+
+def _open_window_source(source: Any, sampling_rate: Any, lead_names: Any, units: Any) -> _OpenedRecord:
+    """Open what `iter_ecg_windows` cuts, by the rules of the feature extractor: a file or a record
+    describes itself (arguments may only confirm it); an array follows the extractor's lead rules."""
+    if isinstance(source, (str, os.PathLike)):
+        opened = _open_ecg_file(source)
+        _check_record_arguments(str(source), opened.sampling_rate, opened.lead_names, sampling_rate, lead_names)
+        _check_record_units(str(source), units)
+        return opened
+    if _is_record(source):
+        name = (getattr(source, "metadata", None) or {}).get("name")
+        label = f"record {name or 'without a name'}"
+        _check_record_arguments(label, source.sampling_rate, list(source.lead_names), sampling_rate, lead_names)
+        _check_record_units(label, units)
+        signal = _as_numeric_array(source.signal)
+        if signal.ndim != 2:
+            raise ValueError(f"{label}: the record's signal must be 2-D (leads, samples), got shape {signal.shape}")
+        names, rate = list(source.lead_names), float(source.sampling_rate)
+        metadata = dict(getattr(source, "metadata", None) or {})
+    else:
+        if sampling_rate is None:
+            raise ValueError("An array needs `sampling_rate` to be cut into windows.")
+        _units_scale(units)  # converted by the feature extractor, window by window
+        rate = _sampling_rate_argument(sampling_rate)
+        signal = _as_numeric_array(source)
+        if signal.ndim != 2:
+            raise ValueError(f"An ECG must be 2-D (leads, samples), got shape {signal.shape}.")
+        names = _check_input_leads(signal.shape[0], _lead_names_argument(lead_names))
+        label, metadata = "The ECG", {"name": "array", "comments": []}
+    if signal.shape[1] == 0:
+        raise ValueError(f"Empty ECG input: shape {signal.shape}")
+    if len(names) != signal.shape[0]:
+        raise ValueError(f"{label}: {len(names)} lead names for {signal.shape[0]} leads")
+    return _OpenedRecord(
+        source=label,
+        lead_names=names,
+        sampling_rate=rate,
+        total_samples=int(signal.shape[1]),
+        metadata=metadata,
+        read_part=lambda start, stop: signal[:, start:stop],
+        from_disk=False,
+    )
 
 
 def iter_ecg_windows(
@@ -921,95 +1523,65 @@ def iter_ecg_windows(
     stride_seconds: Optional[float] = None,
     sampling_rate: Optional[float] = None,
     lead_names: Optional[list[str]] = None,
+    units: str = "mV",
 ) -> Iterator[tuple[float, ECGRecord]]:
     """Sliding windows of a long ECG: yields `(start time in seconds, ECGRecord of the window)`.
 
     Windows are `window_seconds` long and start every `stride_seconds` (default: the window
-    length, i.e. no overlap); only full windows are yielded (a tail shorter than a window is left
-    out), except that a recording shorter than one window is one window.
+    length, i.e. no overlap), both rounded to whole samples. When the tail after the last full
+    window is not covered, one more window is cut, aligned to the end of the recording (it starts
+    at `duration - window_seconds` and overlaps the one before): every sample is in a window. A
+    recording shorter than one window is one window. Each window's start time (also in its
+    `metadata["window_start_s"]`) is its real start, `start sample / sampling_rate`.
 
-    WFDB records with `.dat` signal files (and the record length in the header) are streamed:
-    every window is read from disk on its own (`wfdb.rdrecord(sampfrom=..., sampto=...)`), so
-    memory stays that of one window whatever the recording's length (a 24-hour Holter included).
-    Other sources are read whole first: MATLAB `.mat` and CPSC files, HDF5, an `ECGRecord`, or a
-    `(leads, samples)` array in millivolts (with `sampling_rate`, and `lead_names` when not in the
-    standard order).
+    Everything is checked when this function is called, before any sample is read: the file
+    (the same reader contract as `read_ecg_file`), a `sampling_rate` or `lead_names` that
+    contradicts a file or record (an error, as in `DBetaFeatureExtractor`), an array's leads (the
+    extractor's lead rules: unnamed input must have the 12 standard leads), a stride of less than
+    one sample, and more than `MAX_WINDOWS` windows.
+
+    WFDB records (`.dat` files, and PhysioNet/CinC MATLAB v4 `.mat` files) are streamed: windows
+    are read from disk a block of about five minutes at a time, so memory stays that of one block
+    whatever the recording's length (a 24-hour Holter included). MATLAB v5 and CPSC files are read
+    whole (they are bounded by `MAX_READ_ELEMENTS`). An `ECGRecord`, or a `(leads, samples)` array
+    in millivolts (with `sampling_rate`, and `lead_names` when not the 12 standard leads in the
+    standard order), is cut in memory. `units` is that of an array (the feature extractor converts
+    each window); a file or record is in millivolts, so any other `units` contradicts it.
+
+    Raises:
+        ValueError: a non-positive or non-finite window or stride, a stride of less than one sample,
+            more than `MAX_WINDOWS` windows, an unreadable file, a contradicting `sampling_rate` or
+            `lead_names`, or leads that break the lead rules.
     """
-    if not (isinstance(window_seconds, (int, float)) and math.isfinite(window_seconds) and window_seconds > 0):
-        raise ValueError(f"window_seconds must be a positive number, got {window_seconds!r}")
-    stride_seconds = window_seconds if stride_seconds is None else stride_seconds
-    if not (isinstance(stride_seconds, (int, float)) and math.isfinite(stride_seconds) and stride_seconds > 0):
-        raise ValueError(f"stride_seconds must be a positive number, got {stride_seconds!r}")
-
-    if isinstance(source, (str, os.PathLike)):
-        streamed = _iter_wfdb_dat_windows(source, window_seconds, stride_seconds)
-        if streamed is not None:
-            yield from streamed
-            return
-        record = read_ecg_file(source)
-    elif all(hasattr(source, name) for name in ("signal", "lead_names", "sampling_rate")):
-        record = source  # an ECGRecord (duck-typed: a model folder's copy of this module has its own class)
-    else:
-        if sampling_rate is None:
-            raise ValueError("An array needs `sampling_rate` to be cut into windows.")
-        signal = np.asarray(source, dtype=np.float32)
-        if signal.ndim != 2:
-            raise ValueError(f"An ECG must be 2-D (leads, samples), got shape {signal.shape}.")
-        names = list(lead_names) if lead_names is not None else list(STANDARD_LEAD_NAMES[: signal.shape[0]])
-        record = ECGRecord(signal, names, float(sampling_rate), {"name": "array", "comments": []})
-    rate = float(record.sampling_rate)
+    window_seconds = _seconds_argument(window_seconds, "window_seconds")
+    stride_seconds = window_seconds if stride_seconds is None else _seconds_argument(stride_seconds, "stride_seconds")
+    opened = _open_window_source(source, sampling_rate, lead_names, units)
+    rate = opened.sampling_rate
+    for name, seconds in (("window_seconds", window_seconds), ("stride_seconds", stride_seconds)):
+        if seconds * rate < 1 - 1e-9:
+            raise ValueError(
+                f"{opened.source}: {name}={seconds!r} is less than one sample at {rate:g} Hz ({1 / rate:.3g} s)"
+            )
     window = max(1, int(round(window_seconds * rate)))
     stride = max(1, int(round(stride_seconds * rate)))
-    for start in _window_starts(record.num_samples, window, stride):
-        metadata = dict(record.metadata, window_start_s=start / rate)
-        signal = record.signal[:, start : start + window]
-        yield start / rate, ECGRecord(signal, list(record.lead_names), rate, metadata)
+    starts = _window_starts(opened.total_samples, window, stride, opened.source)
+    # Windows are read a block at a time: the span of `per_read` windows, about
+    # `_WINDOW_READ_SECONDS` of signal and at most `MAX_READ_ELEMENTS` values.
+    budget = min(int(_WINDOW_READ_SECONDS * rate), MAX_READ_ELEMENTS // max(1, len(opened.lead_names)))
+    per_read = max(1, (budget - window) // stride + 1)
+    return _iter_windows(opened, starts, window, per_read)
 
 
-def _iter_wfdb_dat_windows(path, window_seconds: float, stride_seconds: float):
-    """The windows of a WFDB `.dat` record read one at a time from disk, or None when the record
-    cannot be streamed (not WFDB, `.mat` signal files, no record length in the header)."""
-    base = _record_base(path)
-    header_path = base.with_name(base.name + ".hea")
-    if not header_path.is_file():
-        return None
-    header = _parse_wfdb_header(header_path)
-    file_names = list(dict.fromkeys(spec.file_name for spec in header.signals))
-    if header.num_samples is None or any(name.lower().endswith(".mat") for name in file_names):
-        return None
-    # The same checks as a whole read (`read_wfdb_record`): files inside the folder, wfdb's header
-    # parse agreeing with ours, file sizes agreeing with the header.
-    wfdb, total_samples = _open_wfdb_dat(base, header_path, header)
-    if total_samples is not None and total_samples != header.num_samples:
-        raise ValueError(
-            f"{header_path}: header declares {header.num_samples} samples, the files hold {total_samples}"
-        )
-
-    rate = float(header.sampling_rate)
-    window = max(1, int(round(window_seconds * rate)))
-    stride = max(1, int(round(stride_seconds * rate)))
-    metadata = _record_metadata(header, header.num_samples)
-    names = [spec.description for spec in header.signals]
-
-    starts = _window_starts(header.num_samples, window, stride)
-    # Windows are read from disk a block at a time: the span of `per_read` windows (about
-    # `_WINDOW_READ_SECONDS` of signal), so memory is bounded by that block, not by the record.
-    per_read = max(1, int(_WINDOW_READ_SECONDS * rate) // stride)
-
-    def windows():
-        for first in range(0, len(starts), per_read):
-            group = starts[first : first + per_read]
-            low, high = group[0], min(group[-1] + window, header.num_samples)
-            try:
-                part = wfdb.rdrecord(str(base), physical=False, sampfrom=low, sampto=high)
-            except Exception as error:  # wfdb raises ValueError, IndexError, its own syntax errors...
-                raise ValueError(f"Cannot read samples {low}-{high} of WFDB record {base}: {error}") from error
-            block = _to_millivolts(np.asarray(part.d_signal).T, header.signals, header_path)
-            for start in group:
-                signal = block[:, start - low : start - low + window]
-                yield start / rate, ECGRecord(signal, list(names), rate, dict(metadata, window_start_s=start / rate))
-
-    return windows()
+def _iter_windows(opened: _OpenedRecord, starts: list[int], window: int, per_read: int):
+    rate = opened.sampling_rate
+    for first in range(0, len(starts), per_read):
+        group = starts[first : first + per_read]
+        low, high = group[0], min(group[-1] + window, opened.total_samples)
+        block = opened.read(low, high)
+        for start in group:
+            metadata = dict(opened.metadata, window_start_s=start / rate)
+            signal = block[:, start - low : start - low + window]
+            yield start / rate, ECGRecord(signal, list(opened.lead_names), rate, metadata)
 
 
 class DBetaFeatureExtractor(SequenceFeatureExtractor):
@@ -1091,8 +1663,9 @@ class DBetaFeatureExtractor(SequenceFeatureExtractor):
                 array, a torch tensor or nested lists of numbers; or a list of such 2-D ECGs
                 (they may differ in length); or an `ECGRecord`, a file path (read with
                 `read_ecg_file`), or a list of those. A list of 1-D arrays is one ECG, one
-                trace per lead. Records and files bring their own lead
-                names and sampling rate.
+                trace per lead. Records and files bring their own lead names, sampling rate and
+                units (millivolts): `sampling_rate`, `lead_names` and `units` given with them may
+                only confirm them, a contradiction is an error.
             sampling_rate: the input's rate in Hz, between `MIN_SAMPLING_RATE` (50) and
                 `MAX_SAMPLING_RATE` (10000). Required unless the input is a record/file, or
                 already exactly `num_samples` long (then the model's rate is assumed).
@@ -1117,8 +1690,11 @@ class DBetaFeatureExtractor(SequenceFeatureExtractor):
             ValueError: empty input, NaN/inf values (or values that overflow float32 once in
                 millivolts), an unknown or repeated lead name, a lead count that does not match
                 `lead_names` (or is not 12 without names), a recording shorter than
-                `min_duration`, a sampling rate outside 50-10000 Hz, or a missing sampling rate
-                that cannot be assumed. In a batch the message names the bad ECG's index (and
+                `min_duration`, a sampling rate outside 50-10000 Hz, a missing sampling rate
+                that cannot be assumed, an ECG whose every lead is flat (peak-to-peak under
+                `FLAT_LEAD_PEAK_TO_PEAK_MV` in the part the model reads; zero-filled absent leads
+                do not count), or a `sampling_rate`, `lead_names` or `units` contradicting a file
+                or record. In a batch the message names the bad ECG's index (and
                 its file or record name).
             TypeError: non-numeric input (strings, booleans, complex numbers, objects).
 
@@ -1126,15 +1702,14 @@ class DBetaFeatureExtractor(SequenceFeatureExtractor):
             UserWarning: an ECG whose median peak-to-peak amplitude over its leads exceeds
                 `IMPLAUSIBLE_PEAK_TO_PEAK_MV` (20 mV) after conversion to millivolts: most likely
                 microvolts passed as millivolts or raw ADC counts. The values are not rescaled.
+            UserWarning: an ECG with some (not all) flat leads, once per ECG, naming the leads.
         """
         if kwargs:
             logger.warning_once(f"DBetaFeatureExtractor ignores unknown arguments: {sorted(kwargs)}")
         normalize = self.normalize if normalize == "default" else normalize
         if normalize not in _NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {_NORMALIZATIONS}, got {normalize!r}")
-        scale = _INPUT_UNITS_TO_MILLIVOLTS.get(str(units).strip().lower())
-        if scale is None:
-            raise ValueError(f"units must be one of 'mV', 'uV', 'V', got {units!r}")
+        scale = _units_scale(units)
         lead_names = _lead_names_argument(lead_names)
 
         processed = []
@@ -1155,14 +1730,15 @@ class DBetaFeatureExtractor(SequenceFeatureExtractor):
     ) -> list[_ECGGroup]:
         """Split the input into groups of (batch, leads, samples) arrays that share rate and leads."""
         needed = self._needed_or_none(sampling_rate)
-        if isinstance(ecg, (ECGRecord, str, os.PathLike)):
+        if _is_record(ecg) or isinstance(ecg, (str, os.PathLike)):
             return [self._record_input(ecg, sampling_rate, lead_names, index=None)]
         if isinstance(ecg, (list, tuple)):
             if len(ecg) == 0:
                 raise ValueError("Empty ECG input: got an empty list")
-            if all(isinstance(item, (ECGRecord, str, os.PathLike)) for item in ecg):
+            is_record = [_is_record(item) or isinstance(item, (str, os.PathLike)) for item in ecg]
+            if all(is_record):
                 return [self._record_input(item, sampling_rate, lead_names, index=i) for i, item in enumerate(ecg)]
-            if any(isinstance(item, (ECGRecord, str, os.PathLike)) for item in ecg):
+            if any(is_record):
                 raise TypeError("Do not mix records/paths with arrays in one ECG batch")
             if all(isinstance(item, (np.ndarray, torch.Tensor)) and item.ndim == 1 for item in ecg):
                 # One ECG given as a list of 1-D lead traces.
@@ -1200,6 +1776,13 @@ class DBetaFeatureExtractor(SequenceFeatureExtractor):
         item_labels = [f"ECG {index} of the batch" for index in range(array.shape[0])] if array.shape[0] > 1 else None
         return [_ECGGroup(array, sampling_rate, lead_names, total, None, item_labels)]
 
+    def read_file(self, path: Union[str, os.PathLike]) -> ECGRecord:
+        """Read an ECG file the way this extractor prepares it: only the part the model's input needs
+        (its `num_samples` at `sampling_rate`, plus a margin for resampling), whatever the recording's
+        length; `metadata["total_samples"]` keeps the full length. The check of the rate against the
+        needed window is repeated, exactly, when the record is processed."""
+        return read_ecg_file(path, max_duration=self.num_samples / float(self.sampling_rate) + _READ_MARGIN_SECONDS)
+
     def _record_input(
         self,
         record: Union[ECGRecord, str, os.PathLike],
@@ -1209,33 +1792,27 @@ class DBetaFeatureExtractor(SequenceFeatureExtractor):
     ) -> _ECGGroup:
         position = None if index is None else f"ECG {index} of the batch"
         origin = None
-        if not isinstance(record, ECGRecord):
+        if not _is_record(record):
             origin = str(record)
-            # Read only what the model's window needs (plus margin); the check of the rate
-            # against the needed window is repeated, exactly, when the record is processed.
-            max_duration = self.num_samples / float(self.sampling_rate) + _READ_MARGIN_SECONDS
             try:
-                record = read_ecg_file(record, max_duration=max_duration)
+                record = self.read_file(record)
             except (ValueError, TypeError) as error:
                 if position is None:
                     raise
                 raise type(error)(f"{position}: {error}") from error
         origin = origin or f"record {record.metadata.get('name') or 'without a name'}"
         label = origin if position is None else f"{position} ({origin})"
-        # The file's own description wins; explicit arguments may only confirm it.
-        if sampling_rate is not None and not math.isclose(float(sampling_rate), record.sampling_rate):
-            raise ValueError(
-                f"{label}: sampling_rate={sampling_rate} contradicts the record's rate {record.sampling_rate}"
-            )
-        if lead_names is not None and [canonical_lead_name(n) for n in lead_names] != [
-            canonical_lead_name(n) for n in record.lead_names
-        ]:
-            raise ValueError(f"{label}: lead_names={lead_names} contradicts the record's leads {record.lead_names}")
+        # The file's own description wins; explicit arguments may only confirm it (one rule, shared
+        # with `iter_ecg_windows`).
+        _check_record_arguments(label, record.sampling_rate, list(record.lead_names), sampling_rate, lead_names)
         signal = _as_numeric_array(record.signal)
         if signal.ndim != 2:
             raise ValueError(f"{label}: the record's signal must be 2-D (leads, samples), got shape {signal.shape}")
-        total = int(record.metadata.get("total_samples") or signal.shape[-1])
-        return _ECGGroup(signal[None], record.sampling_rate, list(record.lead_names), total, label)
+        metadata = getattr(record, "metadata", None) or {}
+        total = int(metadata.get("total_samples") or signal.shape[-1])
+        return _ECGGroup(
+            signal[None], float(record.sampling_rate), list(record.lead_names), total, label, from_record=True
+        )
 
     # -- processing ------------------------------------------------------------------------------
 
@@ -1244,6 +1821,8 @@ class DBetaFeatureExtractor(SequenceFeatureExtractor):
         signals = group.signals
         if signals.size == 0:
             raise ValueError(f"Empty ECG input: shape {signals.shape}")
+        if group.from_record:
+            _check_record_units(group.label or "The record", units)
         rate = self._resolve_sampling_rate(group.sampling_rate, group.total_length)
         duration = group.total_length / rate
         if duration < self.min_duration:
@@ -1274,6 +1853,7 @@ class DBetaFeatureExtractor(SequenceFeatureExtractor):
                 f"{group.describe(bad)} overflows after conversion to float32 millivolts "
                 f"(largest input value {largest:.3g} {units}); values must be physical ECG amplitudes"
             )
+        self._check_flat_leads(leads, present, group)
         self._warn_implausible_amplitudes(as_float32, present, group, units)
 
         valid_length = as_float32.shape[-1]
@@ -1290,6 +1870,36 @@ class DBetaFeatureExtractor(SequenceFeatureExtractor):
             )
             leads = np.concatenate([leads, padding], axis=-1)
         return np.ascontiguousarray(leads, dtype=np.float32)
+
+    def _check_flat_leads(self, millivolts: np.ndarray, present: np.ndarray, group: _ECGGroup) -> None:
+        """Refuse ECGs whose every lead is flat; warn (once per ECG) about ECGs with some flat leads.
+
+        A lead is flat when its peak-to-peak amplitude over the part the model reads is under
+        `FLAT_LEAD_PEAK_TO_PEAK_MV` (constant, e.g. all zeros, or disconnected): the threshold with
+        which data preparation rejects flat leads. Leads the input does not have (zero-filled on
+        purpose, `present` False) are not input and never count as flat.
+        """
+        if not present.any():
+            return
+        peak_to_peak = np.ptp(millivolts[:, present], axis=-1)  # (batch, present leads)
+        flat = peak_to_peak < FLAT_LEAD_PEAK_TO_PEAK_MV - 1e-9
+        names = [name for name, kept in zip(self.lead_names, present) if kept]
+        dead = np.flatnonzero(flat.all(axis=-1))
+        if dead.size:
+            raise ValueError(
+                f"{group.describe(dead)}: every lead is flat (peak-to-peak under {FLAT_LEAD_PEAK_TO_PEAK_MV * 1000:g} uV "
+                f"in the {self.num_samples / self.sampling_rate:g} s the model reads): there is no ECG to score "
+                "(an empty or disconnected recording, or values far smaller than the stated units)"
+            )
+        for row in np.flatnonzero(flat.any(axis=-1)):
+            flat_leads = [name for name, is_flat in zip(names, flat[row]) if is_flat]
+            warnings.warn(
+                f"{group.describe(np.array([row]))}: flat lead(s) {flat_leads} (peak-to-peak under "
+                f"{FLAT_LEAD_PEAK_TO_PEAK_MV * 1000:g} uV in the {self.num_samples / self.sampling_rate:g} s the model "
+                "reads: constant or disconnected); scored as given, but the scores may be unreliable",
+                UserWarning,
+                stacklevel=5,
+            )
 
     def _warn_implausible_amplitudes(
         self, millivolts: np.ndarray, present: np.ndarray, group: _ECGGroup, units: str
@@ -1313,32 +1923,9 @@ class DBetaFeatureExtractor(SequenceFeatureExtractor):
         Returns the (batch, 12, samples) float64 array and a boolean (12,) mask of the leads that
         hold data (False for zero-filled ones).
         """
-        num_leads = signals.shape[1]
-        if lead_names is None:
-            if num_leads != len(STANDARD_LEAD_NAMES):
-                raise ValueError(
-                    f"Got {num_leads} leads without `lead_names`; unnamed input must have the 12 standard "
-                    f"leads in the order {list(STANDARD_LEAD_NAMES)}. Pass `lead_names` for other lead sets."
-                )
-            lead_names = list(STANDARD_LEAD_NAMES)
-        if isinstance(lead_names, str) or len(lead_names) != num_leads:
-            raise ValueError(f"lead_names has {len(lead_names)} entries but the ECG has {num_leads} leads")
-
+        lead_names = _check_input_leads(signals.shape[1], lead_names)
         canonical = [canonical_lead_name(name) for name in lead_names]
         standard_positions = {name: index for index, name in enumerate(canonical) if name in STANDARD_LEAD_NAMES}
-        duplicates = sorted({name for name in canonical if canonical.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"Repeated lead names {duplicates} in {list(lead_names)}")
-        unknown = [name for name in lead_names if canonical_lead_name(name) not in STANDARD_LEAD_NAMES]
-        # With all 12 standard leads present, extra leads (e.g. Frank leads vx/vy/vz) are simply
-        # dropped; with a reduced set an unknown name is more likely a typo that would silently
-        # zero-fill a lead, so it is an error.
-        if unknown and len(standard_positions) < len(STANDARD_LEAD_NAMES):
-            raise ValueError(
-                f"Unknown lead names {unknown}; expected names among {list(STANDARD_LEAD_NAMES)} (case-insensitive)"
-            )
-        if not standard_positions:
-            raise ValueError(f"None of the leads {list(lead_names)} is a standard ECG lead")
 
         derive_limb_leads = len(standard_positions) < len(STANDARD_LEAD_NAMES) and all(
             name in standard_positions for name in INDEPENDENT_LEAD_NAMES
@@ -1371,15 +1958,7 @@ class DBetaFeatureExtractor(SequenceFeatureExtractor):
                 f"sampling_rate is required: the ECG has {length} samples, not the model's "
                 f"{self.num_samples} at {self.sampling_rate} Hz, so its rate cannot be assumed"
             )
-        if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, float, np.integer, np.floating)):
-            raise TypeError(f"sampling_rate must be a number, got {type(sampling_rate).__name__}")
-        rate = float(sampling_rate)
-        if not math.isfinite(rate) or not MIN_SAMPLING_RATE <= rate <= MAX_SAMPLING_RATE:
-            raise ValueError(
-                f"sampling_rate={sampling_rate!r} is not a plausible ECG sampling rate: it must be a positive "
-                f"number of Hz from {MIN_SAMPLING_RATE:g} to {MAX_SAMPLING_RATE:g}"
-            )
-        return rate
+        return _sampling_rate_argument(sampling_rate)
 
     def _needed_or_none(self, sampling_rate: Any) -> Optional[int]:
         """`_input_samples_needed` for a valid rate argument, else None (the error comes later)."""
@@ -1433,6 +2012,7 @@ class _ECGGroup:
     total_length: int  # samples of the whole recording, before any cut
     label: Optional[str] = None  # names the input in messages ("ECG 2 of the batch (path)")
     item_labels: Optional[list[str]] = None  # one per batch row when the group is a 3-D batch
+    from_record: bool = False  # a file or an ECGRecord: in millivolts, with its own rate and leads
 
     def describe(self, rows: np.ndarray) -> str:
         """Name the batch rows `rows` in a message."""
@@ -1605,10 +2185,15 @@ __all__ = [
     "DBetaFeatureExtractor",
     "DBetaProcessor",
     "ECGRecord",
+    "FLAT_LEAD_PEAK_TO_PEAK_MV",
     "INDEPENDENT_LEAD_NAMES",
+    "MAX_READ_BYTES",
+    "MAX_READ_ELEMENTS",
+    "MAX_WINDOWS",
     "MIMIC_LEAD_NAMES",
     "STANDARD_LEAD_NAMES",
     "canonical_lead_name",
+    "iter_ecg_windows",
     "read_code_hdf5",
     "read_cpsc2018_mat",
     "read_ecg_file",

@@ -24,12 +24,19 @@ only when the run completes. Interrupted (Ctrl-C / SIGINT, SIGTERM, an error), t
 removed and an existing OUTPUT is left as it was (exit 130 / 143); killed outright (SIGKILL), only
 the `.partial` file can remain, never a truncated OUTPUT. When no record could be processed, OUTPUT
 is not written either.
+
+`embed` and `classify` split over processes and machines (`dbeta.sharding`): with `--num_shards N
+--shard_index i` a run takes the i-th of N contiguous blocks of the sorted record list and writes
+`OUTPUT` with `.shard-0000i-of-0000N` before its suffix (and the same for `--errors`, `--per_window`)
+plus a `.done.json` completion marker; under `torchrun` / `accelerate launch` (`RANK`, `WORLD_SIZE`)
+each process does the same and rank 0 merges the shards into OUTPUT, in record order. A re-run
+reuses complete shards of the same run.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import functools
 import logging
 import os
 import re
@@ -43,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dbeta.files import AtomicOutput
+from dbeta.files import AtomicOutput, csv_writer
 
 logger = logging.getLogger("dbeta.cli")
 
@@ -121,6 +128,11 @@ def find_records(folder: str | os.PathLike) -> list[RecordRef]:
     return records
 
 
+#: Exams listed from one HDF5 file at most (CODE-15% ships 20,000 per file): a few-kB file may declare
+#: millions of (unallocated) exams, and listing them would exhaust memory before anything is read.
+MAX_HDF5_EXAMS = 1_000_000
+
+
 def _hdf5_records(path: Path, relative: Path) -> list[RecordRef]:
     try:
         import h5py
@@ -130,15 +142,22 @@ def _hdf5_records(path: Path, relative: Path) -> list[RecordRef]:
     except Exception as error:  # noqa: BLE001 - an unreadable file is one failing record
         logger.warning(f"{relative}: cannot list the exams of this HDF5 file ({type(error).__name__}: {error})")
         return [RecordRef(str(relative), path, row=-1)]
+    if count > MAX_HDF5_EXAMS:
+        logger.warning(f"{relative}: declares {count} exams, more than {MAX_HDF5_EXAMS}; split the file (skipped)")
+        return [RecordRef(str(relative), path, row=-2)]
     return [RecordRef(f"{relative}#{row}", path, row=row) for row in range(count)]
 
 
-def read_record(ref: RecordRef):
-    """The `ECGRecord` of a reference (millivolts, lead names, sampling rate)."""
+def read_record(ref: RecordRef, feature_extractor=None):
+    """The `ECGRecord` of a reference (millivolts, lead names, sampling rate). With the model's
+    `feature_extractor`, only the part of a file that its input needs is read (a 24-hour Holter
+    costs its first seconds); without, the whole recording (bounded by the readers' limits)."""
     from processing_dbeta import ECGRecord, read_code_hdf5, read_ecg_file
 
     if ref.row is None:
-        return read_ecg_file(ref.path)
+        return feature_extractor.read_file(ref.path) if feature_extractor is not None else read_ecg_file(ref.path)
+    if ref.row == -2:
+        raise ValueError(f"{ref.path} declares more than {MAX_HDF5_EXAMS} exams; split the file")
     if ref.row < 0:
         raise ValueError(f"{ref.path} is not a readable HDF5 file of ECG tracings")
     signals, lead_names, sampling_rate = read_code_hdf5(ref.path, start=ref.row, stop=ref.row + 1)
@@ -159,7 +178,7 @@ class _RecordDataset(torch.utils.data.Dataset):
         ref = self.records[index]
         item = {"record": ref.record_id, "path": str(ref.path)}
         try:
-            record = read_record(ref)
+            record = read_record(ref, self.feature_extractor)
             values = self.feature_extractor(record)["input_values"][0]
         except Exception as error:  # noqa: BLE001 - any failure of one record is reported, not fatal
             item["error"] = f"{type(error).__name__}: {error}"
@@ -168,7 +187,8 @@ class _RecordDataset(torch.utils.data.Dataset):
             input_values=np.asarray(values, dtype=np.float32),
             sampling_rate=float(record.sampling_rate),
             num_leads=int(record.signal.shape[0]),
-            duration_s=float(record.signal.shape[1] / record.sampling_rate),
+            # The recording's length, not the part read for the model's input.
+            duration_s=float(record.metadata.get("total_samples", record.signal.shape[1]) / record.sampling_rate),
         )
         return item
 
@@ -184,7 +204,7 @@ def stream_batches(
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=list,
-        worker_init_fn=_quiet_sigterm_in_worker if num_workers > 0 else None,
+        worker_init_fn=functools.partial(_init_reader_worker, os.getpid()) if num_workers > 0 else None,
     )
     with tqdm(total=len(records), unit="ecg", disable=not progress, file=sys.stderr) as bar:
         for batch in loader:
@@ -198,11 +218,26 @@ def stream_batches(
 
 def _preflight(args: argparse.Namespace) -> None:
     """Everything that can be checked before any record is read or the model is loaded."""
-    output = check_output_path("--output", args.output)
-    if args.errors is not None:
-        errors = check_output_path("--errors", args.errors)
-        if errors.resolve() == output.resolve():
-            raise UsageError(f"--errors and --output are the same file ({output})")
+    outputs = {"--output": check_output_path("--output", args.output)}
+    for option in ("--errors", "--per_window"):
+        value = getattr(args, option.lstrip("-"), None)
+        if value is None:
+            continue
+        path = check_output_path(option, value)
+        for other, other_path in outputs.items():
+            if os.path.realpath(path) == os.path.realpath(other_path):
+                raise UsageError(f"{option} and {other} are the same file ({path})")
+        outputs[option] = path
+    # Window options only mean something with windows: given alone they would be silently ignored.
+    windowed = getattr(args, "window", None) == "sliding" or getattr(args, "windows", False)
+    given = [
+        option
+        for option, default in (("--window_stride", None), ("--aggregation", "mean"), ("--per_window", None))
+        if getattr(args, option.lstrip("-"), default) != default
+    ]
+    if given and not windowed:
+        needed = "--windows" if args.command == "embed" else "--window sliding"
+        raise UsageError(f"{', '.join(given)} only apply with {needed}")
     check_model_argument(args.model)
 
 
@@ -222,7 +257,7 @@ def _write_errors(path: str | None, failures: list[dict]) -> None:
         return
     with AtomicOutput(path) as target:
         with open(target.temporary, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
+            writer = csv_writer(handle)
             writer.writerow(["record", "path", "error"])
             writer.writerows([item["record"], item["path"], item["error"]] for item in failures)
         target.commit()
@@ -255,6 +290,138 @@ def _finish(num_ok: int, failures: list[dict], output: str) -> int:
 
 
 def run_embed(args: argparse.Namespace) -> int:
+    return _run_sharded(args, _embed)
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    return _run_sharded(args, _classify)
+
+
+def _records(args: argparse.Namespace) -> list[RecordRef]:
+    """The records this process runs: its shard's share when sharded, else all of `args.folder`."""
+    selected = getattr(args, "shard_records", None)
+    return find_records(args.folder) if selected is None else list(selected)
+
+
+#: Output options that get a shard file each (and are merged by rank 0 under a launcher).
+SHARDED_OUTPUTS = ("output", "errors", "per_window")
+#: Options that do not change a shard's rows: left out of the run key, so that a re-run with another
+#: batch size, device or number of reader processes still reuses complete shards.
+_NOT_IN_RUN_KEY = {
+    "run", "folder", "model", "output", "errors", "per_window", "batch_size", "num_workers", "device",
+    "no_progress", "num_shards", "shard_index", "merge_timeout", "shard_records",
+}
+
+
+def _run_sharded(args: argparse.Namespace, run_one) -> int:
+    """Run `run_one` on this process's shard (`--num_shards/--shard_index`, or `RANK`/`WORLD_SIZE`
+    from `torchrun` / `accelerate launch`), or on everything when there is one shard (`dbeta.sharding`)."""
+    from dbeta import sharding
+
+    try:
+        shard = sharding.resolve_shard(getattr(args, "num_shards", None), getattr(args, "shard_index", None))
+    except sharding.ShardError as error:
+        raise UsageError(str(error)) from None
+    if shard is None:
+        return run_one(args)
+    if not args.merge_timeout > 0:
+        raise UsageError(f"--merge_timeout must be > 0 seconds (got {args.merge_timeout:g})")
+    index, count = shard.index, shard.count
+    _preflight(args)
+    names = [name for name in SHARDED_OUTPUTS if getattr(args, name, None)]
+    for name in names:
+        check_output_path(f"--{name}", sharding.shard_path(getattr(args, name), index, count))
+    records = find_records(args.folder)
+    if not records:
+        print(f"dbeta: no ECG records found under {args.folder}", file=sys.stderr)
+        return 2
+    options = {key: value for key, value in vars(args).items() if key not in _NOT_IN_RUN_KEY}
+    options["outputs"] = names
+    key = sharding.run_key([ref.record_id for ref in records], args.model, options)
+    part = sharding.shard_items(records, count, index)
+    marker = sharding.read_marker(args.output, index, count, key)
+    if marker is not None:
+        print(
+            f"dbeta: shard {index} of {count} is complete ({sharding.marker_path(args.output, index, count).name}); "
+            "reused, not recomputed",
+            file=sys.stderr,
+        )
+        status = marker["status"]
+    else:
+        sharding.marker_path(args.output, index, count).unlink(missing_ok=True)
+        paths = {name: sharding.shard_path(getattr(args, name), index, count) for name in names}
+        for path in paths.values():  # a stale shard file of another run
+            path.unlink(missing_ok=True)
+        if part:
+            shard_args = argparse.Namespace(**{**vars(args), **{name: str(path) for name, path in paths.items()}})
+            shard_args.shard_records = part
+            shard_args.device = _shard_device(args.device, shard)
+            status = run_one(shard_args)
+        else:
+            print(f"dbeta: shard {index} of {count} has no records ({len(records)} records in all)", file=sys.stderr)
+            status = 0
+        start, stop = sharding.shard_bounds(len(records), count, index)
+        sharding.write_marker(
+            args.output, index, count, key, status, [path for path in paths.values() if path.is_file()],
+            {"command": args.command, "model": str(args.model), "records": [start, stop], "total_records": len(records)},
+        )
+    if not shard.from_launcher:
+        return status
+    if index != 0:
+        # Rank 0 reports the combined status: a non-zero exit here would make the launcher stop rank 0.
+        return 0
+    print(f"dbeta: waiting for the other {count - 1} shards ...", file=sys.stderr)
+    try:
+        markers = sharding.wait_for_markers(args.output, count, key, args.merge_timeout)
+    except TimeoutError as error:
+        print(f"dbeta: error: {error}; {args.output} was not written (re-run to resume)", file=sys.stderr)
+        return 2
+    return _merge_shards(args, count, markers)
+
+
+def _shard_device(device: str, shard) -> str:
+    """`cuda` under a launcher is this process's GPU (`LOCAL_RANK`), as `accelerate` and `torchrun` intend."""
+    local_rank = os.environ.get("LOCAL_RANK")
+    if shard.from_launcher and device == "cuda" and local_rank is not None and local_rank.isdigit():
+        return f"cuda:{local_rank}"
+    return device
+
+
+def _merge_shards(args: argparse.Namespace, count: int, markers: list[dict]) -> int:
+    """Rank 0: concatenate the shards' files in shard order (= record order) into the outputs, atomically,
+    then remove the shard files and markers."""
+    from dbeta import sharding
+
+    folder = sharding.marker_path(args.output, 0, count).parent
+    parts: dict[str, list[Path]] = {}
+    for name in SHARDED_OUTPUTS:
+        if not getattr(args, name, None):
+            continue
+        paths = [sharding.shard_path(getattr(args, name), index, count) for index in range(count)]
+        parts[name] = [
+            path for path, marker in zip(paths, markers) if os.path.relpath(path, folder) in marker["files"]
+        ]
+    statuses = [marker["status"] for marker in markers]
+    rows = 0
+    if parts["output"]:
+        merge = sharding.merge_parquet if args.command == "embed" else sharding.merge_csv
+        rows = merge(parts["output"], args.output)
+        if parts.get("per_window"):
+            sharding.merge_csv(parts["per_window"], args.per_window)
+    if parts.get("errors"):
+        sharding.merge_csv(parts["errors"], args.errors)
+    for index in range(count):
+        for name in parts:
+            sharding.shard_path(getattr(args, name), index, count).unlink(missing_ok=True)
+        sharding.marker_path(args.output, index, count).unlink(missing_ok=True)
+    if not parts["output"]:
+        print(f"dbeta: no record could be processed in any of the {count} shards; {args.output} was not written", file=sys.stderr)
+        return 2
+    print(f"dbeta: merged {count} shards: {rows} rows written to {args.output}", file=sys.stderr)
+    return 0 if all(status == 0 for status in statuses) else 1
+
+
+def _embed(args: argparse.Namespace) -> int:
     if getattr(args, "windows", False):
         return run_embed_windows(args)
     import pyarrow as pa
@@ -263,7 +430,7 @@ def run_embed(args: argparse.Namespace) -> int:
     from dbeta.embedding import embed_ecg_batch
 
     _preflight(args)
-    records = find_records(args.folder)
+    records = _records(args)
     if not records:
         print(f"dbeta: no ECG records found under {args.folder}", file=sys.stderr)
         return 2
@@ -311,7 +478,7 @@ def _write_embeddings(writer, schema, ok: list[dict], embeddings: np.ndarray, wi
     writer.write_table(pa.table(columns, schema=schema))
 
 
-def run_classify(args: argparse.Namespace) -> int:
+def _classify(args: argparse.Namespace) -> int:
     if getattr(args, "window", None) == "sliding":
         return run_classify_windows(args)
     from pipeline_dbeta import ZeroShotECGClassificationPipeline
@@ -321,7 +488,7 @@ def run_classify(args: argparse.Namespace) -> int:
     from dbeta.zero_shot import embed_label_texts, logits_to_scores, zero_shot_logits
 
     _preflight(args)
-    records = find_records(args.folder)
+    records = _records(args)
     if not records:
         print(f"dbeta: no ECG records found under {args.folder}", file=sys.stderr)
         return 2
@@ -341,7 +508,7 @@ def run_classify(args: argparse.Namespace) -> int:
     failures, num_ok = [], 0
     with AtomicOutput(args.output) as target:
         with open(target.temporary, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
+            writer = csv_writer(handle)
             writer.writerow(["record", *args.labels])
             for ok, failed in stream_batches(
                 records, processor.feature_extractor, args.batch_size, args.num_workers, not args.no_progress
@@ -382,7 +549,7 @@ def run_embed_windows(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     _preflight(args)
-    records = find_records(args.folder)
+    records = _records(args)
     if not records:
         print(f"dbeta: no ECG records found under {args.folder}", file=sys.stderr)
         return 2
@@ -410,23 +577,27 @@ def run_embed_windows(args: argparse.Namespace) -> int:
     with AtomicOutput(args.output) as target:
         with pq.ParquetWriter(target.temporary, schema) as writer:
             for ref in tqdm(records, unit="record", disable=args.no_progress, file=sys.stderr):
-                rows, written = [], 0
+                # A record's rows are written once all its windows are embedded: a record that fails
+                # at window 3 leaves no rows (it is reported as skipped, and it is).
+                rows, tables = [], []
                 try:
                     for start, window in _record_windows(ref, args.window_stride, window_s):
                         values = extractor(window)["input_values"][0]
                         rows.append((start, window, np.asarray(values, dtype=np.float32)))
                         if len(rows) == args.batch_size:
-                            written += _write_window_rows(writer, schema, model, ref, rows, width, window_s)
+                            tables.append(_window_table(schema, model, ref, rows, width, window_s))
                             rows = []
                     if rows:
-                        written += _write_window_rows(writer, schema, model, ref, rows, width, window_s)
+                        tables.append(_window_table(schema, model, ref, rows, width, window_s))
                 except Exception as error:  # noqa: BLE001 - a failing record is reported, the others go on
                     message = f"{type(error).__name__}: {error}"
                     failures.append({"record": ref.record_id, "path": str(ref.path), "error": message})
                     print(f"dbeta: skipped {ref.record_id}: {failures[-1]['error']}", file=sys.stderr)
                     continue
+                for table in tables:
+                    writer.write_table(table)
                 num_ok += 1
-                num_windows += written
+                num_windows += sum(table.num_rows for table in tables)
         if num_ok:
             target.commit()
     _write_errors(args.errors, failures)
@@ -434,7 +605,7 @@ def run_embed_windows(args: argparse.Namespace) -> int:
     return _finish(num_ok, failures, args.output)
 
 
-def _write_window_rows(writer, schema, model, ref, rows, width: int, window_s: float) -> int:
+def _window_table(schema, model, ref, rows, width: int, window_s: float):
     import pyarrow as pa
 
     from dbeta.embedding import embed_ecg_batch
@@ -451,8 +622,7 @@ def _write_window_rows(writer, schema, model, ref, rows, width: int, window_s: f
         "num_leads": [int(window.signal.shape[0]) for _, window, _ in rows],
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), pa.float32()), width),
     }
-    writer.write_table(pa.table(columns, schema=schema))
-    return len(rows)
+    return pa.table(columns, schema=schema)
 
 
 def run_classify_windows(args: argparse.Namespace) -> int:
@@ -463,7 +633,7 @@ def run_classify_windows(args: argparse.Namespace) -> int:
     from dbeta.loading import model_label_descriptions
 
     _preflight(args)
-    records = find_records(args.folder)
+    records = _records(args)
     if not records:
         print(f"dbeta: no ECG records found under {args.folder}", file=sys.stderr)
         return 2
@@ -481,12 +651,12 @@ def run_classify_windows(args: argparse.Namespace) -> int:
     window_target = AtomicOutput(args.per_window) if args.per_window else None
     per_window = open(window_target.temporary, "w", newline="", encoding="utf-8") if window_target else None
     try:
-        window_writer = csv.writer(per_window) if per_window else None
+        window_writer = csv_writer(per_window) if per_window else None
         if window_writer:
             window_writer.writerow(["record", "window_start_s", *args.labels])
         with AtomicOutput(args.output) as target:
             with open(target.temporary, "w", newline="", encoding="utf-8") as handle:
-                writer = csv.writer(handle)
+                writer = csv_writer(handle)
                 writer.writerow(["record", "num_windows", *args.labels])
                 for ref in tqdm(records, unit="record", disable=args.no_progress, file=sys.stderr):
                     try:
@@ -545,6 +715,21 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
         command.add_argument("--errors", help="also write the skipped records and their errors to this CSV")
         command.add_argument("--no_progress", action="store_true", help="no progress bar")
+        command.add_argument(
+            "--num_shards", type=int, help="split the sorted records into N contiguous shards (SLURM arrays, several machines)"
+        )
+        command.add_argument(
+            "--shard_index",
+            type=int,
+            help="run shard i (0 to N-1) only, writing OUTPUT with .shard-0000i-of-0000N before its suffix "
+            "(default under torchrun / accelerate launch: RANK of WORLD_SIZE, merged into OUTPUT by rank 0)",
+        )
+        command.add_argument(
+            "--merge_timeout",
+            type=float,
+            default=86400.0,
+            help="under a launcher, seconds rank 0 waits for the other shards before giving up (default: 1 day)",
+        )
 
     embed = commands.add_parser("embed", help="768-d ECG embeddings -> parquet (record, path, ..., embedding)")
     common(embed)
@@ -687,10 +872,14 @@ def _raise_interrupted(signum, frame) -> None:
     raise Interrupted(signum)
 
 
-def _quiet_sigterm_in_worker(worker_id: int) -> None:
+def _init_reader_worker(main_pid: int, worker_id: int) -> None:
     """Reader processes end quietly on SIGTERM (a signal to the whole process group); the main process
-    reports the interruption and removes the partial output. They would otherwise inherit its handler."""
+    reports the interruption and removes the partial output. They would otherwise inherit its handler.
+    They also end with the main process, even when it is killed with SIGKILL (`end_with_parent`)."""
+    from dbeta.workers import end_with_parent
+
     signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+    end_with_parent(main_pid)
 
 
 if __name__ == "__main__":

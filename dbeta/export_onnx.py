@@ -195,6 +195,14 @@ def compare_text(model, session, input_ids, attention_mask) -> float:
     return float(np.abs(actual - expected).max())
 
 
+def graph_opset(path: str | Path) -> int:
+    """The default-domain opset an exported ONNX file declares (what runtimes will use)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(int(entry.version) for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+
+
 def is_onnx_export(folder: Path) -> bool:
     """A folder this exporter wrote (it has the metadata file): the only kind a re-export replaces."""
     return (Path(folder) / METADATA_FILE).is_file()
@@ -256,6 +264,12 @@ def export_onnx(
                 "crop": "first num_samples samples; shorter recordings zero-padded at the end",
             },
         }
+        # The exporter may build the graph at another opset than asked (it has a minimum): record the real one.
+        written_opset = graph_opset(output_dir / ECG_FILE)
+        if written_opset != opset:
+            logger.warning(f"Asked for opset {opset}; the exporter wrote opset {written_opset} (recorded as such).")
+            metadata["requested_opset"] = opset
+        metadata["opset"] = written_opset
         if has_text:
             logger.info(f"Exporting the text tower to {target / TEXT_FILE}")
             export_text_tower(model, output_dir / TEXT_FILE, opset)
@@ -370,7 +384,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if "zero_shot" in metadata:
         parts.append(f"{LABELS_FILE} + {SCORER_FILE} ({len(metadata['zero_shot']['labels'])} labels)")
-    print(f"dbeta: wrote {', '.join(parts)} to {args.output} (opset {args.opset})", file=sys.stderr)
+    print(f"dbeta: wrote {', '.join(parts)} to {args.output} (opset {metadata['opset']})", file=sys.stderr)
     return 0
 
 

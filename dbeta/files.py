@@ -1,4 +1,5 @@
-"""The two ways dbeta writes results: one file (`AtomicOutput`) and one folder (`staged_folder`).
+"""How dbeta writes results: one file (`AtomicOutput`), one folder (`staged_folder`, `staged_files`),
+and the cells of every CSV it writes (`csv_writer`).
 
 Every command output (CSV, Parquet, HTML, errors file), every exported folder (Hub folder from
 pretraining or the converter, ONNX export) goes through these, so an interrupted or failed run
@@ -7,6 +8,7 @@ leaves either the complete new result or the untouched old one, never a mix.
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import stat
@@ -78,6 +80,45 @@ class AtomicOutput:
 
     def __exit__(self, *exc_info) -> None:
         self.discard()
+
+
+#: A spreadsheet reads a cell starting with one of these as a formula (OWASP, CSV injection).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def formula_safe(cell):
+    """A CSV cell a spreadsheet shows as text: a string that starts like a formula (`=cmd|...`,
+    `+2+3`, `@SUM(...)`) gets a leading `'` (OWASP's advice). Numbers, also negative ones written
+    as text, are left as they are."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_PREFIXES) and not _is_number(cell):
+        return "'" + cell
+    return cell
+
+
+class _FormulaSafeWriter:
+    def __init__(self, handle, **kwargs):
+        self._writer = csv.writer(handle, **kwargs)
+
+    def writerow(self, row):
+        return self._writer.writerow([formula_safe(cell) for cell in row])
+
+    def writerows(self, rows):
+        for row in rows:
+            self.writerow(row)
+
+
+def csv_writer(handle, **kwargs) -> _FormulaSafeWriter:
+    """`csv.writer` whose cells pass through `formula_safe`: every CSV dbeta writes uses it, since
+    record names, paths, labels and error messages come from the user's files."""
+    return _FormulaSafeWriter(handle, **kwargs)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -161,4 +202,4 @@ def staged_files(target: str | os.PathLike, staging_name: str = ".hub_staging") 
             pass
 
 
-__all__ = ["AtomicOutput", "staged_files", "staged_folder", "write_bytes", "write_text"]
+__all__ = ["AtomicOutput", "csv_writer", "formula_safe", "staged_files", "staged_folder", "write_bytes", "write_text"]

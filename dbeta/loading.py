@@ -15,6 +15,9 @@ from pathlib import Path
 import torch
 
 LABEL_DESCRIPTIONS_NAME = "label_descriptions.json"
+#: The real records a model learnt from or was calibrated on, by dataset: `{"datasets": {name:
+#: {"ids": [...], "uses": [...]}}}`. Evaluation leaves them out (`model_training_records`).
+TRAINING_RECORDS_NAME = "training_records.json"
 
 
 class ModelLoadError(ValueError):
@@ -128,6 +131,20 @@ def model_label_descriptions(model_path: str | os.PathLike | None = None) -> dic
     return load_label_descriptions(source)
 
 
+def model_training_records(model_path: str | os.PathLike | None) -> dict[str, set[str]]:
+    """`{dataset: record ids}` the model folder says it learnt from (empty when it says nothing)."""
+    import json
+
+    if model_path is None or not (Path(model_path) / TRAINING_RECORDS_NAME).is_file():
+        return {}
+    source = Path(model_path) / TRAINING_RECORDS_NAME
+    try:
+        data = json.loads(source.read_text(encoding="utf-8"))
+        return {str(name): {str(record) for record in entry["ids"]} for name, entry in data["datasets"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ModelLoadError(f"{source} is damaged ({_one_line(error)}): cannot tell which records the model learnt from") from error
+
+
 __all__ = [
     "ModelLoadError",
     "check_loaded_model",
@@ -135,4 +152,5 @@ __all__ = [
     "load_any_model",
     "load_model_and_processor",
     "model_label_descriptions",
+    "model_training_records",
 ]

@@ -12,8 +12,9 @@ transformers, so it is all a device needs:
 
 Input: millivolts, sampled at `dbeta_onnx.json`'s `preprocessing.sampling_rate` (500 Hz), leads in
 its `lead_names` order (MIMIC-IV-ECG: I, II, III, aVR, aVF, aVL, V1-V6; zeros for leads a device
-lacks). The first `num_samples` samples are used; shorter recordings are zero-padded at the end,
-as `DBetaFeatureExtractor` does. Resampling is not done here (resample with the same polyphase
+lacks). The first `num_samples` samples are used, normalised as `preprocessing.normalize` says
+(zscore / minmax, or none), and shorter recordings are zero-padded at the end, as
+`DBetaFeatureExtractor` does. Resampling is not done here (resample with the same polyphase
 filter as the package, `scipy.signal.resample_poly`, if the device records at another rate).
 
 Scores: `sigmoid(logit_scale * ecg @ label.T + logit_bias)` per label (the pipeline's
@@ -53,6 +54,10 @@ class ONNXZeroShotScorer:
         self.logit_bias = float(self.metadata["ets"]["logit_bias"])
         self.num_leads = int(self.metadata["ecg_encoder"]["inputs"]["input_values"]["shape"][1])
         self.num_samples = int(self.metadata["preprocessing"]["num_samples"])
+        # The amplitude normalisation the model's feature extractor applies (None: millivolts as they are).
+        self.normalize = self.metadata["preprocessing"].get("normalize")
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"{folder}: unknown preprocessing.normalize {self.normalize!r} (known: {NORMALIZATIONS}).")
 
     def prepare(self, signal) -> np.ndarray:
         """`(B, leads, num_samples)` float32 input from `(leads, T)` or `(B, leads, T)` millivolts."""
@@ -64,6 +69,8 @@ class ONNXZeroShotScorer:
         if not np.isfinite(values).all():
             raise ValueError("The ECG contains NaN or infinite values.")
         values = values[:, :, : self.num_samples]
+        if self.normalize is not None:
+            values = _normalize(values, self.normalize)
         if values.shape[2] < self.num_samples:
             values = np.pad(values, ((0, 0), (0, 0), (0, self.num_samples - values.shape[2])))
         return np.ascontiguousarray(values)
@@ -91,6 +98,27 @@ class ONNXZeroShotScorer:
             order = np.argsort(-row_logits, kind="stable")[:top_k]
             results.append([{"label": self.labels[i], "score": float(row_scores[i])} for i in order])
         return results if batched else results[0]
+
+
+NORMALIZATIONS = (None, "zscore", "minmax")
+
+
+def _normalize(values: np.ndarray, method: str) -> np.ndarray:
+    """`DBetaFeatureExtractor`'s normalisation, before zero-padding: "zscore" per lead, "minmax" per
+    recording to [0, 1], over the leads that hold data (all-zero leads, absent on the device, stay zero)."""
+    values = values.astype(np.float64)
+    present = np.any(values != 0, axis=2)  # (batch, leads)
+    out = np.zeros_like(values)
+    for row in range(values.shape[0]):
+        data = values[row, present[row]]
+        if data.size == 0:
+            continue
+        if method == "zscore":
+            data = (data - data.mean(axis=-1, keepdims=True)) / np.maximum(data.std(axis=-1, keepdims=True), 1e-8)
+        else:
+            data = (data - data.min()) / np.maximum(data.max() - data.min(), 1e-8)
+        out[row, present[row]] = data
+    return out.astype(np.float32)
 
 
 def _scores(logits: np.ndarray, multi_label: bool) -> np.ndarray:

@@ -59,7 +59,12 @@ def _calibration(ax, x0: float, baseline: float) -> None:
 
 
 def draw_ecg(
-    ax, signal: np.ndarray, lead_names: Sequence[str], sampling_rate: float, absent: Sequence[str] = ()
+    ax,
+    signal: np.ndarray,
+    lead_names: Sequence[str],
+    sampling_rate: float,
+    absent: Sequence[str] = (),
+    derived: Sequence[str] = (),
 ) -> None:
     """Draw a (leads, samples) millivolt ECG on `ax` in paper millimetres (3 x 4 + rhythm strip)."""
     index = {name: row for row, name in enumerate(lead_names)}
@@ -85,7 +90,7 @@ def draw_ecg(
             zorder=2,
             solid_joinstyle="round",
         )
-        label = lead + (" (absent)" if lead in absent else "")
+        label = lead + (" (absent)" if lead in absent else " (derived)" if lead in derived else "")
         ax.text(x0 + 1.0, baseline + 7.0, label, fontsize=7, fontweight="bold", zorder=4)
 
     for row in range(3):
@@ -144,8 +149,11 @@ def render_report(
     title: str | None = None,
     absent: Sequence[str] = (),
     dpi: int = 150,
+    derived: Sequence[str] = (),
 ) -> bytes:
     """Render the report; write it to `output` (PNG) if given and return the PNG bytes.
+
+    Text from the record and the labels is drawn as it is: `$...$` is not typeset as math.
 
     Args:
         signal: `(leads, samples)` in millivolts. lead_names: one canonical name per row (I, II,
@@ -166,13 +174,17 @@ def render_report(
     title_mm = 10.0
     width_mm = margin_mm + ecg_width_mm + margin_mm + panel_mm + margin_mm
     height_mm = title_mm + ecg_height_mm + margin_mm
+    # Labels and header comments come from users and files: never parse them as mathtext/LaTeX
+    # (read when each text is made and when it is drawn, so the setting spans both).
+    plain_text = plt.rc_context({"text.parse_math": False, "text.usetex": False})
+    plain_text.__enter__()
     figure = plt.figure(figsize=(width_mm / 25.4, height_mm / 25.4), dpi=dpi)
     try:
         # ECG axes: exactly ecg_width_mm x ecg_height_mm of the figure, so the grid is to scale.
         ax = figure.add_axes(
             (margin_mm / width_mm, margin_mm / height_mm, ecg_width_mm / width_mm, ecg_height_mm / height_mm)
         )
-        draw_ecg(ax, signal, lead_names, sampling_rate, absent)
+        draw_ecg(ax, signal, lead_names, sampling_rate, absent, derived)
         figure.text(
             margin_mm / width_mm,
             1 - 3.5 / height_mm,
@@ -231,6 +243,7 @@ def render_report(
         figure.savefig(buffer, format="png", dpi=dpi, facecolor="white")
     finally:
         plt.close(figure)
+        plain_text.__exit__(None, None, None)
     data = buffer.getvalue()
     if output is not None:
         write_bytes(output, data)
@@ -273,7 +286,8 @@ def record_metadata(record, path: str, model: str, extra: Mapping[str, object] |
         "record": info.get("name") or Path(path).name,
         "file": str(path),
         "sampling rate": f"{float(record.sampling_rate):g} Hz",
-        "duration": f"{record.duration:.1f} s (first 10 s shown and scored)",
+        # The whole recording's length (only its start is read, shown and scored).
+        "duration": f"{info.get('total_samples', record.num_samples) / float(record.sampling_rate):.1f} s (first 10 s shown and scored)",
         "leads": f"{record.num_leads}: {' '.join(str(name) for name in record.lead_names)}",
         "age": info.get("age"),
         "sex": info.get("sex"),
@@ -301,12 +315,12 @@ def report(
 ) -> list[dict]:
     """Score `record_path` with the zero-shot pipeline of `model` and draw the report. Returns the scores."""
     from pipeline_dbeta import ZeroShotECGClassificationPipeline
-    from processing_dbeta import canonical_lead_name, read_ecg_file
+    from processing_dbeta import canonical_lead_name
 
     from dbeta.loading import load_model_and_processor, model_label_descriptions
 
-    record = read_ecg_file(record_path)
     loaded, processor = load_model_and_processor(model, device=device)
+    record = processor.feature_extractor.read_file(record_path)  # what the model reads, not a 6 h file
     pipe = ZeroShotECGClassificationPipeline(
         model=loaded,
         tokenizer=processor.tokenizer,
@@ -324,8 +338,11 @@ def report(
     feature_extractor = processor.feature_extractor
     values = feature_extractor(record)["input_values"][0]
     model_leads = [canonical_lead_name(name) for name in feature_extractor.lead_names]
-    present = {canonical_lead_name(str(name)) for name in record.lead_names}
-    absent = [name for name in model_leads if name not in present]
+    recorded = {canonical_lead_name(str(name)) for name in record.lead_names}
+    # The extractor's own rule says which leads hold data (recorded, or derived from I and II).
+    _, holds_data = feature_extractor._arrange_leads(np.zeros((1, len(record.lead_names), 1)), list(record.lead_names))
+    absent = [name for name, has in zip(model_leads, holds_data) if not has]
+    derived = [name for name, has in zip(model_leads, holds_data) if has and name not in recorded]
     metadata = record_metadata(record, record_path, model)
     title = title or f"D-BETA zero-shot: {metadata['record']}"
     png = render_report(
@@ -338,6 +355,7 @@ def report(
         title=title,
         absent=absent,
         dpi=dpi,
+        derived=derived,
     )
     if html_path is not None:
         write_html(html_path, png, scores, metadata, title)

@@ -20,8 +20,8 @@ from dbeta.train.conversion.convert_original_checkpoint import (
     main,
     parse_conv_feature_layers,
 )
-from dbeta.train.demo.build_demo_tokenizer import DEMO_TOKENIZER_DIR
 from modeling_dbeta import DBetaECGModel, DBetaForPreTraining, DBetaModel
+from tiny import tokenizer_of_size
 from pipeline_dbeta import normalize_label_text
 from transformers import AutoProcessor
 
@@ -50,7 +50,7 @@ def test_tiny_checkpoint_matches_the_original_implementation(tmp_path):
         reference_dir() / "tiny_original_checkpoint.pt",
         tmp_path / "converted",
         original_config=original_model_section(),
-        tokenizer=str(DEMO_TOKENIZER_DIR),
+        tokenizer=tokenizer_of_size(1000),
     )
     processor = AutoProcessor.from_pretrained(tmp_path / "converted", trust_remote_code=True)
     assert processor.feature_extractor.lead_names == ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6"]
@@ -137,7 +137,7 @@ def test_full_size_synthetic_checkpoint_converts_strictly(tmp_path):
     state_dict["ecg_encoder.mask_emb"] = torch.randn(768, generator=generator)  # the release's extra key
     torch.save({"model": state_dict}, tmp_path / "synthetic.pt")
 
-    model = convert_checkpoint(tmp_path / "synthetic.pt", tmp_path / "converted", tokenizer=str(DEMO_TOKENIZER_DIR))
+    model = convert_checkpoint(tmp_path / "synthetic.pt", tmp_path / "converted", tokenizer=tokenizer_of_size(32100))
     assert model.config.ecg_config.num_hidden_layers == 8 and model.config.text_config.num_layers == 12
     assert model.config.fusion_num_attention_heads == 12 and model.config.mem_decoder_num_attention_heads == 6
     assert sum(p.numel() for p in model.parameters()) == 321_387_330
@@ -172,7 +172,7 @@ def _convert_tiny_with_the_cli(tmp_path) -> Path:
         [
             "--checkpoint_path", str(reference_dir() / "tiny_original_checkpoint.pt"),
             "--output_dir", str(folder),
-            "--tokenizer", str(DEMO_TOKENIZER_DIR),
+            "--tokenizer", tokenizer_of_size(1000),
             "--original_config", str(tmp_path / "config.json"),
         ]
     )

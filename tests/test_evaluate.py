@@ -264,15 +264,62 @@ def test_reduced_leads_random_baseline_and_confidence_intervals(model_folder, tm
     assert all(a.shape == b.shape for a, b in pairs) and not all(torch.equal(a, b) for a, b in pairs)
 
     # 95 % bootstrap intervals, per label and macro, for zero-shot and the probe.
+    # A label gets an interval only with >= 5 positives and >= 5 negatives (stratified resampling);
+    # below that, none, and the reason is recorded.
     zero_shot = entry["zero_shot"]
-    assert zero_shot["bootstrap"]["num_resamples"] == 200 and zero_shot["bootstrap"]["confidence"] == 0.95
+    bootstrap = zero_shot["bootstrap"]
+    assert bootstrap["num_resamples"] == 200 and bootstrap["confidence"] == 0.95 and "stratified" in bootstrap["method"]
     for label, interval in zero_shot["per_label_auroc_ci"].items():
-        assert 0.0 <= interval[0] <= interval[1] <= 1.0, label
-    low, high = entry["linear_probe"]["ratios"]["1.0"]["test_macro_auroc_ci"]
-    assert 0.0 <= low <= high <= 1.0
-    assert set(entry["linear_probe"]["ratios"]["1.0"]["test_per_label_auroc_ci"]) == {"AFIB", "sinus rhythm"}
+        if interval is None:
+            assert "(< 5)" in bootstrap["no_interval"][label], label
+        else:
+            assert 0.0 <= interval[0] <= interval[1] <= 1.0, label
+    assert (zero_shot["macro_auroc_ci"] is None) == bool(bootstrap["no_interval"])
+    probe = entry["linear_probe"]["ratios"]["1.0"]
+    assert set(probe["test_per_label_auroc_ci"]) == {"AFIB", "sinus rhythm"}
+    assert (probe["test_macro_auroc_ci"] is None) == bool(probe["test_bootstrap"]["no_interval"])
 
     markdown = (tmp_path / "eval" / "results.md").read_text()
     assert "## Reduced leads" in markdown and "| synthetic | 6 | I II III aVR aVL aVF |" in markdown
     assert "random init (baseline)" in markdown and "random-init probe 100%" in markdown
     assert "macro AUROC [95% CI]" in markdown
+
+
+def test_records_the_model_learnt_from_are_left_out(model_folder, tmp_path):
+    """A model folder that says it learnt from LUDB records 1 and 2 (as the demo's does for the
+    patients whose beats it borrows) is evaluated on the other LUDB records only."""
+    import shutil
+
+    from dbeta.loading import TRAINING_RECORDS_NAME
+
+    folder = tmp_path / "model"
+    shutil.copytree(model_folder, folder)
+    (folder / TRAINING_RECORDS_NAME).write_text(
+        json.dumps({"datasets": {"ludb": {"ids": ["1", "2"], "uses": ["median beats"]}, "cinc2021": {"ids": ["x"], "uses": []}}})
+    )
+    results = main(
+        ["--model", str(folder), "--dataset", f"ludb={LUDB_FIXTURES}", "--tasks", "zero_shot",
+         "--output_dir", str(tmp_path / "eval"), "--no_progress"]
+    )  # fmt: skip
+    ludb = results["datasets"]["ludb"]
+    assert ludb["excluded_training_records"] == 2 and ludb["counts"]["test"] == 4
+    assert ludb["zero_shot"]["num_samples"] == 4
+
+    (folder / TRAINING_RECORDS_NAME).write_text(json.dumps({"datasets": {"ludb": {"ids": [str(i) for i in range(1, 7)]}}}))
+    with pytest.raises(ValueError, match="every record .* is one the model learnt from"):
+        main(["--model", str(folder), "--dataset", f"ludb={LUDB_FIXTURES}", "--tasks", "zero_shot",
+              "--output_dir", str(tmp_path / "eval2"), "--no_progress"])  # fmt: skip
+
+
+def test_the_demo_export_records_the_real_records_it_learnt_from():
+    from dbeta.train.demo.make_demo_corpus import real_beat_library
+    from dbeta.train.demo.real_ecg import load_ludb_eval_set
+    from dbeta.train.demo.recipe import demo_training_records
+
+    records = demo_training_records("none")
+    assert set(records) == {"ludb"}
+    assert records["ludb"]["ids"] == [beat.record_id for beat in real_beat_library()]
+    assert len(records["ludb"]["ids"]) == 58
+    assert not set(records["ludb"]["ids"]) & set(load_ludb_eval_set().record_ids)  # none is an evaluation patient
+    with_pairs = demo_training_records("ludb")
+    assert len(with_pairs["ludb"]["ids"]) == 95 and len(with_pairs["ludb"]["uses"]) == 2

@@ -124,37 +124,42 @@ def test_bootstrap_auroc_ci_matches_a_loop_over_sklearn():
     from dbeta.train.evaluation.metrics import _auroc_rows, bootstrap_auroc_ci
 
     rng = np.random.default_rng(3)
-    y_true = (rng.random((40, 3)) < 0.3).astype(int)
-    y_score = np.round(rng.normal(size=(40, 3)) + y_true, 1)  # rounded: ties inside a label
+    y_true = (rng.random((60, 3)) < 0.3).astype(int)
+    y_score = np.round(rng.normal(size=(60, 3)) + y_true, 1)  # rounded: ties inside a label
     # The vectorised rank AUROC is scikit-learn's, ties included.
     rows = _auroc_rows(y_true.T.astype(float), y_score.T)
     assert rows == pytest.approx([roc_auc_score(y_true[:, c], y_score[:, c]) for c in range(3)])
 
     result = bootstrap_auroc_ci(y_true, y_score, ["a", "b", "c"], num_resamples=300, seed=7, chunk_size=300)
-    # Reference: the same index draws, one sklearn call per resample and label.
-    draws = np.random.default_rng(7).integers(0, 40, size=(300, 40))
-    per_label, macro = {n: [] for n in "abc"}, []
+    assert "stratified" in result["method"] and result["no_interval"] == {}
+    # Reference, per label: positives and negatives drawn separately from the label's own stream.
+    for column, name in enumerate("abc"):
+        positives = np.flatnonzero(y_true[:, column] == 1)
+        negatives = np.flatnonzero(y_true[:, column] == 0)
+        pos = positives[np.random.default_rng([7, 1 + column, 0]).integers(0, positives.size, size=(300, positives.size))]
+        neg = negatives[np.random.default_rng([7, 1 + column, 1]).integers(0, negatives.size, size=(300, negatives.size))]
+        values = [
+            roc_auc_score(np.r_[np.ones(positives.size), np.zeros(negatives.size)], y_score[np.r_[p, n], column])
+            for p, n in zip(pos, neg)
+        ]
+        assert result["per_label"][name] == pytest.approx(np.quantile(values, [0.025, 0.975]).tolist())
+        assert result["resamples_used"][name] == 300
+    # Macro: the records resampled jointly, from the macro stream.
+    draws = np.random.default_rng([7, 0]).integers(0, 60, size=(300, 60))
+    macro = []
     for draw in draws:
-        values = []
-        for column, name in enumerate("abc"):
-            truth = y_true[draw, column]
-            value = roc_auc_score(truth, y_score[draw, column]) if 0 < truth.sum() < len(truth) else np.nan
-            per_label[name].append(value)
-            values.append(value)
-        if np.isfinite(values).all():
-            macro.append(np.mean(values))
-    for name in "abc":
-        finite = np.array(per_label[name])[np.isfinite(per_label[name])]
-        assert result["per_label"][name] == pytest.approx(np.quantile(finite, [0.025, 0.975]).tolist())
-        assert result["resamples_used"][name] == len(finite)
+        truth = y_true[draw]
+        if all(0 < truth[:, c].sum() < len(truth) for c in range(3)):
+            macro.append(np.mean([roc_auc_score(truth[:, c], y_score[draw, c]) for c in range(3)]))
     assert result["macro"] == pytest.approx(np.quantile(macro, [0.025, 0.975]).tolist())
     assert result["macro_resamples_used"] == len(macro)
-    # Deterministic for a seed.
+    # Deterministic for a seed, whatever the chunking.
     again = bootstrap_auroc_ci(y_true, y_score, ["a", "b", "c"], num_resamples=300, seed=7, chunk_size=300)
     assert again == result
+    assert bootstrap_auroc_ci(y_true, y_score, ["a", "b", "c"], num_resamples=300, seed=7, chunk_size=70)["per_label"] == result["per_label"]
 
 
-def test_bootstrap_ci_narrows_with_more_data_and_skips_degenerate_labels():
+def test_bootstrap_ci_narrows_with_more_data_and_refuses_few_positives():
     from dbeta.train.evaluation.metrics import bootstrap_auroc_ci
 
     rng = np.random.default_rng(0)
@@ -170,18 +175,19 @@ def test_bootstrap_ci_narrows_with_more_data_and_skips_degenerate_labels():
     y_true, y_score, names = hand_made_case()  # PACE has no positive, SR no negative
     result = bootstrap_auroc_ci(y_true, y_score, names, num_resamples=500)
     assert set(result["per_label"]) == {"AFIB", "LBBB"}
-    assert 0 < result["resamples_used"]["AFIB"] < 500  # some resamples of 6 records lack positives
-    low, high = result["per_label"]["AFIB"]
-    assert 0.0 <= low <= 7 / 9 <= high <= 1.0
-    # Too few usable resamples -> no interval rather than a made-up one.
-    one_positive = bootstrap_auroc_ci(np.array([1, 0]), np.array([0.9, 0.1]), num_resamples=5)
-    assert one_positive["per_label"]["0"] is None and one_positive["macro"] is None
-    # Two labels with one positive in 20 records: each is evaluable in ~64 % of the resamples, both
-    # together in ~41 %, a subset biased towards draws of the rare positives -> no macro interval.
-    rare = np.zeros((20, 2), dtype=int)
-    rare[0, 0] = rare[1, 1] = 1
-    sparse = bootstrap_auroc_ci(rare, np.random.default_rng(1).random((20, 2)), num_resamples=1000)
-    assert sparse["per_label"]["0"] is not None and sparse["per_label"]["1"] is not None
-    assert sparse["macro"] is None and 300 < sparse["macro_resamples_used"] < 500
+    # 6 records: fewer than 5 positives or negatives per label -> no interval, and the reason.
+    assert result["per_label"] == {"AFIB": None, "LBBB": None} and result["macro"] is None
+    assert "(< 5)" in result["no_interval"]["AFIB"]
+    # One or two positives among many records: the old joint bootstrap gave [0.77, 0.94]-like
+    # intervals from resamples that all hold the same positive; now none.
+    rare = np.zeros((65, 2), dtype=int)
+    rare[0, 0] = rare[1, 0] = rare[2, 1] = 1
+    sparse = bootstrap_auroc_ci(rare, np.random.default_rng(1).random((65, 2)), ["two", "one"], num_resamples=1000)
+    assert sparse["per_label"] == {"two": None, "one": None} and sparse["macro"] is None
+    assert sparse["no_interval"]["two"].startswith("2 positives")
+    # Five of each class: intervals, stratified, every resample usable.
+    five = np.r_[np.ones(5), np.zeros(5)].astype(int)[:, None]
+    enough = bootstrap_auroc_ci(five, np.random.default_rng(2).random((10, 1)), num_resamples=200)
+    assert enough["per_label"]["0"] is not None and enough["resamples_used"]["0"] == 200
     with pytest.raises(ValueError, match="confidence"):
         bootstrap_auroc_ci(y_true, y_score, names, confidence=1.5)

@@ -106,3 +106,55 @@ def test_ecg_only_folder_exports_the_ecg_tower(tmp_path):
     metadata = export_onnx(str(tmp_path / "ecg-only"), tmp_path / "out")
     assert "text_encoder" not in metadata and (tmp_path / "out" / "ecg_encoder.onnx").is_file()
     assert metadata["ecg_encoder"]["max_abs_difference_to_pytorch"] <= 1e-4
+
+
+def test_recorded_opset_is_the_graphs_own(tmp_path):
+    """An opset below the exporter's minimum is built at the minimum: the metadata says what the
+    graph declares, and what was asked."""
+    import onnx
+
+    model_folder = save_tiny_zero_shot_folder(tmp_path / "model")
+    output = tmp_path / "onnx"
+    assert cli_main(["export-onnx", str(model_folder), "--output", str(output), "--opset", "7", "--no_check"]) == 0
+    metadata = json.loads((output / "dbeta_onnx.json").read_text())
+    graph = onnx.load(str(output / "ecg_encoder.onnx"))
+    declared = [entry.version for entry in graph.opset_import if entry.domain in ("", "ai.onnx")]
+    assert declared == [metadata["opset"]]
+    if metadata["opset"] != 7:
+        assert metadata["requested_opset"] == 7
+
+
+def test_numpy_scorer_applies_the_recorded_normalisation(tmp_path):
+    """A model whose feature extractor z-scores each lead: the numpy-only scorer scores the same
+    real record as the pipeline does (it used to skip the normalisation)."""
+    model_folder = save_tiny_zero_shot_folder(tmp_path / "model", ets_logit_scale=500.0)
+    # transformers 5 keeps the feature extractor's settings in both files.
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        config_file = model_folder / name
+        config = json.loads(config_file.read_text())
+        (config["feature_extractor"] if "feature_extractor" in config else config)["normalize"] = "zscore"
+        config_file.write_text(json.dumps(config))
+    output = tmp_path / "onnx"
+    assert cli_main(["export-onnx", str(model_folder), "--output", str(output), "--labels", *LABELS]) == 0
+    assert json.loads((output / "dbeta_onnx.json").read_text())["preprocessing"]["normalize"] == "zscore"
+
+    sys.path.insert(0, str(output))
+    try:
+        import importlib
+
+        onnx_zero_shot = importlib.import_module("onnx_zero_shot")
+        onnx_zero_shot = importlib.reload(onnx_zero_shot)
+    finally:
+        sys.path.remove(str(output))
+    scorer = onnx_zero_shot.ONNXZeroShotScorer(output)
+    model, processor = load_model_and_processor(model_folder)
+    assert processor.feature_extractor.normalize == "zscore"
+    record = LUDB_FIXTURES / "1"
+    # The record in the model's lead order at its rate, in millivolts (what a device would pass).
+    inputs = processor.feature_extractor(str(record), normalize=None)["input_values"][0]
+    classifier = pipeline(TASK, model=str(model_folder), trust_remote_code=True)
+    expected = {item["label"]: item["score"] for item in classifier(str(record), candidate_labels=LABELS)}
+    got = {item["label"]: item["score"] for item in scorer(np.asarray(inputs))}
+    assert np.ptp(list(expected.values())) > 0.01
+    for label in LABELS:
+        assert got[label] == pytest.approx(expected[label], abs=1e-4)

@@ -44,8 +44,13 @@ def random_ecg(*shape, seed=0):
 
 
 def lead_index_ecg(num_leads=12, length=LENGTH):
-    """Lead k holds the constant value k + 1, so the output rows say where each lead went."""
-    return np.repeat(np.arange(1, num_leads + 1, dtype=np.float32)[:, None], length, axis=1)
+    """Lead k starts at the value k + 1, so the output rows' first samples say where each lead went.
+
+    A 0.1 mV, 1 Hz sine (0 at the first sample) rides on each lead: constant leads are flat, and an
+    ECG whose every lead is flat is refused.
+    """
+    wave = 0.1 * np.sin(2 * np.pi * np.arange(length) / FS)
+    return (np.arange(1, num_leads + 1)[:, None] + wave[None]).astype(np.float32)
 
 
 def values(feature_extractor, ecg, **kwargs):

@@ -94,3 +94,45 @@ def test_report_reads_a_cpsc_mat_file(model_folder, tmp_path):
     )
     assert len(scores) == 3 and scores[0]["score"] >= scores[-1]["score"]
     assert read_png(tmp_path / "cpsc.png").shape[1] > 1500
+
+
+def test_dollar_signs_in_labels_and_comments_are_drawn_as_text(tmp_path):
+    """`$...$` from a label or a header comment is not typeset: an unbalanced TeX expression would
+    make matplotlib's mathtext fail, and a balanced one would be drawn as a formula."""
+    signal = np.zeros((12, 5000), dtype=np.float32)
+    leads = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    scores = [{"label": r"$\frac{1}{$ broken", "score": 0.7}, {"label": "$x^2$ costs $5", "score": 0.2}]
+    png = render_report(signal, leads, 500.0, scores, {"comments": r"price: $\alpha$"}, tmp_path / "r.png")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib
+
+    assert matplotlib.rcParams["text.parse_math"] is True  # the setting is restored afterwards
+
+
+def test_derived_limb_leads_of_an_8_lead_record_are_marked_derived(model_folder, tmp_path, monkeypatch):
+    import wfdb
+
+    import dbeta.report as report
+
+    record = wfdb.rdrecord(str(FIXTURES / "ludb" / "1"))
+    keep = [record.sig_name.index(name) for name in ("i", "ii", "v1", "v2", "v3", "v4", "v5", "v6")]
+    wfdb.wrsamp(
+        "eight", fs=500, units=["mV"] * 8, sig_name=[record.sig_name[i] for i in keep],
+        p_signal=record.p_signal[:, keep], fmt=["16"] * 8, write_dir=str(tmp_path),
+    )  # fmt: skip
+    seen = {}
+    original = report.render_report
+
+    def capture(*args, **kwargs):
+        seen.update(absent=kwargs["absent"], derived=kwargs["derived"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(report, "render_report", capture)
+    status = main(
+        ["report", str(tmp_path / "eight"), "--model", str(model_folder), "--labels", "AFIB",
+         "--output", str(tmp_path / "eight.png"), "--device", "cpu"]
+    )  # fmt: skip
+    assert status == 0
+    assert seen == {"absent": [], "derived": ["III", "aVR", "aVF", "aVL"]} or (
+        seen["absent"] == [] and sorted(seen["derived"]) == ["III", "aVF", "aVL", "aVR"]
+    )

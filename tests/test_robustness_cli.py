@@ -290,3 +290,28 @@ def test_inconsistent_or_damaged_model_folders_are_refused(model_folder, records
             stderr = capsys.readouterr().err.strip().splitlines()
             assert stderr[-1].startswith("dbeta: error: ") and message in stderr[-1], (name, stderr)
     assert output.read_bytes() == OLD
+
+
+def test_sigkill_of_the_cli_ends_its_reader_workers(model_folder, records, tmp_path):
+    """`embed --num_workers 2` killed with SIGKILL: its reader processes end with it (they used to
+    stay alive for minutes, blocked on their queue)."""
+    psutil = pytest.importorskip("psutil")
+    marker = tmp_path / "marker"
+    output = tmp_path / "embeddings.parquet"
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_CLI, str(marker), *embed_args(records, model_folder, output, "--num_workers", "2")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the CLI never reached its second batch"
+        time.sleep(0.05)
+    workers = psutil.Process(process.pid).children(recursive=True)
+    assert len(workers) >= 2
+    process.kill()
+    process.communicate(timeout=60)
+    gone, alive = psutil.wait_procs(workers, timeout=20)
+    for worker in alive:
+        worker.kill()
+    assert not alive, [worker.pid for worker in alive]

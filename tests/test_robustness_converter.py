@@ -10,7 +10,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dbeta.train.demo.build_demo_tokenizer import DEMO_TOKENIZER_DIR
 from dbeta.train.conversion.convert_original_checkpoint import (
     CheckpointLayoutError,
     DamagedCheckpointError,
@@ -21,6 +20,7 @@ from dbeta.train.conversion.convert_original_checkpoint import (
     main,
 )
 from modeling_dbeta import DBetaECGModel
+from tiny import tokenizer_of_size
 
 REFERENCE = Path(__file__).resolve().parent / "fixtures" / "reference"
 CHECKPOINT = REFERENCE / "tiny_original_checkpoint.pt"
@@ -46,7 +46,7 @@ def _save(state_dict, path, wrap=True):
 
 
 def _cli(tmp_path, checkpoint, *extra, config=None):
-    arguments = ["--checkpoint_path", str(checkpoint), "--output_dir", str(tmp_path / "out"), "--tokenizer", str(DEMO_TOKENIZER_DIR)]
+    arguments = ["--checkpoint_path", str(checkpoint), "--output_dir", str(tmp_path / "out"), "--tokenizer", tokenizer_of_size(1000)]
     if config is not None:
         (tmp_path / "config.json").write_text(json.dumps({"model": config}))
         arguments += ["--original_config", str(tmp_path / "config.json")]
@@ -215,7 +215,7 @@ def test_an_ecg_tower_checkpoint_converts_with_ecg_only(tmp_path, original, orig
     ecg_tower = {key: value for key, value in original.items() if key.startswith(("class_embedding", "ecg_encoder.", "multi_modal_ecg_proj.", "unimodal_ecg_pooler."))}
     path = _save(ecg_tower, tmp_path / "ecg_tower.pt")
     with pytest.raises(CheckpointLayoutError, match="pass --ecg_only"):
-        convert_checkpoint(path, tmp_path / "full", original_config=original_config, tokenizer=str(DEMO_TOKENIZER_DIR))
+        convert_checkpoint(path, tmp_path / "full", original_config=original_config, tokenizer=tokenizer_of_size(1000))
     assert not (tmp_path / "full").exists()
     model = convert_checkpoint(path, tmp_path / "ecg", original_config=original_config, ecg_only=True)
     assert model.config.num_hidden_layers == 2
@@ -257,3 +257,48 @@ def test_an_already_converted_folder_is_recognised(tmp_path, original_config):
     convert_checkpoint(CHECKPOINT, tmp_path / "converted", original_config=original_config, ecg_only=True)
     with pytest.raises(CheckpointLayoutError, match="already in the dbeta layout"):
         load_original_state_dict(tmp_path / "converted" / "model.safetensors")
+
+
+def test_a_tokenizer_much_smaller_than_the_embedding_is_refused(tmp_path, original_config):
+    """The demo tokenizer (834 tokens) against the checkpoint's 1000 embedding rows: more unused rows
+    than T5's padding, so it is not the model's tokenizer; nothing is written."""
+    from dbeta.train.demo.build_demo_tokenizer import DEMO_TOKENIZER_DIR
+
+    with pytest.raises(ValueError, match="834 tokens but the checkpoint's text encoder has 1000 embedding rows"):
+        convert_checkpoint(CHECKPOINT, tmp_path / "out", original_config=original_config, tokenizer=str(DEMO_TOKENIZER_DIR))
+    assert not (tmp_path / "out").exists()
+    # Within T5's padding (fewer than 128 unused rows) it converts.
+    convert_checkpoint(CHECKPOINT, tmp_path / "ok", original_config=original_config, tokenizer=tokenizer_of_size(900))
+    assert (tmp_path / "ok" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(tmp_path, original, original_config, value):
+    damaged = dict(original)
+    key = next(key for key in damaged if key.startswith("ecg_encoder.") and damaged[key].is_floating_point())
+    damaged[key] = damaged[key].clone()
+    damaged[key].view(-1)[0] = value
+    path = _save(damaged, tmp_path / "damaged.pt")
+    with pytest.raises(ValueError, match="NaN/inf weights"):
+        convert_checkpoint(path, tmp_path / "out", original_config=original_config, tokenizer=tokenizer_of_size(1000))
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as exit_info:  # the script's one-line error, exit status 2
+        _cli(tmp_path, path, config=original_config)
+    assert exit_info.value.code == 2 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["{bad json", "[1, 2]", '{"model": 5}', '{"model": {"encoder_layers": "x"}}', '{"model": {"encoder_attention_heads": [1]}}'],
+)
+def test_a_bad_original_config_is_one_line_naming_it(tmp_path, capsys, content):
+    (tmp_path / "config.json").write_text(content)
+    arguments = ["--checkpoint_path", str(CHECKPOINT), "--output_dir", str(tmp_path / "out"),
+                 "--tokenizer", tokenizer_of_size(1000), "--original_config", str(tmp_path / "config.json")]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "original config" in err.replace("original_config", "original config")
+    assert not (tmp_path / "out").exists()

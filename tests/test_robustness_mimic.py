@@ -122,8 +122,8 @@ def hostile(tmp_path_factory):
 
     reader = processing_dbeta.read_wfdb_record
 
-    def reader_with_bad_values(path):
-        record = reader(path)
+    def reader_with_bad_values(path, max_duration=None):  # the preparation reads the first 10 s only
+        record = reader(path, max_duration=max_duration)
         name = Path(path).name
         if name in (str(INFINITE_STUDY), str(OVERFLOW_STUDY)):
             signal_ = record.signal.astype(np.float64)

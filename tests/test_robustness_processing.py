@@ -93,21 +93,38 @@ def test_cutting_before_resampling_matches_resampling_everything(feature_extract
 HOLTER_HOURS = 24
 
 
+def file_backed_trace(folder, length, dtype, rate, scale=1.0):
+    """A 1-D trace of `length` samples backed by a sparse file: an ECG for its first 11 s, then a
+    hole. No memory of its own (an all-constant Holter would now be refused as flat)."""
+    path = folder / f"trace-{np.dtype(dtype).name}-{rate}.raw"
+    head = (ecg_mv(num_leads=1, length=int(11 * rate), rate=rate)[0] * scale).astype(dtype)
+    with open(path, "wb") as handle:
+        handle.write(head.tobytes())
+        handle.truncate(length * np.dtype(dtype).itemsize)
+    return path, np.memmap(path, dtype=dtype, mode="r", shape=(length,))
+
+
 @pytest.mark.parametrize("rate, dtype", [(500, np.float32), (1000, np.float64), (250, np.int16)])
-def test_holter_length_array_stays_small(feature_extractor, rate, dtype):
-    """A 24-hour 12-lead recording (a broadcast view: no memory of its own) costs a 10 s ECG."""
+def test_holter_length_array_stays_small(feature_extractor, tmp_path, rate, dtype):
+    """A 24-hour 12-lead recording (a view of a file-backed trace: no memory of its own) costs a 10 s ECG."""
     length = HOLTER_HOURS * 3600 * rate
-    first = ecg_mv(length=1)[:, :1] * (1000 if dtype is np.int16 else 1)  # int16: microvolts
-    holter = np.broadcast_to(first.astype(dtype), (12, length))
+    _, trace = file_backed_trace(tmp_path, length, dtype, rate, scale=1000 if dtype is np.int16 else 1)
+    holter = np.broadcast_to(trace, (12, length))  # int16: microvolts
     units = "uV" if dtype is np.int16 else "mV"
     output, peak = peak_traced_bytes(lambda: values(feature_extractor, holter, sampling_rate=rate, units=units))
     assert output.shape == (1, 12, LENGTH)
     assert peak < 100 * 2**20  # the whole input in float64 would be 4-16 GiB
 
 
-def test_holter_length_tensor_and_lead_traces(feature_extractor):
+def test_holter_length_tensor_and_lead_traces(feature_extractor, tmp_path):
     length = HOLTER_HOURS * 3600 * FS
-    trace = torch.zeros(1, dtype=torch.bfloat16).expand(length)  # bfloat16: converted after the cut
+    # bfloat16 (converted after the cut), memory-mapped from a sparse file: an ECG, then a hole.
+    path = tmp_path / "trace.bf16"
+    head = torch.from_numpy(ecg_mv(num_leads=1, length=11 * FS)[0].astype(np.float32)).to(torch.bfloat16)
+    with open(path, "wb") as handle:
+        handle.write(head.view(torch.int16).numpy().tobytes())
+        handle.truncate(length * 2)
+    trace = torch.from_file(str(path), shared=True, size=length, dtype=torch.bfloat16)
     _, peak = peak_traced_bytes(
         lambda: values(feature_extractor, [trace] * 12, sampling_rate=FS)
     )

@@ -26,3 +26,20 @@ def tiny_config(**overrides) -> DBetaConfig:
     )
     kwargs.update(overrides)
     return DBetaConfig(**kwargs)
+
+
+def tokenizer_of_size(size: int) -> str:
+    """A folder with the demo tokenizer grown to `size` tokens (filler tokens after its own), for
+    checkpoints whose T5 embedding has about that many rows (the converter refuses a tokenizer
+    much smaller than the embedding). Made once per size and process."""
+    import tempfile
+    from pathlib import Path
+
+    from dbeta.train.demo.build_demo_tokenizer import load_demo_tokenizer
+
+    folder = Path(tempfile.gettempdir()) / f"dbeta-test-tokenizer-{size}-{__import__('os').getpid()}"
+    if not (folder / "tokenizer.json").is_file():
+        tokenizer = load_demo_tokenizer()
+        tokenizer.add_tokens([f"<filler_{index}>" for index in range(size - len(tokenizer))])
+        tokenizer.save_pretrained(folder)
+    return str(folder)

@@ -31,6 +31,7 @@ small model are a recipe, `train/demo/recipe.py`.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -43,6 +44,7 @@ from dbeta.train.demo.real_ecg import load_ludb_eval_set
 from dbeta.train.demo.recipe import prepare_demo_dataset
 from dbeta.train.pretraining.args import parse_args
 from dbeta.train.pretraining.checkpoints import TrainingProgress, prepare_output_dir, resume_training, save_checkpoint
+from dbeta.train.pretraining.errors import PretrainingInputError, one_line
 from dbeta.train.pretraining.data import build_dataloaders, build_n3s_indexes, data_counts, load_splits, zero_shot_label_set
 from dbeta.train.pretraining.hub import HubUploader, build_processor, export_run
 from dbeta.train.pretraining.loop import PretrainingResult, init_trackers, train_loop
@@ -136,4 +138,8 @@ def main(argv: Sequence[str] | None = None) -> PretrainingResult:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except PretrainingInputError as error:  # bad flags, files, checkpoints, a full disk: one line, status 2
+        print(one_line(error), file=sys.stderr)
+        sys.exit(2)

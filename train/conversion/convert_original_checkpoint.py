@@ -43,6 +43,7 @@ from dbeta.files import staged_folder
 from dbeta.hub_export import write_hub_folder
 from dbeta.model_card import build_conversion_card
 from modeling_dbeta import DBetaECGModel, DBetaForPreTraining
+from pipeline_dbeta import non_finite_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -352,7 +353,10 @@ def _require(state_dict: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
 
 def _original_section(original_config: Mapping | None) -> dict:
     original = dict(original_config or {})
-    return dict(original.get("model", original))
+    section = original.get("model", original)
+    if not isinstance(section, Mapping):
+        raise ValueError(f"the original config's 'model' section must be a JSON object, got {type(section).__name__}")
+    return dict(section)
 
 
 def layer_counts(state_dict: Mapping[str, torch.Tensor], original_config: Mapping | None = None) -> dict[str, int]:
@@ -613,6 +617,28 @@ def conversion_command(
     return shlex.join(argv)
 
 
+#: T5 checkpoints pad the embedding to a multiple of 128 rows (Flan-T5: 32,100 tokens, 32,128 rows).
+EMBEDDING_PADDING = 128
+
+
+def check_tokenizer_fits(text_tokenizer, vocab_size: int, name) -> None:
+    """The tokenizer must be the one the text tower was trained with: no id beyond the embedding, and
+    no more unused rows than T5's padding of the embedding (a small tokenizer, e.g. the demo's 834
+    tokens against Flan-T5's 32,128 rows, would tokenise every text into the wrong embeddings)."""
+    size = len(text_tokenizer)
+    if size > vocab_size:
+        raise ValueError(
+            f"--tokenizer {name!r} has {size} tokens but the checkpoint's text encoder only "
+            f"{vocab_size}: it is not the tokenizer this model was trained with."
+        )
+    if vocab_size - size >= EMBEDDING_PADDING:
+        raise ValueError(
+            f"--tokenizer {name!r} has {size} tokens but the checkpoint's text encoder has {vocab_size} embedding rows "
+            f"({vocab_size - size} unused; T5 pads by fewer than {EMBEDDING_PADDING}): it is not the tokenizer this model "
+            "was trained with (the release needs google/flan-t5-base's)."
+        )
+
+
 def convert_checkpoint(
     checkpoint_path: str | Path,
     output_dir: str | Path,
@@ -696,11 +722,12 @@ def convert_checkpoint(
             model = DBetaForPreTraining(config)
             load_converted_state_dict(model, converted)
             lead_config = config
-            if len(text_tokenizer) > config.text_config.vocab_size:
-                raise ValueError(
-                    f"--tokenizer {tokenizer!r} has {len(text_tokenizer)} tokens but the checkpoint's text encoder only "
-                    f"{config.text_config.vocab_size}: it is not the tokenizer this model was trained with."
-                )
+            check_tokenizer_fits(text_tokenizer, config.text_config.vocab_size, tokenizer)
+        bad = non_finite_parameters(model)
+        if bad:
+            raise ValueError(
+                f"{checkpoint_path}: the checkpoint holds NaN/inf weights ({', '.join(bad)}); it is damaged and was not converted."
+            )
         model.eval()
 
         if lead_config is None:
@@ -730,6 +757,17 @@ def convert_checkpoint(
     return model
 
 
+def read_original_config(path: str, parser: argparse.ArgumentParser) -> dict:
+    """The original `config.json` as a dict, or a one-line error naming the file (exit status 2)."""
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        parser.exit(2, f"error: --original_config {path}: cannot read it as JSON ({type(error).__name__}: {error})\n")
+    if not isinstance(config, dict):
+        parser.exit(2, f"error: --original_config {path}: expected a JSON object (the original config.json), got {type(config).__name__}\n")
+    return config
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint_path", required=True, help="original .pt, a state dict in .pt/.bin/.safetensors, or a folder")
@@ -745,7 +783,7 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    original_config = json.loads(Path(args.original_config).read_text()) if args.original_config else None
+    original_config = read_original_config(args.original_config, parser) if args.original_config else None
     command = shlex.join(["python", "train/conversion/convert_original_checkpoint.py", *(sys.argv[1:] if argv is None else argv)])
     try:
         model = convert_checkpoint(
@@ -759,7 +797,17 @@ def main(argv=None):
             command=command,
         )
     except (ValueError, FileNotFoundError, FileExistsError) as error:
-        parser.exit(2, f"error: {error}\n")
+        where = f"--original_config {args.original_config}: " if original_config is not None and "config" not in str(error) else ""
+        parser.exit(2, f"error: {where}{error}\n")
+    except (TypeError, KeyError, AttributeError) as error:
+        if original_config is None:
+            raise
+        # A field of the original config with an unexpected type (a number given as a list, ...).
+        parser.exit(
+            2,
+            f"error: --original_config {args.original_config}: a field has an unexpected type or value "
+            f"({type(error).__name__}: {error}); pass the original release's config.json\n",
+        )
     num_params = sum(p.numel() for p in model.parameters())
     print(f"Converted {args.checkpoint_path} -> {args.output_dir} ({type(model).__name__}, {num_params:,} parameters)")
     return model

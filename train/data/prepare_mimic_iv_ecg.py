@@ -7,7 +7,8 @@ Writes a Hugging Face ``datasets.DatasetDict`` (train / validation, split by sub
 ``--output_dir`` with a dataset card, ``summary.json`` and ``skipped.csv``. Re-running the same
 command after an interruption resumes from the finished shards. See
 :mod:`dbeta.train.data.mimic_iv_ecg` for the row format and the skip reasons. A missing or malformed
-CSV is reported on one line (file, column, first bad row) with exit status 2.
+CSV is reported on one line (file, column, first bad row) with exit status 2, and so are a full disk
+or a worker process that died (the finished shards are kept: re-running the command resumes).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import json
 import logging
 import sys
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
 
 from dbeta.train.data.mimic_iv_ecg import PreparationInputError, prepare_mimic_iv_ecg
@@ -54,6 +56,15 @@ def main(argv: list[str] | None = None) -> None:
         # Bad inputs (a missing or malformed CSV, leftover shards of another run): the message
         # names the file, the column and the row; a traceback would only hide it.
         sys.stderr.write(f"prepare_mimic_iv_ecg.py: error: {error}\n")
+        raise SystemExit(2) from None
+    except (OSError, BrokenProcessPool) as error:
+        # A full disk, a folder without write permission, a worker killed (out of memory): the
+        # finished shards stay in --output_dir/.shards, so the same command resumes after the fix.
+        cause = "a worker process died (out of memory? try a smaller --num_proc)" if isinstance(error, BrokenProcessPool) else str(error)
+        sys.stderr.write(
+            f"prepare_mimic_iv_ecg.py: error: {' '.join(cause.split())}; fix this and re-run the same command: "
+            "it resumes from the finished shards.\n"
+        )
         raise SystemExit(2) from None
     logger.info(json.dumps(asdict(summary), indent=2))
     rate = summary.records_read / summary.seconds if summary.seconds else float("nan")

@@ -60,8 +60,6 @@ DEMO_DEFAULTS = {
     "license": "apache-2.0",
 }
 DEMO_NOTES = [
-    "The simulated corpus builds 80% of its ECGs from the median beats of 69 patients of the LUDB v1.0.1 training "
-    "part (ODC-By 1.0; none of the 65 real evaluation patients), re-timed to simulated rhythms; the reports are simulated.",
     "A 2.7M-parameter model (4 ECG layers, 2 T5 layers, 2 fusion layers, width 128) instead of 321M, "
     "with a T5 trained from scratch on an 834-token tokenizer instead of Flan-T5-base.",
     "Five stride-2 convolutions (156 ECG tokens of 32 samples) instead of four (312 tokens of 16 samples).",
@@ -75,6 +73,20 @@ DEMO_NOTES = [
 ]
 
 
+def demo_notes() -> list[str]:
+    """The demo card's departures from the paper, the first counting the real patients whose beats
+    the simulator borrows (counted, so that the card cannot drift from the library)."""
+    from dbeta.train.demo.make_demo_corpus import real_beat_library
+
+    patients = len(real_beat_library())
+    borrowed = (
+        f"The simulated corpus builds 80% of its ECGs from the median beats of {patients} patients of the LUDB v1.0.1 "
+        "training part (ODC-By 1.0; none of the 65 real evaluation patients), re-timed to simulated rhythms; the "
+        "reports are simulated."
+    )
+    return [borrowed, *DEMO_NOTES]
+
+
 def demo_dataset_description(num_records: int) -> str:
     """The model card's line on the training data."""
     return f"Simulated demo corpus ({num_records} studies, MIMIC-IV-ECG layout)"
@@ -85,34 +97,97 @@ def demo_dataset_description(num_records: int) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+#: The settings a demo corpus (`--demo_corpus_dir`) and its prepared folder (`--demo_dataset_dir`)
+#: were written with, recorded inside each: reusing either with other settings is refused.
+DEMO_SETTINGS_FILE = "demo_settings.json"
+#: The older record of the prepared folder's real pairs alone (still written, still read).
+DEMO_REAL_PAIRS_FILE = "demo_real_pairs.json"
+
+
+def _describe(settings: Mapping, names) -> str:
+    return ", ".join(f"{name}={settings.get(name)!r}" for name in names)
+
+
+def _check_demo_folder(folder: Path, recorded: Mapping | None, wanted: Mapping, what: str, remedy: str) -> None:
+    """Refuse to reuse `folder` when its `recorded` settings differ from `wanted`, naming both."""
+    if recorded is None:
+        return
+    changed = [name for name in wanted if recorded.get(name) != wanted[name]]
+    if changed:
+        from dbeta.train.pretraining.errors import PretrainingInputError
+
+        raise PretrainingInputError(
+            f"{folder} was {what} with {_describe(recorded, changed)}, not {_describe(wanted, changed)}: {remedy}"
+        )
+
+
+def _read_settings(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(settings, dict):
+            raise ValueError("not a JSON object")
+        return settings
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        from dbeta.train.pretraining.errors import PretrainingFileError
+
+        raise PretrainingFileError(f"{path} is unreadable ({type(error).__name__}: {error}); delete {path.parent} to write it again.") from error
+
+
 def prepare_demo_dataset(args) -> str:
-    """Write the simulated corpus and prepare it, unless that was done before; returns the dataset dir."""
+    """Write the simulated corpus and prepare it, unless that was done before with the same settings;
+    returns the dataset dir.
+
+    The corpus records `--demo_num_records` and `--seed` (`demo_settings.json`), the prepared folder
+    those and `--demo_real_pairs`/`--demo_real_repeats`. A folder written with other settings is
+    refused, naming them and which folder to delete (or which flag to pass), instead of training on
+    data the run's settings and model card do not describe. A folder from before these records
+    existed is reused with a warning (its seed and size cannot be checked)."""
     from dbeta.train.demo.make_demo_corpus import make_demo_corpus
     from dbeta.train.data.mimic_iv_ecg import prepare_mimic_iv_ecg
 
     corpus_dir, dataset_dir = Path(args.demo_corpus_dir), Path(args.demo_dataset_dir)
-    if not (corpus_dir / "record_list.csv").is_file():
-        started = time.perf_counter()
-        make_demo_corpus(corpus_dir, num_records=args.demo_num_records, seed=args.seed)
-        logger.info(f"Demo corpus: {args.demo_num_records} simulated studies in {corpus_dir} ({time.perf_counter() - started:.0f} s)")
+    corpus_settings = {"demo_num_records": args.demo_num_records, "seed": args.seed}
     real_pairs = {"demo_real_pairs": args.demo_real_pairs, "demo_real_repeats": args.demo_real_repeats if args.demo_real_pairs != "none" else 0}
-    settings_file = dataset_dir / "demo_real_pairs.json"
-    if (dataset_dir / "dataset_dict.json").is_file():
-        # A folder prepared before this file existed holds the simulated corpus only.
-        prepared = json.loads(settings_file.read_text()) if settings_file.is_file() else {"demo_real_pairs": "none", "demo_real_repeats": 0}
-        if prepared != real_pairs:
-            raise ValueError(
-                f"{dataset_dir} was prepared with {prepared}, not {real_pairs}: pass another --demo_dataset_dir, or delete it."
-            )
+    prepared_settings = {**corpus_settings, **real_pairs}
+    both = f"delete {corpus_dir} and {dataset_dir} to write them again with these settings, or pass another --demo_corpus_dir and --demo_dataset_dir."
+
+    if (corpus_dir / "record_list.csv").is_file():
+        recorded = _read_settings(corpus_dir / DEMO_SETTINGS_FILE)
+        if recorded is None:
+            logger.warning(f"{corpus_dir} was written before demo corpora recorded their settings: reused as it is, its "
+                           f"--seed and --demo_num_records unknown (delete it to write it with {_describe(corpus_settings, corpus_settings)}).")  # fmt: skip
+        _check_demo_folder(corpus_dir, recorded, corpus_settings, "written", both)
     else:
         started = time.perf_counter()
+        make_demo_corpus(corpus_dir, num_records=args.demo_num_records, seed=args.seed)
+        (corpus_dir / DEMO_SETTINGS_FILE).write_text(json.dumps(corpus_settings) + "\n", encoding="utf-8")
+        logger.info(f"Demo corpus: {args.demo_num_records} simulated studies in {corpus_dir} ({time.perf_counter() - started:.0f} s)")
+
+    settings_file = dataset_dir / DEMO_SETTINGS_FILE
+    recorded = _read_settings(settings_file)
+    complete = (dataset_dir / "dataset_dict.json").is_file()
+    if recorded is None and complete:
+        # A folder prepared before `demo_settings.json` existed: its real pairs are in the older file
+        # (none when that is missing too); its seed and size are unknown.
+        legacy = _read_settings(dataset_dir / DEMO_REAL_PAIRS_FILE) or {"demo_real_pairs": "none", "demo_real_repeats": 0}
+        _check_demo_folder(dataset_dir, legacy, real_pairs, "prepared", "pass another --demo_dataset_dir, or delete it.")
+        logger.warning(f"{dataset_dir} was prepared before demo folders recorded their settings: reused as it is, its --seed and "
+                       f"--demo_num_records unknown (delete it to prepare it with {_describe(prepared_settings, corpus_settings)}).")  # fmt: skip
+    else:
+        _check_demo_folder(dataset_dir, recorded, prepared_settings, "prepared", "delete it to prepare it again, or pass another --demo_dataset_dir.")
+    if not complete:
+        started = time.perf_counter()
+        dataset_dir.mkdir(parents=True, exist_ok=True)
+        settings_file.write_text(json.dumps(prepared_settings) + "\n", encoding="utf-8")  # first: an interrupted preparation is not "older"
         with_real = args.demo_real_pairs != "none"
         target = dataset_dir.with_name(dataset_dir.name + "_simulated") if with_real else dataset_dir
         prepare_mimic_iv_ecg(corpus_dir, target, num_proc=min(2, os.cpu_count() or 1), val_fraction=0.1, seed=args.seed, progress=False)
         if with_real:
             real_dir = None if args.demo_real_pairs == "ludb" else args.demo_real_pairs
             add_real_training_pairs(target, dataset_dir, real_dir, args.demo_real_repeats)
-        settings_file.write_text(json.dumps(real_pairs))
+        (dataset_dir / DEMO_REAL_PAIRS_FILE).write_text(json.dumps(real_pairs))
         logger.info(f"Demo corpus prepared in {dataset_dir} ({time.perf_counter() - started:.0f} s)")
     return str(dataset_dir)
 
@@ -122,7 +197,7 @@ def add_real_training_pairs(simulated_dir: Path, dataset_dir: Path, real_dir: st
     vendored LUDB training part, plus `real_dir`'s CinC/CPSC records; never an evaluation record)
     appended `repeats` times to its training split; the validation split stays simulated. The pairs
     are listed in `real_pairs.csv`."""
-    from dbeta.train.data.mimic_iv_ecg import SkipRecord, convert_record, dataset_features
+    from dbeta.train.data.mimic_iv_ecg import SkipRecord, convert_record, dataset_features, write_checksum_manifest
     from dbeta.train.demo.real_ecg import real_training_pairs
 
     simulated = datasets.load_from_disk(str(simulated_dir))
@@ -141,6 +216,7 @@ def add_real_training_pairs(simulated_dir: Path, dataset_dir: Path, real_dir: st
     real = datasets.Dataset.from_list(rows, features=dataset_features())
     train = datasets.concatenate_datasets([simulated["train"].cast(dataset_features()), *([real] * repeats)])
     datasets.DatasetDict({"train": train, "validation": simulated["validation"]}).save_to_disk(str(dataset_dir))
+    write_checksum_manifest(dataset_dir, ("train", "validation"))  # checked when training loads it
     (dataset_dir / "real_pairs.csv").write_text("source,record_id\n" + "\n".join(listed) + "\n", encoding="utf-8")
     logger.info(f"Added {len(rows)} real ECG-report pairs x {repeats} to the demo's training split")
 
@@ -224,3 +300,29 @@ def print_real_ecg_summary(metrics: Mapping[str, float]) -> None:
         if name.startswith("real_zero_shot_auroc/"):
             print(f"  zero-shot AUROC {name.split('/', 1)[1]:<28} {value:.4f}")
     print(f"Real-ECG zero-shot macro AUROC: {metrics['real_zero_shot_macro_auroc']:.4f} ({int(metrics['real_zero_shot_num_labels'])} labels)")
+
+
+def demo_training_records(demo_real_pairs: str) -> dict:
+    """The real records the demo model learnt from, by dataset (`{"ludb": {"ids", "uses"}, ...}`):
+    the LUDB training-part patients whose median beats the simulator borrows, and the real
+    ECG-report pairs of `--demo_real_pairs`. Written into the model folder
+    (`dbeta.loading.TRAINING_RECORDS_NAME`) so that evaluation leaves them out."""
+    from dbeta.train.demo.make_demo_corpus import real_beat_library
+
+    datasets: dict[str, dict] = {}
+
+    def add(dataset: str, record_id: str, use: str) -> None:
+        entry = datasets.setdefault(dataset, {"ids": [], "uses": []})
+        if record_id not in entry["ids"]:
+            entry["ids"].append(record_id)
+        if use not in entry["uses"]:
+            entry["uses"].append(use)
+
+    for beat in real_beat_library():
+        add("ludb", beat.record_id, "median beats of the simulated corpus")
+    if demo_real_pairs not in (None, "none"):
+        from dbeta.train.demo.real_ecg import real_training_pairs
+
+        for pair in real_training_pairs(None if demo_real_pairs == "ludb" else demo_real_pairs):
+            add(pair["source"], str(pair["record_id"]), "real ECG-report training pairs")
+    return datasets

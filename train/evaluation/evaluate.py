@@ -55,7 +55,7 @@ from dbeta.embedding import (
     embed_texts,
     normalize_text,
 )
-from dbeta.loading import load_model_and_processor, model_label_descriptions
+from dbeta.loading import load_model_and_processor, model_label_descriptions, model_training_records
 from dbeta.model_card import add_evaluation_to_card
 from dbeta.provenance import git_revision, package_versions
 from dbeta.zero_shot import embed_label_texts, zero_shot_logits
@@ -225,8 +225,12 @@ def with_confidence_intervals(
     summary[f"{prefix}macro_auroc_ci"] = ci["macro"]
     summary[f"{prefix}per_label_auroc_ci"] = ci["per_label"]
     summary[f"{prefix}bootstrap"] = {
-        key: ci[key] for key in ("confidence", "num_resamples", "seed", "resamples_used", "macro_resamples_used")
-    }
+        key: ci[key]
+        for key in (
+            "confidence", "num_resamples", "seed", "method", "min_class_count", "no_interval",
+            "resamples_used", "macro_resamples_used",
+        )
+    }  # fmt: skip
     return summary
 
 
@@ -608,13 +612,11 @@ def markdown_report(results: dict, level: int = 1) -> str:
             macro = _fmt_ci(entry["macro_auroc"], entry.get("macro_auroc_ci"))
             lines.append(f"| {name} | {entry['num_samples']} | {len(entry['per_label_auroc'])} | {macro} |")
         resamples = {entry["bootstrap"]["num_resamples"] for entry in zero_shot.values() if "bootstrap" in entry}
+        methods = {entry["bootstrap"]["method"] for entry in zero_shot.values() if "bootstrap" in entry}
         if resamples:
             lines += [
                 "",
-                f"Intervals: percentile bootstrap over the test records ({', '.join(map(str, resamples))} resamples); "
-                "a label's interval uses the resamples that hold positives and negatives of it, the macro one those "
-                "that hold both for every label. No interval is given when under half the resamples qualify "
-                "(too few positives in the test split).",
+                f"Intervals ({', '.join(map(str, sorted(resamples)))} resamples): " + "; ".join(sorted(methods)) + ".",
             ]
         for name, entry in zero_shot.items():
             lines += [
@@ -826,6 +828,14 @@ def _file_digest(path: Path) -> str:
 
 def evaluate_dataset(args, name: str, path: str, model, processor, descriptions, prompt_overrides, output_dir: Path):
     dataset = load_dataset(name, path, seed=args.split_seed, split_file=args.split_file)
+    # Records the model learnt from (its folder's training_records.json) are never evaluated on.
+    learnt = model_training_records(args.model if Path(args.model).exists() else None).get(name, set())
+    excluded = [index for index, record in enumerate(dataset.record_ids) if str(record) in learnt]
+    if excluded:
+        if len(excluded) == len(dataset):
+            raise ValueError(f"{name}: every record of {path} is one the model learnt from; nothing is left to evaluate")
+        logger.warning(f"{name}: left out {len(excluded)} records the model learnt from (training_records.json)")
+        dataset = dataset.select(np.setdiff1d(np.arange(len(dataset)), excluded))
     splits_present = {split: int((dataset.splits == split).sum()) for split in downstream.SPLITS}
     entry: dict[str, Any] = {
         "path": str(Path(path).resolve()),
@@ -833,6 +843,7 @@ def evaluate_dataset(args, name: str, path: str, model, processor, descriptions,
         "label_names": list(dataset.label_names),
         "counts": splits_present,
         "labels_without_positives": {s: dataset.labels_without_positives(s) for s, n in splits_present.items() if n},
+        "excluded_training_records": len(excluded),
     }
     if args.max_records:
         keep = np.flatnonzero(np.isin(dataset.splits, list(downstream.SPLITS)))[: args.max_records]

@@ -147,6 +147,16 @@ def _auroc_rows(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
     return auroc
 
 
+#: No interval is reported for a label with fewer positives (or negatives) than this: every
+#: resample would hold the same few positives, and the interval would be far too narrow.
+MIN_CLASS_COUNT_FOR_INTERVAL = 5
+BOOTSTRAP_METHOD = (
+    "percentile bootstrap; per label stratified (positives and negatives resampled separately); macro: "
+    "records resampled jointly, only when every label has at least {min} positives and {min} negatives; "
+    "no interval for a label with fewer than {min} positives or negatives"
+)
+
+
 def bootstrap_auroc_ci(
     y_true,
     y_score,
@@ -155,23 +165,22 @@ def bootstrap_auroc_ci(
     confidence: float = 0.95,
     seed: int = 0,
     chunk_size: int = 200,
-    min_fraction: float = 0.5,
+    min_class_count: int = MIN_CLASS_COUNT_FOR_INTERVAL,
 ) -> dict:
     """Percentile bootstrap confidence intervals of the per-label and macro ROC-AUC.
 
-    The samples (rows) are drawn with replacement `num_resamples` times (one index draw shared by
-    all labels, so the macro interval keeps the labels' correlation). A label's interval uses the
-    resamples in which it has positives and negatives; the macro interval averages, in each
-    resample, the labels that `multilabel_auroc` evaluates on the full set, and uses the resamples
-    where all of them are evaluable. With few positives many resamples can be degenerate, and the
-    usable ones are then a biased subset (those that happened to draw the rare positives): an
-    interval is `None` when fewer than `min_fraction` of the resamples (or fewer than 10) were
-    usable. The counts used are returned.
+    Per label the positives and the negatives are resampled separately (stratified), so every
+    resample keeps the label's class balance and none is degenerate; a label with fewer than
+    `min_class_count` positives or negatives gets no interval (`None`, with the reason in
+    `no_interval`), since its resamples would all hold the same few positives. The macro interval
+    resamples the records jointly (one index draw shared by all labels, so it keeps the labels'
+    correlation) and is given only when every label `multilabel_auroc` evaluates has an interval.
 
     Returns:
         `{"per_label": {name: [low, high] | None}, "macro": [low, high] | None, "confidence",
-        "num_resamples", "seed", "resamples_used": {name: count}, "macro_resamples_used": count}`
-        (labels `multilabel_auroc` skips are absent from `per_label`).
+        "num_resamples", "seed", "method", "min_class_count", "no_interval": {name: reason},
+        "resamples_used": {name: count}, "macro_resamples_used": count}` (labels
+        `multilabel_auroc` skips are absent from `per_label`).
     """
     if not 0 < confidence < 1:
         raise ValueError(f"`confidence` must be in (0, 1), got {confidence}.")
@@ -182,36 +191,62 @@ def bootstrap_auroc_ci(
     y_score = _as_2d_float(y_score, "y_score")
     names = [str(index) for index in range(y_true.shape[1])] if label_names is None else [str(n) for n in label_names]
     evaluated = [names.index(name) for name in full.per_label]
-    rng = np.random.default_rng(seed)
-    num_samples = y_true.shape[0]
-    values = np.full((num_resamples, len(evaluated)), np.nan)
-    for start in range(0, num_resamples, chunk_size):
-        stop = min(start + chunk_size, num_resamples)
-        draws = rng.integers(0, num_samples, size=(stop - start, num_samples))
-        for slot, column in enumerate(evaluated):
-            values[start:stop, slot] = _auroc_rows(y_true[draws, column], y_score[draws, column])
-
     alpha = (1 - confidence) / 2
 
     def interval(samples: np.ndarray):
         samples = samples[np.isfinite(samples)]
-        if samples.size < max(10, min_fraction * num_resamples):
+        if samples.size == 0:
             return None
         low, high = np.quantile(samples, [alpha, 1 - alpha])
         return [float(low), float(high)]
 
-    per_label = {names[column]: interval(values[:, slot]) for slot, column in enumerate(evaluated)}
-    used = {names[column]: int(np.isfinite(values[:, slot]).sum()) for slot, column in enumerate(evaluated)}
-    complete = np.isfinite(values).all(axis=1) if evaluated else np.zeros(num_resamples, dtype=bool)
-    macro = interval(values[complete].mean(axis=1)) if complete.any() else None
+    per_label, used, no_interval = {}, {}, {}
+    for column in evaluated:
+        name = names[column]
+        positives = np.flatnonzero(y_true[:, column] == 1)
+        negatives = np.flatnonzero(y_true[:, column] == 0)
+        if min(positives.size, negatives.size) < min_class_count:
+            per_label[name], used[name] = None, 0
+            no_interval[name] = f"{positives.size} positives, {negatives.size} negatives (< {min_class_count})"
+            continue
+        # One stream per label and class: the draws do not depend on the chunking.
+        pos_rng, neg_rng = (np.random.default_rng([seed, 1 + column, part]) for part in (0, 1))
+        values = np.empty(num_resamples)
+        for start in range(0, num_resamples, chunk_size):
+            stop = min(start + chunk_size, num_resamples)
+            pos = positives[pos_rng.integers(0, positives.size, size=(stop - start, positives.size))]
+            neg = negatives[neg_rng.integers(0, negatives.size, size=(stop - start, negatives.size))]
+            rows = np.concatenate([pos, neg], axis=1)
+            values[start:stop] = _auroc_rows(y_true[rows, column], y_score[rows, column])
+        per_label[name], used[name] = interval(values), num_resamples
+
+    macro, complete_count = None, 0
+    if evaluated and not no_interval:
+        rng = np.random.default_rng([seed, 0])
+        num_samples = y_true.shape[0]
+        values = np.full((num_resamples, len(evaluated)), np.nan)
+        for start in range(0, num_resamples, chunk_size):
+            stop = min(start + chunk_size, num_resamples)
+            draws = rng.integers(0, num_samples, size=(stop - start, num_samples))
+            for slot, column in enumerate(evaluated):
+                values[start:stop, slot] = _auroc_rows(y_true[draws, column], y_score[draws, column])
+        complete = np.isfinite(values).all(axis=1)
+        complete_count = int(complete.sum())
+        # With >= min_class_count of each class a degenerate joint draw is rare; if many were, the
+        # usable ones would be a biased subset: then no interval.
+        if complete_count >= max(10, num_resamples // 2):
+            macro = interval(values[complete].mean(axis=1))
     return {
         "per_label": per_label,
         "macro": macro,
         "confidence": confidence,
         "num_resamples": num_resamples,
         "seed": seed,
+        "method": BOOTSTRAP_METHOD.format(min=min_class_count),
+        "min_class_count": min_class_count,
+        "no_interval": no_interval,
         "resamples_used": used,
-        "macro_resamples_used": int(complete.sum()),
+        "macro_resamples_used": complete_count,
     }
 
 

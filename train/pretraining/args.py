@@ -5,7 +5,9 @@ defaults for those left unset (`resolve_defaults`)."""
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
+from pathlib import Path
 
 from dbeta.train.demo.recipe import (
     DEMO_CORPUS_DIR,
@@ -15,6 +17,7 @@ from dbeta.train.demo.recipe import (
     DEMO_REAL_PAIRS,
     DEMO_REAL_REPEATS,
 )
+from dbeta.train.pretraining.errors import PretrainingFileError, PretrainingInputError
 from dbeta.train.pretraining.n3s import N3S_MODES
 
 #: The paper's encoders (spec section 3, DECISIONS 16): the T5 tower starts from Flan-T5-base, and
@@ -153,7 +156,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     run.add_argument("--eval_steps", type=int, default=None, help="0: validate only at the end.")
     run.add_argument("--checkpointing_steps", type=int, default=None, help="0: no intermediate checkpoints.")
     run.add_argument("--checkpoints_total_limit", type=int, default=3)
-    run.add_argument("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint folder.')
+    run.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help='"latest" or a checkpoint folder. The checkpoint must come from a run with the same settings '
+        "(model, seed, optimiser, schedule, N3S, data; its run_fingerprint.json); the run's length "
+        "(--max_train_steps) and global batch may change, with a warning.",
+    )
+    run.add_argument(
+        "--allow_resume_mismatch",
+        action="store_true",
+        help="Resume even from a checkpoint written with other settings (warns, and records the changes in the "
+        "checkpoints, results.json and the model card).",
+    )
     run.add_argument(
         "--overwrite_output_dir",
         action="store_true",
@@ -177,15 +192,78 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return resolve_defaults(args)
 
 
+#: The numeric flags' ranges, checked once the defaults are filled in: (flag, low, high, low
+#: included, high included); None: no bound. Non-finite values (nan, inf) are always refused.
+NUMERIC_RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
+    ("per_device_train_batch_size", 1, None, True, True),
+    ("per_device_eval_batch_size", 1, None, True, True),
+    ("gradient_accumulation_steps", 1, None, True, True),
+    ("max_train_steps", 1, None, True, True),
+    ("num_train_epochs", 1, None, True, True),
+    ("logging_steps", 1, None, True, True),
+    ("eval_steps", 0, None, True, True),
+    ("checkpointing_steps", 0, None, True, True),
+    ("checkpoints_total_limit", 0, None, True, True),
+    ("max_eval_samples", 1, None, True, True),
+    ("shuffle_buffer_size", 1, None, True, True),
+    ("dataloader_num_workers", 0, None, True, True),
+    ("num_cpu_threads", 1, None, True, True),
+    ("preparation_timeout", 1, None, True, True),
+    ("seed", 0, 2**32 - 1, True, True),  # numpy's seeds
+    ("demo_num_records", 1, None, True, True),
+    ("demo_real_repeats", 0, None, True, True),
+    ("n3s_num_candidates", 1, None, True, True),
+    ("n3s_hard_max_similarity", -1.0, 1.0, True, True),
+    ("negative_fraction", 0.0, 1.0, True, True),
+    ("learning_rate", 0.0, None, True, True),
+    ("weight_decay", 0.0, None, True, True),
+    ("adam_beta1", 0.0, 1.0, True, False),
+    ("adam_beta2", 0.0, 1.0, True, False),
+    ("adam_epsilon", 0.0, None, True, True),
+    ("warmup_ratio", 0.0, 1.0, True, True),
+    ("hold_ratio", 0.0, 1.0, True, True),
+    ("init_lr_scale", 0.0, 1.0, True, True),
+    ("final_lr_scale", 0.0, 1.0, False, True),  # the decay is exponential: it cannot reach 0
+    ("max_grad_norm", 0.0, None, True, True),
+    ("pad_to_multiple_of", 1, None, True, True),
+    ("text_length_buckets", 1, None, True, True),
+    ("recall_ks", 1, None, True, True),
+)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def check_numeric_flags(args: argparse.Namespace) -> None:
+    """Refuse a numeric flag outside its range (`NUMERIC_RANGES`), naming the flag and the range."""
+    for name, low, high, low_included, high_included in NUMERIC_RANGES:
+        value = getattr(args, name, None)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if item is None:
+                continue
+            inside = math.isfinite(item)
+            if inside and low is not None:
+                inside = item >= low if low_included else item > low
+            if inside and high is not None:
+                inside = item <= high if high_included else item < high
+            if not inside:
+                bounds = (
+                    ("[" if low_included else "(") + ("-inf" if low is None else _number(low)) + ", "
+                    + ("inf" if high is None else _number(high)) + ("]" if high_included else ")")
+                )  # fmt: skip
+                raise PretrainingInputError(f"--{name} {item!r} is outside its range {bounds}.")
+
+
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the settings left unset from the demo recipe's (`DEMO_DEFAULTS`) or the paper's defaults, and check them."""
     args.is_demo = args.dataset_dir is None and args.model_name_or_path is None and args.config_name is None
     if args.dataset_dir is None and not args.is_demo:
-        raise ValueError("--dataset_dir is required unless running the demo (no --model_name_or_path/--config_name).")
+        raise PretrainingInputError("--dataset_dir is required unless running the demo (no --model_name_or_path/--config_name).")
     if args.text_encoder_from_scratch and (args.text_encoder or args.model_name_or_path):
-        raise ValueError("--text_encoder_from_scratch excludes --text_encoder and --model_name_or_path.")
+        raise PretrainingInputError("--text_encoder_from_scratch excludes --text_encoder and --model_name_or_path.")
     if args.text_encoder and args.model_name_or_path:
-        raise ValueError("--text_encoder and --model_name_or_path exclude each other (the saved model holds its own text tower).")
+        raise PretrainingInputError("--text_encoder and --model_name_or_path exclude each other (the saved model holds its own text tower).")
     if args.text_encoder is None and not (args.is_demo or args.model_name_or_path or args.text_encoder_from_scratch):
         args.text_encoder = DEFAULT_TEXT_ENCODER
     if args.tokenizer_name is None:
@@ -195,11 +273,20 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.streaming and args.max_train_steps is None:
-        raise ValueError("--streaming needs --max_train_steps (a stream has no length).")
+        raise PretrainingInputError("--streaming needs --max_train_steps (a stream has no length).")
     if args.push_to_hub and not args.hub_model_id:
-        raise ValueError("--push_to_hub needs --hub_model_id.")
+        raise PretrainingInputError("--push_to_hub needs --hub_model_id.")
     if args.overwrite_output_dir and args.resume_from_checkpoint:
-        raise ValueError("--overwrite_output_dir and --resume_from_checkpoint exclude each other.")
+        raise PretrainingInputError("--overwrite_output_dir and --resume_from_checkpoint exclude each other.")
+    check_numeric_flags(args)
     if args.warmup_ratio + (args.hold_ratio if args.lr_scheduler_type == "tri_stage" else 0.0) > 1.0:
-        raise ValueError("--warmup_ratio + --hold_ratio must not exceed 1.")
+        raise PretrainingInputError("--warmup_ratio + --hold_ratio must not exceed 1.")
+    if args.allow_resume_mismatch and not args.resume_from_checkpoint:
+        raise PretrainingInputError("--allow_resume_mismatch only applies with --resume_from_checkpoint.")
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise PretrainingFileError(f"--output_dir {args.output_dir} is a file, not a folder; choose another --output_dir.")
+    if args.zero_shot_labels not in ("demo", "mimic"):
+        from dbeta.train.pretraining.data import zero_shot_label_set
+
+        zero_shot_label_set(args.zero_shot_labels)  # a label file that cannot be used stops the run now, not after training
     return args

@@ -5,6 +5,7 @@ training and validation data loaders, and the zero-shot validation labels found 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -14,12 +15,22 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
+from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
 
 from dbeta.text import normalize_report
+from dbeta.train.data.mimic_iv_ecg import CHECKSUM_MANIFEST, PreparationInputError, verify_prepared_dataset
 from dbeta.train.demo.recipe import demo_zero_shot_label_set
 from dbeta.train.pretraining.collator import DBetaPretrainingCollator, EpochShuffleSampler, IndexedDataset, PretrainingBatchSettings
+from dbeta.train.pretraining.errors import PretrainingFileError, PretrainingInputError, first_line
+from dbeta.train.pretraining.fingerprint import note_data
 from dbeta.train.pretraining.n3s import N3SEncoderUnavailable, N3SSettings, default_cache_dir, load_or_build_n3s_index
+
+logger = get_logger(__name__)
+
+#: The columns of a prepared split that training reads.
+REQUIRED_COLUMNS = ("ecg", "ecg_gain", "lead_names", "report")
+PREPARE_AGAIN = "prepare it again (train/data/prepare_mimic_iv_ecg.py; for the demo, delete the folder)"
 
 
 #: Zero-shot validation labels on MIMIC-IV-ECG (DECISIONS 19): label -> (prompt in the reports'
@@ -45,19 +56,134 @@ MIMIC_ZERO_SHOT_LABELS: dict[str, tuple[str, str]] = {
 }
 
 
+def split_data_files(dataset_dir: str | Path, split: str) -> list[Path]:
+    """The Arrow files of a saved split, as its `state.json` lists them (what `load_from_disk` reads;
+    cache files `datasets` may have left in the folder are not data)."""
+    state_file = Path(dataset_dir) / split / "state.json"
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        names = [item["filename"] for item in state["_data_files"]]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise PretrainingFileError(f"{state_file} is missing or unreadable ({first_line(error)}); {PREPARE_AGAIN}.") from error
+    outside = [name for name in names if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", "..")]
+    if outside:
+        raise PretrainingFileError(f"{state_file} names data files outside its folder ({outside[0]!r}); {PREPARE_AGAIN}.")
+    return [state_file.parent / name for name in names]
+
+
+def _check_arrow_readable(path: Path) -> None:
+    """Read the framing of an Arrow stream file (as `datasets` does): a truncated or overwritten file fails here."""
+    import pyarrow as pa
+
+    try:
+        with pa.memory_map(str(path)) as source:
+            pa.ipc.open_stream(source).read_all()
+    except (pa.ArrowException, OSError, ValueError) as error:
+        raise PretrainingFileError(f"{path} is unreadable ({first_line(error)}): truncated or damaged; {PREPARE_AGAIN}.") from error
+
+
+def _arrow_columns(path: Path) -> list[str]:
+    import pyarrow as pa
+
+    with pa.memory_map(str(path)) as source:
+        return list(pa.ipc.open_stream(source).schema.names)
+
+
+def _check_dataset_layout(dataset_dir: Path, splits: Sequence[str]) -> None:
+    if not dataset_dir.is_dir():
+        raise PretrainingFileError(f"--dataset_dir {dataset_dir} is not a folder; pass the --output_dir of train/data/prepare_mimic_iv_ecg.py.")
+    dict_file = dataset_dir / "dataset_dict.json"
+    try:
+        available = json.loads(dict_file.read_text(encoding="utf-8"))["splits"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise PretrainingFileError(
+            f"--dataset_dir {dataset_dir} is not a prepared dataset ({dict_file}: {first_line(error)}); pass the --output_dir "
+            "of train/data/prepare_mimic_iv_ecg.py (a datasets.DatasetDict saved with save_to_disk)."
+        ) from error
+    for flag, split in zip(("--train_split", "--validation_split"), splits):
+        if split not in available or not (dataset_dir / split).is_dir():
+            raise PretrainingInputError(f"{flag} {split!r}: {dataset_dir} has no such split (it has: {', '.join(map(str, available))}).")
+
+
+def _split_files_identity(dataset_dir: Path, split: str, checked: Mapping | None) -> str:
+    """A hash of a split's files: of their SHA-256 (checksum manifest), else of their names and sizes."""
+    if checked is not None:
+        items = sorted(f"{name}:{entry['size']}:{entry['sha256']}" for name, entry in checked.items() if name.startswith(f"{split}/"))
+        return "sha256:" + hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
+    paths = [*split_data_files(dataset_dir, split), dataset_dir / split / "state.json"]
+    items = sorted(f"{path.name}:{path.stat().st_size}" for path in paths)
+    return "size:" + hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
+
+
 def load_splits(args: argparse.Namespace):
-    """(train dataset, validation dataset, train reports); the training split may be a stream."""
+    """(train dataset, validation dataset, train reports); the training split may be a stream.
+
+    The prepared files are checked first against the checksum manifest of their preparation
+    (`dbeta.train.data.mimic_iv_ecg.verify_prepared_dataset`): a damaged, truncated or edited file is
+    a `PretrainingFileError` naming it; a dataset without a manifest loads with a warning, its Arrow
+    files' framing checked. Then the splits must hold the columns training reads, a validation
+    row and (map-style) one training batch. The data's identity goes into the run fingerprint."""
+    dataset_dir = Path(args.dataset_dir)
+    splits = (args.train_split, args.validation_split)
+    _check_dataset_layout(dataset_dir, splits)
+    try:
+        checked = verify_prepared_dataset(dataset_dir, splits)
+    except PreparationInputError as error:
+        raise PretrainingFileError(str(error)) from error
+    data_files = {split: split_data_files(dataset_dir, split) for split in splits}
+    if checked is None:
+        logger.warning(
+            f"{dataset_dir} has no {CHECKSUM_MANIFEST} (prepared before checksums were recorded, or by another tool): "
+            f"damaged files cannot be told from good ones; {PREPARE_AGAIN} to have them checked."
+        )
+        for path in (path for files in data_files.values() for path in files):
+            _check_arrow_readable(path)
+    try:
+        if args.streaming:
+            train = datasets.load_dataset(
+                "arrow", data_files={"train": [str(path) for path in data_files[args.train_split]]}, split="train", streaming=True
+            )
+            validation = datasets.load_from_disk(str(dataset_dir / args.validation_split))
+            train_columns = _arrow_columns(data_files[args.train_split][0]) if data_files[args.train_split] else []
+        else:
+            data = datasets.load_from_disk(str(dataset_dir))
+            train, validation = data[args.train_split], data[args.validation_split]
+            train_columns = train.column_names
+    except (OSError, ValueError, KeyError, TypeError) as error:  # pyarrow's errors are OSError / ValueError
+        raise PretrainingFileError(f"--dataset_dir {dataset_dir} could not be loaded ({first_line(error)}); {PREPARE_AGAIN}.") from error
+    for split, columns in ((args.train_split, train_columns), (args.validation_split, validation.column_names)):
+        missing = [column for column in REQUIRED_COLUMNS if column not in columns]
+        if missing:
+            raise PretrainingInputError(
+                f"{dataset_dir / split} lacks the column(s) {', '.join(missing)} that training reads; pass a dataset written by "
+                "train/data/prepare_mimic_iv_ecg.py."
+            )
+    if len(validation) == 0:
+        raise PretrainingInputError(
+            f"{dataset_dir / args.validation_split} has no rows: validation needs at least one; prepare the data with "
+            "--val_fraction > 0, or pass another --validation_split."
+        )
+    if not args.streaming and len(train) < args.per_device_train_batch_size:
+        raise PretrainingInputError(
+            f"{dataset_dir / args.train_split} has {len(train)} rows, fewer than one batch (--per_device_train_batch_size "
+            f"{args.per_device_train_batch_size}): no optimiser step would run. Use a smaller batch or more data."
+        )
+    note_data(
+        args,
+        {
+            "train_split": args.train_split,
+            "validation_split": args.validation_split,
+            "train_rows": None if args.streaming else len(train),
+            "validation_rows": len(validation),
+            "train_files": _split_files_identity(dataset_dir, args.train_split, checked),
+            "validation_files": _split_files_identity(dataset_dir, args.validation_split, checked),
+            "streaming": bool(args.streaming),
+            **({"shuffle_buffer_size": args.shuffle_buffer_size} if args.streaming else {}),
+        },
+    )
     if args.streaming:
-        data_files = {
-            split: sorted(str(path) for path in (Path(args.dataset_dir) / split).glob("*.arrow"))
-            for split in (args.train_split, args.validation_split)
-        }
-        train = datasets.load_dataset("arrow", data_files={"train": data_files[args.train_split]}, split="train", streaming=True)
-        validation = datasets.load_from_disk(str(Path(args.dataset_dir) / args.validation_split))
         train_reports = (row["report"] for row in train.select_columns(["report"]))
     else:
-        data = datasets.load_from_disk(args.dataset_dir)
-        train, validation = data[args.train_split], data[args.validation_split]
         train_reports = train["report"]
     if args.max_eval_samples is not None:
         validation = validation.select(range(min(args.max_eval_samples, len(validation))))
@@ -70,8 +196,24 @@ def zero_shot_label_set(name: str) -> dict[str, tuple[str, str]]:
         return demo_zero_shot_label_set()
     if name == "mimic":
         return dict(MIMIC_ZERO_SHOT_LABELS)
-    with open(name, encoding="utf-8") as handle:
-        return {label: (prompt, pattern) for label, (prompt, pattern) in json.load(handle).items()}
+    usage = 'pass "demo", "mimic" or a JSON file {"label": ["prompt", "regular expression"], ...}'
+    try:
+        with open(name, encoding="utf-8") as handle:
+            raw = json.load(handle)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise PretrainingFileError(f"--zero_shot_labels {name}: {first_line(error)}; {usage}.") from error
+    if not isinstance(raw, dict) or not raw:
+        raise PretrainingInputError(f"--zero_shot_labels {name}: not a non-empty JSON object; {usage}.")
+    labels = {}
+    for label, value in raw.items():
+        if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(item, str) and item for item in value)):
+            raise PretrainingInputError(f"--zero_shot_labels {name}: label {label!r} is {value!r}, not [prompt, regex]; {usage}.")
+        try:
+            re.compile(value[1])
+        except re.error as error:
+            raise PretrainingInputError(f"--zero_shot_labels {name}: label {label!r}: bad regular expression {value[1]!r} ({error}).") from error
+        labels[label] = (value[0], value[1])
+    return labels
 
 
 def keyword_labels(reports: Sequence[str], label_set: Mapping[str, tuple[str, str]]) -> np.ndarray:
@@ -107,7 +249,7 @@ def build_n3s_indexes(args: argparse.Namespace, train_reports, validation_report
         try:
             indexes[split] = load_or_build_n3s_index(reports, n3s_cache_dir(args, split), settings, device=device)
         except N3SEncoderUnavailable as error:
-            raise OSError(f"--n3s_encoder {args.n3s_encoder!r}: {error}") from error
+            raise PretrainingFileError(f"--n3s_encoder {args.n3s_encoder!r}: {error}") from error
     return indexes
 
 

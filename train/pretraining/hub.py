@@ -6,11 +6,13 @@ the background uploads of checkpoints and the final folder."""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -18,15 +20,26 @@ from accelerate.utils import DistributedType
 
 from configuration_dbeta import DBetaConfig
 from dbeta.files import staged_files
+from dbeta.loading import TRAINING_RECORDS_NAME
 from dbeta.hub_export import write_hub_folder
 from dbeta.model_card import PretrainingReport, build_model_card
 from dbeta.provenance import git_revision, package_versions
-from dbeta.train.demo.recipe import DEMO_NOTES, demo_dataset_description
-from dbeta.train.pretraining.checkpoints import CHECKPOINTS_FOLDER, HUB_STAGING_FOLDER, TrainingProgress
+from dbeta.train.demo.recipe import demo_dataset_description, demo_notes, demo_training_records
+from dbeta.train.pretraining.checkpoints import (
+    CHECKPOINTS_FOLDER,
+    EXPORT_MANIFEST,
+    HUB_STAGING_FOLDER,
+    TrainingProgress,
+    is_write_failure,
+    write_failure_message,
+)
+from dbeta.train.pretraining.errors import CheckpointWriteError
+from dbeta.train.pretraining.fingerprint import card_notes, resume_notes
 from dbeta.train.pretraining.model import text_encoder_source
 
-#: Not uploaded with the final folder (checkpoints hold optimizer states; staging is transient).
-HUB_IGNORE_PATTERNS = [f"{CHECKPOINTS_FOLDER}/**", f"{HUB_STAGING_FOLDER}/**"]
+#: Not uploaded with the final folder (checkpoints hold optimizer states; staging is transient; the
+#: export manifest only serves `--overwrite_output_dir`).
+HUB_IGNORE_PATTERNS = [f"{CHECKPOINTS_FOLDER}/**", f"{HUB_STAGING_FOLDER}/**", EXPORT_MANIFEST]
 #: The packages whose versions the model card lists (with the git revision of the checkout).
 CARD_PACKAGES = ("torch", "transformers", "accelerate", "datasets")
 
@@ -93,8 +106,22 @@ def export_hub_folder(accelerator: Accelerator, model, processor, folder: str | 
         return
     # The same writer as train/conversion/convert_original_checkpoint.py, so both folders load the same way;
     # staged, so that a failed export never leaves one step's weights beside another step's card.
-    with staged_files(folder, HUB_STAGING_FOLDER) as staging:
-        write_hub_folder(unwrapped, processor, staging, card, extra_files, label_descriptions)
+    try:
+        with staged_files(folder, HUB_STAGING_FOLDER) as staging:
+            write_hub_folder(unwrapped, processor, staging, card, extra_files, label_descriptions)
+            # The names this export wrote: what --overwrite_output_dir deletes in a later run (and nothing else).
+            names = sorted(entry.name for entry in staging.iterdir())
+            (staging / EXPORT_MANIFEST).write_text(json.dumps({"files": names}, indent=2) + "\n", encoding="utf-8")
+    except Exception as error:
+        if not is_write_failure(error):
+            raise
+        raise CheckpointWriteError(
+            write_failure_message(
+                f"The Hub folder {folder}", Path(folder), error,
+                "the files it held before are untouched. Free space on that disk (or fix its permissions); the training "
+                "state is in the last checkpoint (--resume_from_checkpoint latest).",
+            )
+        ) from error  # fmt: skip
 
 
 def export_run(
@@ -130,7 +157,7 @@ def export_run(
         license=args.license,
         hub_dataset_ids=[],
         software=software_versions(),
-        notes=DEMO_NOTES if args.is_demo else [],
+        notes=(demo_notes() if args.is_demo else []) + card_notes(args),
         text_encoder=text_encoder_source(args),
         n3s_encoder=args.n3s_encoder,
     )
@@ -138,12 +165,23 @@ def export_run(
         "completed_steps": progress.completed_steps, "samples_seen": progress.samples_seen, "train_seconds": progress.train_seconds,
         "text_encoder": text_encoder_source(args), "n3s_encoder": args.n3s_encoder, "metrics": dict(metrics_for_card),
     }  # fmt: skip
+    if resume_notes(args):  # resumes that changed the run's settings, or could not check them
+        results["resumes"] = resume_notes(args)
     # The demo's folder describes its own zero-shot labels (`label_descriptions.json`); others get the packaged file.
     label_descriptions = {label: prompt for label, (prompt, _) in label_set.items()} if args.is_demo else None
+    extra_files = {"results.json": json.dumps(results, indent=2) + "\n"}
+    if args.is_demo:  # the real records it learnt from, which evaluation must leave out
+        extra_files[TRAINING_RECORDS_NAME] = json.dumps(
+            {"datasets": _demo_training_records(args.demo_real_pairs)}, indent=2
+        ) + "\n"
     export_hub_folder(
-        accelerator, model, processor, folder, build_model_card(summary),
-        {"results.json": json.dumps(results, indent=2) + "\n"}, label_descriptions,
+        accelerator, model, processor, folder, build_model_card(summary), extra_files, label_descriptions,
     )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4)
+def _demo_training_records(demo_real_pairs: str) -> dict:
+    return demo_training_records(demo_real_pairs)  # read once per run, not at every export
 
 
 def software_versions() -> dict[str, str]:

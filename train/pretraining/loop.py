@@ -38,7 +38,9 @@ def init_trackers(accelerator: Accelerator, args: argparse.Namespace) -> None:
     """Start the `--report_to` trackers with the run's settings (and where its text tower comes from)."""
     if args.report_to == "none":
         return
-    hyperparameters = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in vars(args).items()}
+    hyperparameters = {
+        k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in vars(args).items() if not k.startswith("_")
+    }  # `_...`: what the run notes on args for itself (the fingerprint's parts), not settings
     hyperparameters["text_encoder_source"] = text_encoder_source(args)
     accelerator.init_trackers("dbeta-pretrain", config=hyperparameters)
 

@@ -18,6 +18,8 @@ from configuration_dbeta import DBetaConfig
 from dbeta.train.demo.recipe import demo_model_config
 from dbeta.train.pretraining.args import DEFAULT_N3S_ENCODER, DEFAULT_TEXT_ENCODER
 from dbeta.train.pretraining.data import n3s_cache_dir
+from dbeta.train.pretraining.errors import PretrainingFileError, PretrainingInputError, first_line
+from dbeta.train.pretraining.fingerprint import note_model, note_tokenizer
 from dbeta.train.pretraining.n3s import N3SSettings
 from dbeta.train.pretraining.speed_levers import build_adamw, compile_repeated_layers
 from modeling_dbeta import DBetaForPreTraining
@@ -32,22 +34,40 @@ logger = get_logger(__name__)
 
 def load_tokenizer(args: argparse.Namespace):
     try:
-        return AutoTokenizer.from_pretrained(args.tokenizer_name)
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name)
     except (OSError, ValueError) as error:
-        raise OSError(
+        raise PretrainingFileError(
             f"The tokenizer {args.tokenizer_name!r} could not be loaded ({error}); pass a reachable one with --tokenizer_name."
         ) from error
+    note_tokenizer(args, tokenizer)  # part of the run's fingerprint
+    return tokenizer
 
 
 def apply_config_overrides(config: DBetaConfig, overrides: str) -> None:
     """`--config_overrides`: "key=value,..." for top-level fields; "ecg_config.key=value" for the ECG tower's."""
     top_level, ecg = [], []
     for item in filter(None, (part.strip() for part in overrides.split(","))):
+        if "=" not in item:
+            raise PretrainingInputError(f"--config_overrides: {item!r} is not key=value (e.g. \"mlm_probability=0.15,ecg_config.mask_ratio=0.5\").")
         (ecg if item.startswith("ecg_config.") else top_level).append(item.removeprefix("ecg_config."))
-    if top_level:
-        config.update_from_string(",".join(top_level))
-    if ecg:
-        config.ecg_config.update_from_string(",".join(ecg))
+    try:
+        if top_level:
+            config.update_from_string(",".join(top_level))
+        if ecg:
+            config.ecg_config.update_from_string(",".join(ecg))
+    except (ValueError, TypeError, AttributeError) as error:
+        raise PretrainingInputError(f"--config_overrides {overrides!r}: {first_line(error)}.") from error
+
+
+def load_config_file(path: str) -> DBetaConfig:
+    """`--config_name`: a DBetaConfig JSON file, or a one-line error naming it."""
+    try:
+        return DBetaConfig.from_json_file(path)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError) as error:
+        raise PretrainingFileError(
+            f"--config_name {path}: not a readable DBetaConfig JSON file ({first_line(error)}); pass the config.json of a "
+            "D-BETA model or one written by DBetaConfig.to_json_file."
+        ) from error
 
 
 def build_model(args: argparse.Namespace, tokenizer) -> DBetaForPreTraining:
@@ -55,7 +75,7 @@ def build_model(args: argparse.Namespace, tokenizer) -> DBetaForPreTraining:
         model = DBetaForPreTraining.from_pretrained(args.model_name_or_path)
     else:
         if args.config_name:
-            config = DBetaConfig.from_json_file(args.config_name)
+            config = load_config_file(args.config_name)
         elif args.is_demo:  # the demo recipe's small model
             config = demo_model_config(tokenizer)
         else:
@@ -66,16 +86,18 @@ def build_model(args: argparse.Namespace, tokenizer) -> DBetaForPreTraining:
             try:
                 model = DBetaForPreTraining.from_text_encoder_pretrained(args.text_encoder, config=config)
             except OSError as error:
-                raise OSError(
+                raise PretrainingFileError(
                     f"--text_encoder {args.text_encoder!r} could not be loaded ({error}); pass a reachable checkpoint, "
                     "or --text_encoder_from_scratch to train the text tower from random weights."
                 ) from error
         else:
             model = DBetaForPreTraining(config)
     if len(tokenizer) > model.config.text_config.vocab_size:
-        raise ValueError(
-            f"The tokenizer has {len(tokenizer)} tokens but the text encoder only {model.config.text_config.vocab_size} embeddings."
+        raise PretrainingInputError(
+            f"The tokenizer ({args.tokenizer_name}) has {len(tokenizer)} tokens but the text encoder only "
+            f"{model.config.text_config.vocab_size} embeddings; pass the model's own --tokenizer_name."
         )
+    note_model(args, model.config)  # part of the run's fingerprint
     if args.attn_implementation:
         model.config._attn_implementation = args.attn_implementation
     if args.gradient_checkpointing:
@@ -109,7 +131,7 @@ def check_pretrained_encoders(args: argparse.Namespace) -> None:
         try:
             transformers.AutoConfig.from_pretrained(args.text_encoder)
         except (OSError, ValueError) as error:
-            raise OSError(
+            raise PretrainingFileError(
                 f"--text_encoder {args.text_encoder!r} could not be loaded ({error}). Real pre-training starts the text "
                 f"tower from the pretrained {DEFAULT_TEXT_ENCODER} (the paper). Make it reachable (online, in the Hugging Face "
                 "cache, e.g. `huggingface-cli download google/flan-t5-base`, or as a local folder passed to --text_encoder), "
@@ -129,7 +151,7 @@ def check_n3s_encoder(name: str) -> None:
     try:
         transformers.AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as error:
-        raise OSError(
+        raise PretrainingFileError(
             f"--n3s_encoder {name!r} could not be loaded ({error}). N3S embeds the reports with {DEFAULT_N3S_ENCODER} "
             "(the paper). Make it reachable (online, in the Hugging Face cache, or as a local folder passed to "
             "--n3s_encoder), or pass --n3s_encoder tfidf for TF-IDF negatives (offline; not the paper's setting)."

@@ -139,18 +139,30 @@ class N3SIndex:
         staging.mkdir(parents=True)
         (staging / "reports.json").write_text(json.dumps(self.reports, ensure_ascii=False))
         np.save(staging / "candidates.npy", self.candidates)
-        meta = {"version": N3S_CACHE_VERSION, "fingerprint": fingerprint, "num_reports": len(self), **asdict(self.settings)}
+        meta = {"version": N3S_CACHE_VERSION, "fingerprint": fingerprint, "num_reports": len(self), **asdict(self.settings),
+                "files_sha256": {name: _sha256(staging / name) for name in ("reports.json", "candidates.npy")}}  # fmt: skip
         (staging / "n3s_config.json").write_text(json.dumps(meta, indent=2))
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(staging, directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> tuple[N3SIndex, str]:
-        """Load a saved index; returns it with the fingerprint it was saved with."""
+        """Load a saved index; returns it with the fingerprint it was saved with. Raises ValueError
+        for files that differ from what `save` wrote (their SHA-256; older caches have none) or
+        candidates that are not row ids of the reports."""
         directory = Path(directory)
         meta = json.loads((directory / "n3s_config.json").read_text())
+        for name, digest in (meta.get("files_sha256") or {}).items():
+            if name in ("reports.json", "candidates.npy") and _sha256(directory / name) != digest:
+                raise ValueError(f"{directory / name} differs from what was saved (damaged or edited)")
         reports = json.loads((directory / "reports.json").read_text())
         candidates = np.load(directory / "candidates.npy")
+        # A cache from disk is checked (older ones have no checksums): row ids of the reports, never the report itself.
+        if candidates.ndim != 2 or not np.issubdtype(candidates.dtype, np.integer) or candidates.shape[0] != len(reports):
+            raise ValueError(f"{directory / 'candidates.npy'}: {candidates.dtype} array of shape {candidates.shape} for {len(reports)} reports")
+        if candidates.size and (candidates.min() < -1 or candidates.max() >= len(reports)
+                                or (candidates == np.arange(len(reports))[:, None]).any()):  # fmt: skip
+            raise ValueError(f"{directory / 'candidates.npy'} holds row ids that are not other reports' (damaged)")
         settings = N3SSettings(**{key: meta[key] for key in asdict(N3SSettings())})
         return cls(reports, candidates, settings), meta["fingerprint"]
 
@@ -296,6 +308,14 @@ def unique_reports(reports: Iterable[str]) -> list[str]:
     return sorted({text for text in (normalize_report(report) for report in reports) if text})
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def reports_fingerprint(reports: Sequence[str], settings: N3SSettings) -> str:
     digest = hashlib.sha256(json.dumps({"version": N3S_CACHE_VERSION, **asdict(settings)}, sort_keys=True).encode())
     for report in reports:
@@ -350,10 +370,10 @@ def load_or_build_n3s_index(
     if (directory / "n3s_config.json").is_file():
         try:
             index, saved_fingerprint = N3SIndex.load(directory)
-        except (OSError, ValueError, KeyError) as error:
+        except (OSError, ValueError, KeyError, TypeError, EOFError) as error:
             logger.warning("Unreadable N3S cache in %s (%s); rebuilding it.", directory, error)
         else:
-            if saved_fingerprint == fingerprint:
+            if saved_fingerprint == fingerprint and index.reports == texts and index.settings == settings:
                 logger.info("N3S: reusing %d reports' candidates from %s", len(index), directory)
                 return index
             logger.info("N3S cache in %s was built from other reports or settings; rebuilding it.", directory)
