@@ -860,7 +860,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, Interrupted) as error:
         name = error.args[0] if isinstance(error, Interrupted) else "SIGINT"
         output = getattr(args, "output", None)
-        kept = f"; {output} was not written (an existing file is unchanged)" if output else ""
+        kept = f"; {output} was not written (an existing file or export folder is unchanged)" if output else ""
         print(f"dbeta: interrupted ({name}){kept}", file=sys.stderr)
         return 128 + (error.signum if isinstance(error, Interrupted) else signal.SIGINT)
     finally:
