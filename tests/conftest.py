@@ -22,3 +22,11 @@ def fixtures_dir() -> Path:
 def shared_real_data_dir():
     """The optional shared real-data folder, or None when it is not there."""
     return SHARED_REAL_DATA_DIR if SHARED_REAL_DATA_DIR.is_dir() else None
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    """A tiny random D-BETA saved as a complete zero-shot folder (one per test module)."""
+    from zero_shot_utils import save_tiny_zero_shot_folder
+
+    return save_tiny_zero_shot_folder(tmp_path_factory.mktemp("dbeta-tiny"))

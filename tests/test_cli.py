@@ -10,18 +10,13 @@ import pandas as pd
 import pytest
 import torch
 from transformers import pipeline
-from zero_shot_utils import CINC_FIXTURES, LUDB_FIXTURES, copy_records, save_tiny_zero_shot_folder
+from zero_shot_utils import CINC_FIXTURES, LUDB_FIXTURES, copy_records
 
 from dbeta.cli import find_records, main
 from pipeline_dbeta import TASK
 
 LABELS = ["AFIB", "LBBB", "sinus rhythm"]
 GOOD = ["cinc/E07501", "cinc/HR06000", "cinc/JS00666", "code.hdf5#0", "code.hdf5#1", "ludb/1", "ludb/2", "ludb/3"]
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
-    return save_tiny_zero_shot_folder(tmp_path_factory.mktemp("dbeta-tiny"))
 
 
 @pytest.fixture(scope="module")

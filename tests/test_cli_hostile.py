@@ -7,15 +7,10 @@ import shutil
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from zero_shot_utils import LUDB_FIXTURES, copy_records, save_tiny_zero_shot_folder
+from zero_shot_utils import LUDB_FIXTURES, copy_records
 
 from dbeta.cli import main
 from dbeta.files import formula_safe
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
-    return save_tiny_zero_shot_folder(tmp_path_factory.mktemp("dbeta-tiny"))
 
 
 def rows(path):

@@ -28,11 +28,6 @@ LABELS = ["AFIB", "LBBB", "sinus rhythm"]
 
 
 @pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
-    return save_tiny_zero_shot_folder(tmp_path_factory.mktemp("dbeta-tiny"))
-
-
-@pytest.fixture(scope="module")
 def records(tmp_path_factory):
     root = tmp_path_factory.mktemp("records")
     copy_records(LUDB_FIXTURES, root / "ludb", ["1", "2", "3"])

@@ -10,17 +10,12 @@ import transformers
 import yaml
 from sklearn.metrics import roc_auc_score
 from transformers import pipeline
-from zero_shot_utils import LUDB_FIXTURES, save_tiny_zero_shot_folder
+from zero_shot_utils import LUDB_FIXTURES
 
 from dbeta.train.evaluation import downstream
 from dbeta.train.evaluation.evaluate import finetune, label_prompts, linear_probe, main, prepare_original, probe_subset
 from pipeline_dbeta import TASK
 from processing_dbeta import ECGRecord
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
-    return save_tiny_zero_shot_folder(tmp_path_factory.mktemp("dbeta-tiny"))
 
 
 def test_evaluate_end_to_end_on_ludb(model_folder, tmp_path):

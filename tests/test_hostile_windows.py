@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from transformers import pipeline
-from zero_shot_utils import save_tiny_zero_shot_folder
 
 from pipeline_dbeta import TASK
 from processing_dbeta import (
@@ -29,11 +28,6 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 LUDB = FIXTURES / "ludb"
 LABELS = ["AFIB", "sinus rhythm", "LBBB"]
 INDEPENDENT = [0, 1, 6, 7, 8, 9, 10, 11]  # I, II, V1-V6 in the standard order
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
-    return save_tiny_zero_shot_folder(tmp_path_factory.mktemp("dbeta-tiny"))
 
 
 @pytest.fixture(scope="module")

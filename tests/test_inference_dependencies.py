@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from zero_shot_utils import CINC_FIXTURES, LUDB_FIXTURES, copy_records, save_tiny_zero_shot_folder
+from zero_shot_utils import CINC_FIXTURES, LUDB_FIXTURES, copy_records
 
 TRAINING_ONLY = ("sklearn", "datasets", "accelerate", "pandas", "tensorboard")
 WFDB_NEEDS = ("pandas",)
@@ -48,11 +48,6 @@ def run_without_training_packages(*args: str, reads_wfdb: bool = False) -> subpr
     return subprocess.run(
         [sys.executable, "-c", RUNNER, ",".join(blocked), *args], capture_output=True, text=True, timeout=300, check=False
     )
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
-    return save_tiny_zero_shot_folder(tmp_path_factory.mktemp("dbeta-tiny"))
 
 
 @pytest.fixture(scope="module")

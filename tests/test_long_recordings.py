@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from transformers import pipeline
-from zero_shot_utils import save_tiny_zero_shot_folder
 
 from dbeta.cli import main
 from pipeline_dbeta import TASK
@@ -33,11 +32,6 @@ def write_wfdb(folder, name: str, seconds: float, rate: int = 500, seed: int = 0
     lines = [f"{name} 12 {rate} {total}"] + [f"{name}.dat 16 200/mV 16 0 0 0 0 {lead}" for lead in LEADS]
     (folder / f"{name}.hea").write_text("\n".join(lines) + "\n")
     return folder / name
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
-    return save_tiny_zero_shot_folder(tmp_path_factory.mktemp("dbeta-tiny"))
 
 
 @pytest.fixture(scope="module")

@@ -1,18 +1,12 @@
 """`dbeta report`: the 12-lead ECG on standard paper with label scores, from real fixture records."""
 
 import numpy as np
-import pytest
-from zero_shot_utils import CINC_FIXTURES, FIXTURES, save_tiny_zero_shot_folder
+from zero_shot_utils import CINC_FIXTURES, FIXTURES
 
 from dbeta.cli import main
 from dbeta.report import GAIN_MM_PER_MV, PAPER_SPEED_MM_PER_S, render_report
 
 LABELS = ["AFIB", "LBBB", "RBBB", "sinus rhythm", "SBRAD"]
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
-    return save_tiny_zero_shot_folder(tmp_path_factory.mktemp("dbeta-tiny"))
 
 
 def read_png(path):

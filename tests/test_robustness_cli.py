@@ -13,7 +13,7 @@ import time
 import pandas as pd
 import pytest
 from safetensors.torch import load_file, save_file
-from zero_shot_utils import LUDB_FIXTURES, copy_records, save_tiny_zero_shot_folder
+from zero_shot_utils import LUDB_FIXTURES, copy_records
 
 import dbeta.cli as cli
 import dbeta.embedding as retrieval
@@ -36,11 +36,6 @@ retrieval.embed_ecg_batch = slow
 from dbeta.cli import main
 sys.exit(main(sys.argv[2:]))
 """
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
-    return save_tiny_zero_shot_folder(tmp_path_factory.mktemp("dbeta-tiny"))
 
 
 @pytest.fixture(scope="module")
