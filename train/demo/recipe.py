@@ -10,6 +10,8 @@ main flow writes and prepares the corpus (`prepare_demo_dataset`) in place of re
 
 from __future__ import annotations
 
+import functools
+
 import json
 import os
 import re
@@ -73,12 +75,19 @@ DEMO_NOTES = [
 ]
 
 
+@functools.lru_cache(maxsize=1)
+def beat_source_ids() -> tuple[str, ...]:
+    """The LUDB training-part patients whose median beats the simulator borrows (read once: the card
+    and `training_records.json` of every export use them)."""
+    from dbeta.train.demo.make_demo_corpus import real_beat_library
+
+    return tuple(beat.record_id for beat in real_beat_library())
+
+
 def demo_notes() -> list[str]:
     """The demo card's departures from the paper, the first counting the real patients whose beats
     the simulator borrows (counted, so that the card cannot drift from the library)."""
-    from dbeta.train.demo.make_demo_corpus import real_beat_library
-
-    patients = len(real_beat_library())
+    patients = len(beat_source_ids())
     borrowed = (
         f"The simulated corpus builds 80% of its ECGs from the median beats of {patients} patients of the LUDB v1.0.1 "
         "training part (ODC-By 1.0; none of the 65 real evaluation patients), re-timed to simulated rhythms; the "
@@ -307,8 +316,6 @@ def demo_training_records(demo_real_pairs: str) -> dict:
     the LUDB training-part patients whose median beats the simulator borrows, and the real
     ECG-report pairs of `--demo_real_pairs`. Written into the model folder
     (`dbeta.loading.TRAINING_RECORDS_NAME`) so that evaluation leaves them out."""
-    from dbeta.train.demo.make_demo_corpus import real_beat_library
-
     datasets: dict[str, dict] = {}
 
     def add(dataset: str, record_id: str, use: str) -> None:
@@ -318,8 +325,8 @@ def demo_training_records(demo_real_pairs: str) -> dict:
         if use not in entry["uses"]:
             entry["uses"].append(use)
 
-    for beat in real_beat_library():
-        add("ludb", beat.record_id, "median beats of the simulated corpus")
+    for record_id in beat_source_ids():
+        add("ludb", record_id, "median beats of the simulated corpus")
     if demo_real_pairs not in (None, "none"):
         from dbeta.train.demo.real_ecg import real_training_pairs
 
