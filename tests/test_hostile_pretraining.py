@@ -300,6 +300,23 @@ def test_random_bytes_inside_an_arrow_file_stop_training_naming_the_file(tiny_se
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
+def test_only_the_hashing_process_reads_the_contents(damaged_copy):
+    """`pretrain.py` hashes the prepared files on one process per machine (`check_prepared_data`
+    through `SharedPreparation`); the others check presence and sizes only."""
+    from dbeta.train.data.mimic_iv_ecg import PreparedDatasetError, verify_prepared_dataset
+
+    arrow = first_train_arrow(damaged_copy)
+    with open(arrow, "r+b") as handle:
+        handle.seek(arrow.stat().st_size // 2)
+        handle.write(os.urandom(64))
+    assert verify_prepared_dataset(damaged_copy, ("train", "validation"), hash_files=False) is not None
+    with pytest.raises(PreparedDatasetError, match="SHA-256 mismatch"):
+        verify_prepared_dataset(damaged_copy, ("train", "validation"))
+    os.truncate(arrow, arrow.stat().st_size // 2)
+    with pytest.raises(PreparedDatasetError, match="truncated"):
+        verify_prepared_dataset(damaged_copy, ("train", "validation"), hash_files=False)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "deleted", "state_edited"])
 def test_truncated_missing_or_edited_files_are_named(tiny_setup, damaged_copy, tmp_path, damage):
     arrow = first_train_arrow(damaged_copy)

@@ -45,7 +45,14 @@ from dbeta.train.demo.recipe import prepare_demo_dataset
 from dbeta.train.pretraining.args import parse_args
 from dbeta.train.pretraining.checkpoints import TrainingProgress, prepare_output_dir, resume_training, save_checkpoint
 from dbeta.train.pretraining.errors import PretrainingInputError, one_line
-from dbeta.train.pretraining.data import build_dataloaders, build_n3s_indexes, data_counts, load_splits, zero_shot_label_set
+from dbeta.train.pretraining.data import (
+    build_dataloaders,
+    build_n3s_indexes,
+    check_prepared_data,
+    data_counts,
+    load_splits,
+    zero_shot_label_set,
+)
 from dbeta.train.pretraining.hub import HubUploader, build_processor, export_run
 from dbeta.train.pretraining.loop import PretrainingResult, init_trackers, train_loop
 from dbeta.train.pretraining.model import (
@@ -83,7 +90,9 @@ def main(argv: Sequence[str] | None = None) -> PretrainingResult:
         args.dataset_dir = preparation.run("writing and preparing the demo corpus", prepare_demo_dataset, args)
         real_eval_set = load_ludb_eval_set()
     tokenizer = preparation.run("loading the tokenizer", load_tokenizer, args)
-    train_data, validation_data, train_reports = load_splits(args)
+    # The prepared files' SHA-256 are checked once per machine, not by every process.
+    preparation.run("checking the prepared data", check_prepared_data, args, accelerator.is_local_main_process)
+    train_data, validation_data, train_reports = load_splits(args, hash_files=False)
     n3s_device = accelerator.device if args.n3s_encoder != "tfidf" else None
     indexes = preparation.run(
         "building the N3S cache", build_n3s_indexes, args, train_reports, validation_data["report"], n3s_device

@@ -115,19 +115,33 @@ def _split_files_identity(dataset_dir: Path, split: str, checked: Mapping | None
     return "size:" + hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
 
 
-def load_splits(args: argparse.Namespace):
+def check_prepared_data(args: argparse.Namespace, hash_files: bool) -> None:
+    """The prepared folder's layout and files against its checksum manifest (SHA-256 with
+    `hash_files`, sizes otherwise). `train/pretrain.py` runs it through `SharedPreparation`, hashing
+    on the first process of each machine only, so a failure stops every process with one message."""
+    dataset_dir = Path(args.dataset_dir)
+    splits = (args.train_split, args.validation_split)
+    _check_dataset_layout(dataset_dir, splits)
+    try:
+        verify_prepared_dataset(dataset_dir, splits, hash_files=hash_files)
+    except PreparationInputError as error:
+        raise PretrainingFileError(str(error)) from error
+
+
+def load_splits(args: argparse.Namespace, hash_files: bool = True):
     """(train dataset, validation dataset, train reports); the training split may be a stream.
 
     The prepared files are checked first against the checksum manifest of their preparation
     (`dbeta.train.data.mimic_iv_ecg.verify_prepared_dataset`): a damaged, truncated or edited file is
     a `PretrainingFileError` naming it; a dataset without a manifest loads with a warning, its Arrow
-    files' framing checked. Then the splits must hold the columns training reads, a validation
+    files' framing checked (`hash_files=False`: sizes only, after `check_prepared_data` hashed them).
+    Then the splits must hold the columns training reads, a validation
     row and (map-style) one training batch. The data's identity goes into the run fingerprint."""
     dataset_dir = Path(args.dataset_dir)
     splits = (args.train_split, args.validation_split)
     _check_dataset_layout(dataset_dir, splits)
     try:
-        checked = verify_prepared_dataset(dataset_dir, splits)
+        checked = verify_prepared_dataset(dataset_dir, splits, hash_files=hash_files)
     except PreparationInputError as error:
         raise PretrainingFileError(str(error)) from error
     data_files = {split: split_data_files(dataset_dir, split) for split in splits}
