@@ -95,14 +95,47 @@ def train(args, variant: str, seed: int) -> dict:
     return {"wall_seconds": time.perf_counter() - started, "cpu_seconds": _child_cpu_seconds() - cpu_before, "load_average": os.getloadavg()}
 
 
+def real_set():
+    """The real records scored here: the dev split of the LUDB training part under `--protocol dev`
+    (the evaluation file cannot be opened then), the 65 evaluation patients otherwise."""
+    from dbeta.train.demo.real_ecg import dev_protocol, load_ludb_dev_set, load_ludb_eval_set
+
+    return load_ludb_dev_set() if dev_protocol() else load_ludb_eval_set()
+
+
+#: Rate labels and their definitions (beats/min): the measured rate of their positives is printed,
+#: and a positive outside its own definition is flagged.
+RATE_DEFINITIONS = {"sinus bradycardia": (None, 60.0), "sinus tachycardia": (100.0, None)}
+
+
+def positive_rates() -> dict:
+    """Median R-R heart rate of each rate label's positives (the simulator's R-peak detector), and
+    which ones fall outside the label's definition (LUDB's two "sinus tachycardia" patients run at
+    90-91 /min by this count: that label then ranks the two fastest records, not tachycardia)."""
+    from dbeta.train.demo.make_demo_corpus import detect_r_peaks
+    from dbeta.train.demo.real_ecg import LUDB_RHYTHM_LABELS
+
+    eval_set = real_set()
+    out = {}
+    for name, (low, high) in RATE_DEFINITIONS.items():
+        positives = np.flatnonzero(eval_set.labels({name: LUDB_RHYTHM_LABELS[name]})[:, 0])
+        rates = []
+        for index in positives:
+            rr = np.diff(detect_r_peaks(np.asarray(eval_set.signals[index], dtype=np.float64))) / eval_set.sampling_rate
+            rates.append(round(float(60.0 / np.median(rr)), 1))
+        outside = [rate for rate in rates if (low is not None and rate <= low) or (high is not None and rate >= high)]
+        out[name] = {"rates": rates, "outside_definition": outside}
+    return out
+
+
 def pipeline_real_auroc(model_folder: Path) -> dict:
     """Per-label and macro AUROC on the vendored real set, through the public pipeline."""
     from transformers import pipeline
 
     from dbeta.train.evaluation.metrics import multilabel_auroc
-    from dbeta.train.demo.real_ecg import LUDB_RHYTHM_LABELS, load_ludb_eval_set
+    from dbeta.train.demo.real_ecg import LUDB_RHYTHM_LABELS
 
-    eval_set = load_ludb_eval_set()
+    eval_set = real_set()
     scored = eval_set.scored_labels()
     labels = eval_set.labels({name: LUDB_RHYTHM_LABELS[name] for name in scored})
     classifier = pipeline("zero-shot-ecg-classification", model=str(model_folder), trust_remote_code=True, device="cpu")
@@ -110,7 +143,7 @@ def pipeline_real_auroc(model_folder: Path) -> dict:
     scores = np.array([[{item["label"]: item["score"] for item in output}[name] for name in scored] for output in outputs])
     auroc = multilabel_auroc(labels, scores, scored)
     return {"macro": float(auroc.macro), "per_label": {k: float(v) for k, v in auroc.per_label.items()}, "records": len(eval_set.record_ids),
-            "positives": {name: int(count) for name, count in zip(scored, labels.sum(axis=0))}}
+            "positives": {name: int(count) for name, count in zip(scored, labels.sum(axis=0))}, "split": eval_set.split}
 
 
 def rr_rule_baseline() -> dict:
@@ -120,9 +153,9 @@ def rr_rule_baseline() -> dict:
     100 CV). An upper reference for what the rhythm labels need, not a zero-shot model."""
     from dbeta.train.demo.make_demo_corpus import detect_r_peaks
     from dbeta.train.evaluation.metrics import multilabel_auroc
-    from dbeta.train.demo.real_ecg import LUDB_RHYTHM_LABELS, load_ludb_eval_set
+    from dbeta.train.demo.real_ecg import LUDB_RHYTHM_LABELS
 
-    eval_set = load_ludb_eval_set()
+    eval_set = real_set()
     rates, variation = [], []
     for signal in eval_set.signals:
         rr = np.diff(detect_r_peaks(np.asarray(signal, dtype=np.float64))) / eval_set.sampling_rate
@@ -148,9 +181,9 @@ def real_linear_probe(model_folder: Path) -> dict:
     from sklearn.preprocessing import StandardScaler
     from transformers import AutoModel, AutoProcessor
 
-    from dbeta.train.demo.real_ecg import LUDB_RHYTHM_LABELS, load_ludb_eval_set
+    from dbeta.train.demo.real_ecg import LUDB_RHYTHM_LABELS
 
-    eval_set = load_ludb_eval_set()
+    eval_set = real_set()
     model = AutoModel.from_pretrained(str(model_folder), trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(str(model_folder), trust_remote_code=True)
     inputs = processor(ecg=list(eval_set.signals), sampling_rate=eval_set.sampling_rate, lead_names=list(eval_set.lead_names), return_tensors="pt")
@@ -178,7 +211,14 @@ def markdown(results: dict) -> str:
     variants = list(results)
     labels = sorted({label for runs in results.values() for run in runs.values() for label in run["real"]["per_label"]},
                     key=lambda name: list(__import__("dbeta.train.demo.real_ecg", fromlist=["x"]).LUDB_RHYTHM_LABELS).index(name))
-    lines = ["| metric | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
+    first = next(iter(next(iter(results.values())).values()))["real"]
+    split = first.get("split", "evaluation")
+    lines = [
+        ("Real set: the DEV split of the LUDB training part (" if split == "dev" else "Real set: the vendored LUDB evaluation set (")
+        + f"{first['records']} patients; positives: " + ", ".join(f"{k} {v}" for k, v in first.get("positives", {}).items()) + ").",
+        "",
+        "| metric | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants),
+    ]
 
     def row(name, getter, digits=3):
         cells = [_mean_sd([getter(run) for run in results[v].values()], digits) for v in variants]
@@ -187,6 +227,7 @@ def markdown(results: dict) -> str:
     for label in labels:
         row(f"real AUROC {label}", lambda run, label=label: run["real"]["per_label"].get(label))
     row("**real macro AUROC**", lambda run: run["real"]["macro"])
+    lines.append("| lowest seed's real macro AUROC | " + " | ".join(f"{min(run['real']['macro'] for run in results[v].values()):.3f}" for v in variants) + " |")
     row("simulated validation macro AUROC", lambda run: run["simulated"].get("zero_shot_macro_auroc"))
     row("simulated ECG->report recall@1", lambda run: run["simulated"].get("ecg_to_text_recall@1"))
     # Near 0: the pooled ECG embedding no longer depends on the input (a collapsed model), and its
@@ -221,6 +262,9 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--protocol", choices=["eval", "dev"], default="eval",
+                        help="dev: judge a choice on the dev split of the LUDB training part; this process and its children "
+                             "cannot read the evaluation file (DBETA_PROTOCOL=dev). eval: a reported run, read once.")
     parser.add_argument("--variants", nargs="+", default=["sim", "sim+real"], choices=["sim", "sim+ludb", "sim+real"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--real_dir", default=str(REPO_ROOT.parent / "shared" / "data" / "real"))
@@ -239,6 +283,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--diagnostics", action="store_true",
                         help="Also print the R-peak rule baseline and a leave-one-out linear probe of each model's real-set ECG embeddings.")
     args = parser.parse_args(argv)
+    if args.protocol == "dev":
+        from dbeta.train.demo.real_ecg import PROTOCOL_ENV
+
+        if set(args.variants) != {"sim"}:
+            parser.error("--protocol dev trains on the simulated corpus only: the real LUDB pairs hold the dev split")
+        os.environ[PROTOCOL_ENV] = "dev"  # inherited by the training children
     if "sim+real" in args.variants and not Path(args.real_dir).is_dir():
         parser.error(f"sim+real needs --real_dir (not found: {args.real_dir})")
 
@@ -271,13 +321,18 @@ def main(argv: list[str] | None = None) -> dict:
             results[variant + (f" ({tag})" if tag else "")][seed]["probe"] = real_linear_probe(model_folder)
         print(f"[{variant} {tag} seed {seed}] real macro AUROC {real['macro']:.4f} {real['per_label']}", flush=True)
     report = markdown(results)
+    rates = positive_rates()
+    report += "\nMeasured rate of the rate labels' positives (median R-R, beats/min): " + "; ".join(
+        f"{name}: {', '.join(map(str, value['rates']))}"
+        + (f" (outside its definition: {', '.join(map(str, value['outside_definition']))})" if value["outside_definition"] else "")
+        for name, value in rates.items()) + "\n"
     if args.diagnostics:
         rule = rr_rule_baseline()
         report += ("\nR-peak rule baseline (no learning; rate and RR variation): real macro AUROC "
                    f"{rule['macro']:.3f} (" + ", ".join(f"{k} {v:.3f}" for k, v in rule["per_label"].items()) + ")\n")
     print("\n" + report)
     output_root.mkdir(parents=True, exist_ok=True)
-    name = "results" + ("-ablations" if args.ablations else f"-{args.tag}" if args.tag else "")
+    name = "results" + ("-dev" if args.protocol == "dev" else "") + ("-ablations" if args.ablations else f"-{args.tag}" if args.tag else "")
     (output_root / f"{name}.json").write_text(json.dumps(results, indent=2, default=float))
     (output_root / f"{name}.md").write_text(report)
     return results

@@ -32,6 +32,7 @@ import csv
 import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -68,6 +69,25 @@ LUDB_RHYTHM_LABELS: dict[str, str] = {
 }
 #: A label is scored when the evaluation set has at least this many positives (and a negative).
 MIN_POSITIVES = 2
+
+#: The protocol (docs/demo.md): every recipe choice is made on the DEV split of the training part;
+#: the evaluation set is read once per reported run. With this environment variable set to "dev"
+#: (`benchmarks/sim_to_real.py --protocol dev` sets it for itself and its children), no process can
+#: read the evaluation file: `load_ludb_eval_set` raises `EvaluationSetLocked`, and the demo
+#: validates on the dev split instead.
+PROTOCOL_ENV = "DBETA_PROTOCOL"
+
+
+class EvaluationSetLocked(RuntimeError):
+    """Raised when the evaluation set is asked for under the dev protocol."""
+
+
+def dev_protocol() -> bool:
+    """Whether this process runs under the dev protocol (`DBETA_PROTOCOL=dev`)."""
+    value = os.environ.get(PROTOCOL_ENV, "").strip().lower()
+    if value not in ("", "dev", "eval"):
+        raise ValueError(f"{PROTOCOL_ENV}={value!r}: expected 'dev' or 'eval' (or unset)")
+    return value == "dev"
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,6 +164,8 @@ class RealEvalSet:
     rhythms: list[str]
     lead_names: tuple[str, ...] = LUDB_LEAD_NAMES
     sampling_rate: int = LUDB_SAMPLING_RATE
+    #: "evaluation" (the 65 vendored evaluation patients) or "dev" (the dev split of the training part).
+    split: str = "evaluation"
 
     def labels(self, label_set: Mapping[str, str] = LUDB_RHYTHM_LABELS) -> np.ndarray:
         """(N, num_labels) 0/1 rhythm labels."""
@@ -212,17 +234,70 @@ def build_ludb_eval_set(ludb_dir: str | Path, output_file: str | Path = LUDB_EVA
 
 def load_ludb_train_set(path: str | Path = LUDB_TRAIN_FILE, eval_file: str | Path = LUDB_EVAL_FILE, verify: bool = True) -> RealEvalSet:
     """The vendored LUDB training part (records the demo may train on). Checked against the
-    evaluation set: no record of it is here."""
-    data = load_ludb_eval_set(path, verify=verify)
-    overlap = set(data.record_ids) & set(load_ludb_eval_set(eval_file, verify=False).record_ids)
+    evaluation set: no record of it is here. Under the dev protocol the check uses the evaluation
+    ids that the training file records, so that the evaluation file is not opened."""
+    data = _load_ludb_part(path, verify=verify)
+    if dev_protocol():
+        evaluation_ids = _recorded_ids(path, "evaluation_record_ids")
+    else:
+        evaluation_ids = _recorded_ids(eval_file, "record_ids")
+    overlap = set(data.record_ids) & set(evaluation_ids)
     if overlap:
         raise ValueError(f"{path}: LUDB records {sorted(overlap)} are also in the evaluation set {eval_file}.")
     return data
 
 
 def load_ludb_eval_set(path: str | Path = LUDB_EVAL_FILE, verify: bool = True) -> RealEvalSet:
-    """The vendored LUDB evaluation set; `verify` checks the samples against the stored SHA-256."""
+    """The vendored LUDB evaluation set; `verify` checks the samples against the stored SHA-256.
+    Refused under the dev protocol (`EvaluationSetLocked`)."""
+    return _load_ludb_part(path, verify=verify)
+
+
+def ludb_dev_record_ids(train_file: str | Path = LUDB_TRAIN_FILE) -> list[str]:
+    """The dev split: the training-part patients that lend no median beat to the simulator (so the
+    demo never trains on them, whatever its seed), in record order. Recipe choices are judged here."""
+    from dbeta.train.demo.make_demo_corpus import real_beat_library
+
+    sources = {beat.record_id for beat in real_beat_library()}
+    return [record_id for record_id in _load_ludb_part(train_file, verify=False).record_ids if record_id not in sources]
+
+
+def load_ludb_dev_set(train_file: str | Path = LUDB_TRAIN_FILE) -> RealEvalSet:
+    """The dev split (`ludb_dev_record_ids`) as a `RealEvalSet` with `split="dev"`."""
+    data = load_ludb_train_set(train_file)
+    keep = set(ludb_dev_record_ids(train_file))
+    rows = [index for index, record_id in enumerate(data.record_ids) if record_id in keep]
+    return RealEvalSet(
+        record_ids=[data.record_ids[i] for i in rows],
+        signals=data.signals[rows],
+        reports=[data.reports[i] for i in rows],
+        rhythms=[data.rhythms[i] for i in rows],
+        lead_names=data.lead_names,
+        sampling_rate=data.sampling_rate,
+        split="dev",
+    )
+
+
+def _is_evaluation_part(data) -> bool:
+    # The evaluation file lists the training ids beside its own; the training file the reverse.
+    return "training_record_ids" in data.files
+
+
+def _recorded_ids(path: str | Path, key: str) -> list[str]:
     with np.load(path, allow_pickle=False) as data:
+        if _is_evaluation_part(data) and dev_protocol():
+            raise EvaluationSetLocked(f"{path}: the evaluation set may not be read under the dev protocol ({PROTOCOL_ENV}=dev)")
+        return [str(value) for value in data[key]]
+
+
+def _load_ludb_part(path: str | Path, verify: bool = True) -> RealEvalSet:
+    with np.load(path, allow_pickle=False) as data:
+        evaluation_part = _is_evaluation_part(data)
+        if evaluation_part and dev_protocol():
+            raise EvaluationSetLocked(
+                f"{path}: the evaluation set may not be read under the dev protocol ({PROTOCOL_ENV}=dev); "
+                "judge choices on the dev split (load_ludb_dev_set)"
+            )
         delta, gain = data["signals_delta"], data["gain"]
         if verify and signals_sha256(delta) != str(data["sha256"]):
             raise ValueError(f"{path}: the signals do not match their SHA-256; the file is damaged.")
@@ -233,13 +308,13 @@ def load_ludb_eval_set(path: str | Path = LUDB_EVAL_FILE, verify: bool = True) -
             rhythms=[str(value) for value in data["rhythms"]],
             lead_names=tuple(str(value) for value in data["lead_names"]),
             sampling_rate=int(data["sampling_rate"]),
+            split="evaluation" if evaluation_part else "training",
         )
 
 
 def ludb_training_record_ids(path: str | Path = LUDB_EVAL_FILE) -> list[str]:
     """The LUDB records that are NOT in the vendored evaluation set (the ones training may use)."""
-    with np.load(path, allow_pickle=False) as data:
-        return [str(value) for value in data["training_record_ids"]]
+    return _recorded_ids(path, "training_record_ids")
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,6 +352,8 @@ def evaluate_real_zero_shot(model, processor, eval_set: RealEvalSet | None = Non
     from dbeta.train.evaluation.metrics import multilabel_auroc
 
     eval_set = eval_set if eval_set is not None else load_ludb_eval_set()
+    if eval_set.split == "training":
+        raise ValueError("The LUDB training part is not an evaluation set: use load_ludb_dev_set() for its dev split")
     scored = eval_set.scored_labels(label_set)
     labels = eval_set.labels({name: label_set[name] for name in scored})
     logits = zero_shot_logits(model, processor, eval_set, scored)
@@ -287,6 +364,8 @@ def evaluate_real_zero_shot(model, processor, eval_set: RealEvalSet | None = Non
         "real_zero_shot_macro_auroc": float(auroc.macro),
         "real_zero_shot_num_labels": len(auroc.per_label),
         "real_zero_shot_num_records": len(eval_set.record_ids),
+        # 1 when these figures are the dev split's (the dev protocol), so that no one reports them as held out.
+        "real_zero_shot_dev_split": float(eval_set.split == "dev"),
     }
     metrics.update({f"real_zero_shot_auroc/{label}": float(value) for label, value in auroc.per_label.items()})
     return metrics
@@ -311,6 +390,9 @@ def real_training_pairs(real_dir: str | Path | None = None, eval_file: str | Pat
     "report"}. Never returns an evaluation record (checked)."""
     from processing_dbeta import ECGRecord, read_ecg_file
 
+    if dev_protocol():
+        # The LUDB training part holds the dev split: training on its pairs would leak it.
+        raise EvaluationSetLocked("Real LUDB training pairs (--demo_real_pairs) hold the dev split: not allowed under the dev protocol")
     ludb = load_ludb_train_set(train_file, eval_file)
     pairs: list[dict] = [
         {"source": "ludb", "record_id": record_id, "record": ECGRecord(signal, list(ludb.lead_names), float(ludb.sampling_rate), {"name": record_id}),
