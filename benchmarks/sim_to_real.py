@@ -146,6 +146,55 @@ def pipeline_real_auroc(model_folder: Path) -> dict:
             "positives": {name: int(count) for name, count in zip(scored, labels.sum(axis=0))}, "split": eval_set.split}
 
 
+#: Zero-shot labels scored on the shared CinC 2021 + CPSC 2018 records (real millivolts, unlike LUDB):
+#: prompt -> the CinC SNOMED-CT abbreviations that are its positives. The morphology labels need
+#: amplitude and shape, which LUDB's per-lead normalisation removes.
+CINC_LABELS = {
+    "sinus rhythm": {"NSR"},
+    "sinus bradycardia": {"SB"},
+    "sinus tachycardia": {"STach"},
+    "atrial fibrillation": {"AF"},
+    "atrial flutter": {"AFL"},
+    "left bundle branch block": {"LBBB", "CLBBB"},
+    "right bundle branch block": {"RBBB", "CRBBB"},
+    "low QRS voltages": {"LQRSV"},
+    "inverted T waves": {"TInv"},
+}
+
+
+def cinc_real_auroc(model_folder: Path, real_dir: Path) -> dict:
+    """Zero-shot AUROC through the public pipeline on the shared CinC 2021 and CPSC 2018 records
+    (never trained on by the sim variant), for every label of `CINC_LABELS` with at least 2
+    positives; the others are listed with their positive count."""
+    import csv
+
+    from transformers import pipeline
+
+    from dbeta.train.evaluation.metrics import multilabel_auroc
+
+    paths, codes = [], []
+    for folder in ("cinc2021", "cpsc2018"):
+        labels_file = real_dir / folder / "labels.csv"
+        if not labels_file.is_file():
+            continue
+        with open(labels_file, newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                header = real_dir / folder / "records" / f"{row['record']}.hea"
+                paths.append(str(header if header.is_file() else header.with_suffix(".mat")))
+                codes.append(set(row["dx_abbrev"].split(",")))
+    if not paths:
+        return {}
+    positives = {name: sum(bool(codes_ & wanted) for codes_ in codes) for name, wanted in CINC_LABELS.items()}
+    scored = [name for name, count in positives.items() if 2 <= count < len(paths)]
+    labels = np.array([[int(bool(record & CINC_LABELS[name])) for name in scored] for record in codes])
+    classifier = pipeline("zero-shot-ecg-classification", model=str(model_folder), trust_remote_code=True, device="cpu")
+    outputs = classifier(paths, candidate_labels=scored)
+    scores = np.array([[{item["label"]: item["score"] for item in output}[name] for name in scored] for output in outputs])
+    auroc = multilabel_auroc(labels, scores, scored)
+    return {"macro": float(auroc.macro), "per_label": {k: float(v) for k, v in auroc.per_label.items()},
+            "records": len(paths), "positives": positives}
+
+
 def rr_rule_baseline() -> dict:
     """What a 10-line R-peak detector gets on the real set, without any learning: band-pass 5-25 Hz,
     R peaks on the summed energy of the 12 leads, then rate and RR coefficient of variation (CV) as
@@ -236,8 +285,17 @@ def markdown(results: dict) -> str:
     if any("probe" in run for runs in results.values() for run in runs.values()):
         row("real LOO linear probe macro AUROC (diagnostic)", lambda run: run.get("probe", {}).get("macro"))
         row("real LOO linear probe AUROC atrial fibrillation", lambda run: run.get("probe", {}).get("per_label", {}).get("atrial fibrillation"))
+    cinc = [run["cinc"] for runs in results.values() for run in runs.values() if run.get("cinc")]
+    if cinc:
+        for label in cinc[0]["per_label"]:
+            row(f"CinC/CPSC AUROC {label} ({cinc[0]['positives'][label]} pos.)", lambda run, label=label: run.get("cinc", {}).get("per_label", {}).get(label))
+        row(f"CinC/CPSC macro AUROC ({cinc[0]['records']} records)", lambda run: run.get("cinc", {}).get("macro"))
     row("training wall minutes", lambda run: run.get("timing", {}).get("wall_seconds", float("nan")) / 60)
     row("training CPU minutes", lambda run: run.get("timing", {}).get("cpu_seconds", float("nan")) / 60)
+    if cinc:
+        unscored = {name: count for name, count in cinc[0]["positives"].items() if name not in cinc[0]["per_label"]}
+        lines.append("")
+        lines.append("CinC/CPSC labels not scored (fewer than 2 positives): " + ", ".join(f"{k} ({v})" for k, v in unscored.items()) + ".")
     seeds = {v: sorted(results[v]) for v in variants}
     lines.append("")
     lines.append("Seeds: " + "; ".join(f"{v}: {', '.join(map(str, s))}" for v, s in seeds.items()) + " (mean ± sample sd over seeds).")
@@ -273,6 +331,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tag", default="", help="Appended to the run folders (e.g. an ablation name).")
     parser.add_argument("--ablations", nargs="+", choices=list(ABLATIONS), default=None,
                         help="Train and score these ablations (each its own --tag) instead of one run per variant.")
+    parser.add_argument("--cinc", action="store_true",
+                        help="Also score the shared CinC 2021 + CPSC 2018 records (real millivolts; rhythm and morphology labels) from --real_dir.")
     parser.add_argument("--load", action="store_true", help="Only evaluate folders left by earlier runs.")
     parser.add_argument("--max_train_steps", type=int, default=None, help="Default: the demo's.")
     parser.add_argument("--demo_num_records", type=int, default=None)
@@ -319,6 +379,8 @@ def main(argv: list[str] | None = None) -> dict:
         }
         if args.diagnostics:
             results[variant + (f" ({tag})" if tag else "")][seed]["probe"] = real_linear_probe(model_folder)
+        if args.cinc and variant == "sim":  # the other variants may train on these records
+            results[variant + (f" ({tag})" if tag else "")][seed]["cinc"] = cinc_real_auroc(model_folder, Path(args.real_dir))
         print(f"[{variant} {tag} seed {seed}] real macro AUROC {real['macro']:.4f} {real['per_label']}", flush=True)
     report = markdown(results)
     rates = positive_rates()

@@ -287,3 +287,22 @@ def test_sim_to_real_dev_mode_refuses_real_pairs_and_locks_its_children(monkeypa
     rates = sim_to_real.positive_rates()
     assert set(rates) == {"sinus bradycardia", "sinus tachycardia"}
     assert len(rates["sinus bradycardia"]["rates"]) == 3
+
+
+def test_sim_to_real_scores_the_cinc_records_through_the_pipeline(tmp_path):
+    import importlib.util
+
+    real_dir = SHARED_LUDB.parents[1]
+    if not (real_dir / "cinc2021" / "labels.csv").is_file():
+        pytest.skip(f"the shared real records are not beside the checkout ({real_dir})")
+    spec = importlib.util.spec_from_file_location("sim_to_real", Path(__file__).resolve().parents[1] / "benchmarks" / "sim_to_real.py")
+    sim_to_real = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sim_to_real)
+    folder = save_tiny_zero_shot_folder(tmp_path / "tiny")
+    result = sim_to_real.cinc_real_auroc(folder, real_dir)
+    assert result["records"] == 49
+    # Counted from the labels files: what can and cannot be measured on real millivolts.
+    assert result["positives"]["sinus tachycardia"] == 22 and result["positives"]["inverted T waves"] == 4
+    assert result["positives"]["left bundle branch block"] == 0 and result["positives"]["low QRS voltages"] == 0
+    assert set(result["per_label"]) == {name for name, count in result["positives"].items() if count >= 2}
+    assert all(0.0 <= value <= 1.0 for value in result["per_label"].values())
