@@ -1656,9 +1656,10 @@ def _open_edf(path: Path) -> _OpenedRecord:
         started = edf.startdatetime.isoformat()
     except Exception:  # noqa: BLE001 - an anonymised or malformed start date
         started = None
-    equipment = getattr(getattr(edf, "recording", None), "equipment", None)
-    patient = getattr(edf, "patient", None)
-    sex = getattr(patient, "sex", None) if patient is not None else None
+    try:  # EDF+ fields; a plain EDF's identification fields are free text (edfio refuses to split them)
+        equipment, sex = edf.recording.equipment_code, edf.patient.sex
+    except Exception:  # noqa: BLE001
+        equipment = sex = None
     metadata = _clinical_metadata(
         path, "edf", "edfio", names, rate, total,
         device=None if equipment in (None, "X") else str(equipment),
@@ -1746,6 +1747,20 @@ def _open_with_ecgdatakit(path: Path, format_key: str) -> _OpenedRecord:
         notes=notes,
     )
     return _in_memory_record(path, signal, names, rate, metadata)
+
+
+def ecg_file_format(path: Union[str, os.PathLike]) -> Optional[str]:
+    """The clinical format of an ECG file recognised by its content, as a key of `CLINICAL_FORMATS`
+    (`"dicom"`, `"ge_muse_xml"`, `"philips_xml"`, `"hl7_aecg"`, `"scp_ecg"`, `"edf"`, `"ishne"`), or
+    None when the content is none of them (WFDB and MATLAB files are recognised by their names).
+
+    Raises:
+        ValueError (naming the file): a recognisable but refused variant: XML declaring entities, an
+            XML root that is no ECG export, BDF, an ISHNE annotation file; or not a regular file.
+    """
+    path = Path(path)
+    _check_regular_file(path, "ECG file")
+    return _sniff_clinical_format(path)
 
 
 def _open_clinical_file(path: Path, format_key: str) -> _OpenedRecord:
@@ -2665,7 +2680,10 @@ __all__ = [
     "MAX_WINDOWS",
     "MIMIC_LEAD_NAMES",
     "STANDARD_LEAD_NAMES",
+    "CLINICAL_FORMATS",
+    "MAX_CLINICAL_FILE_BYTES",
     "canonical_lead_name",
+    "ecg_file_format",
     "iter_ecg_windows",
     "read_code_hdf5",
     "read_cpsc2018_mat",
