@@ -1603,10 +1603,19 @@ def _open_edf(path: Path) -> _OpenedRecord:
     except ImportError as error:
         raise ImportError(f"Reading EDF files ({path}) needs edfio: {_CLINICAL_EXTRA_HINT}") from error
     try:
-        edf = edfio.read_edf(path, lazy_load_data=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a truncated file is refused below, from the header's own count
+            edf = edfio.read_edf(path, lazy_load_data=True)
         signals = list(edf.signals)
+        with open(path, "rb") as handle:
+            declared_records = int(handle.read(244)[236:244].decode("ascii").strip())
     except Exception as error:  # noqa: BLE001 - edfio raises ValueError and others for damaged headers
         raise ValueError(f"Cannot read EDF file {path}: {_one_line(error)}") from error
+    if declared_records not in (-1, edf.num_data_records):  # -1: "unknown", allowed while recording
+        raise ValueError(
+            f"{path}: EDF header declares {declared_records} data records, the file holds {edf.num_data_records}: "
+            "a truncated file"
+        )
     if str(edf.reserved).strip().upper().startswith("EDF+D"):
         raise ValueError(f"{path}: EDF+D (discontinuous) recordings are not read: their samples have gaps in time")
     leads = [(signal, _file_lead_name(signal.label)) for signal in signals]
@@ -1634,13 +1643,6 @@ def _open_edf(path: Path) -> _OpenedRecord:
     if total <= 0:
         raise ValueError(f"{path}: the EDF file holds no samples")
     # The data records the header declares must be in the file (a truncated download reads as garbage).
-    record_bytes = sum(2 * int(signal.samples_per_data_record) for signal in signals)
-    annotation_bytes = path.stat().st_size - edf.bytes_in_header_record - record_bytes * edf.num_data_records
-    if annotation_bytes < 0:
-        raise ValueError(
-            f"{path}: EDF file of {path.stat().st_size} bytes is shorter than its header declares "
-            f"({edf.num_data_records} data records): a truncated file"
-        )
 
     def read_part(start: int, stop: int) -> np.ndarray:
         try:
@@ -1690,6 +1692,21 @@ def _ecgdatakit_parser(format_key: str):
     return parser
 
 
+def _check_ishne_length(path: Path, parsed: Any, notes: list[str]) -> None:
+    """Refuse an ISHNE file holding fewer samples than its header declares (a truncated download or copy).
+
+    The standard declares samples per lead; some writers store the total over all leads, which is
+    accepted. ecgdatakit reads what is there and leaves the check to its caller."""
+    raw = getattr(parsed, "raw_metadata", None) or {}
+    declared, held, leads = raw.get("ecg_size"), raw.get("samples_per_lead"), len(parsed.leads or [])
+    if isinstance(declared, int) and isinstance(held, int) and held < declared and declared != held * leads:
+        raise ValueError(
+            f"{path}: ISHNE header declares {declared} samples per lead, the file holds {held}: a truncated file"
+        )
+    if any("truncated" in note for note in notes):
+        raise ValueError(f"{path}: ISHNE file ends inside a sample frame: a truncated file")
+
+
 def _open_with_ecgdatakit(path: Path, format_key: str) -> _OpenedRecord:
     """A GE MUSE XML, Philips XML, HL7 aECG, SCP-ECG or ISHNE file, decoded by ecgdatakit (MUSE base64,
     Philips XLI, aECG digits and scale, SCP Huffman and difference encodings); its XML is parsed with
@@ -1706,6 +1723,8 @@ def _open_with_ecgdatakit(path: Path, format_key: str) -> _OpenedRecord:
         except Exception as error:  # noqa: BLE001 - the library raises its own and Python's errors
             raise ValueError(f"Cannot read {format_name} file {path}: {_one_line(error)}") from error
     notes = list(dict.fromkeys(_one_line(warning.message) for warning in caught))
+    if format_key == "ishne":
+        _check_ishne_length(path, parsed, notes)
     leads = list(parsed.leads or [])
     if not leads:
         raise ValueError(f"{path}: the {format_name} file holds no rhythm waveform")
