@@ -250,6 +250,13 @@ def render_report(
     return data
 
 
+def _shown(value: object) -> str:
+    """A metadata value as text: lists (leads, skipped parts, diagnoses) joined, not as Python lists."""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(item) for item in value)
+    return str(value)
+
+
 def write_html(path: str | Path, png: bytes, scores, metadata: Mapping[str, object], title: str) -> Path:
     """A self-contained HTML page: the report image (embedded), a score table and the metadata."""
     rows = "\n".join(
@@ -257,7 +264,7 @@ def write_html(path: str | Path, png: bytes, scores, metadata: Mapping[str, obje
         for rank, item in enumerate(scores, 1)
     )
     meta = "\n".join(
-        f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(str(value))}</td></tr>"
+        f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(_shown(value))}</td></tr>"
         for key, value in metadata.items()
         if value not in (None, "", [])
     )
