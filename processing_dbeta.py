@@ -1801,11 +1801,14 @@ def _open_ecg_file(path: Union[str, os.PathLike]) -> _OpenedRecord:
         return _open_wfdb_record(path)
     if suffix == ".mat" and has_header:
         return _open_wfdb_record(path)
-    # Clinical exports are recognised by content, whatever their name (".xml", ".XML", ".dcm", none).
-    _check_regular_file(path, "ECG file")
-    clinical = _sniff_clinical_format(path)
-    if clinical is not None:
-        return _open_clinical_file(path, clinical)
+    if not (path.exists() or path.is_symlink()) and suffix != ".mat":
+        raise ValueError(f"Unsupported ECG file {path}: no such file, and no WFDB header {header.name} beside it")
+    if suffix != ".mat" or path.is_file():
+        # Clinical exports are recognised by content, whatever their name (".xml", ".XML", ".dcm", none).
+        _check_regular_file(path, "ECG file")
+        clinical = _sniff_clinical_format(path)
+        if clinical is not None:
+            return _open_clinical_file(path, clinical)
     if suffix == ".mat":
         return _open_cpsc2018_mat(path)
     if suffix in (".h5", ".hdf5"):
@@ -1817,11 +1820,29 @@ def _open_ecg_file(path: Union[str, os.PathLike]) -> _OpenedRecord:
 
 
 def read_ecg_file(path: Union[str, os.PathLike], max_duration: Optional[float] = None) -> ECGRecord:
-    """Read one ECG, choosing the reader from the file name.
+    """Read one ECG, choosing the reader from the file name or, for clinical exports, its content.
 
     - `.hea`, `.dat`, or a path without extension that has a `.hea` beside it: `read_wfdb_record`;
     - `.mat`: `read_wfdb_record` if a `.hea` of the same name sits beside it (PhysioNet/CinC),
-      otherwise `read_cpsc2018_mat` (original CPSC 2018 struct).
+      otherwise `read_cpsc2018_mat` (original CPSC 2018 struct);
+    - any other file (and a `.mat` that is none) by its content, whatever its name (`ecg_file_format`):
+      DICOM waveform ("DICM" at byte 128; pydicom), GE MUSE XML (`<RestingECG>`), Philips XML
+      (`<restingecgdata>`, XLI-compressed or not), HL7 aECG (`<AnnotatedECG>`), SCP-ECG (record
+      length and section 0 at its head), ISHNE Holter ("ISHNE1.0") - these five with ecgdatakit,
+      whose XML parser is defusedxml - and EDF/EDF+ ("0       " header; edfio, read in parts). These
+      need the `clinical` extra (`pip install 'dbeta[clinical]'`); see docs/processor.md.
+
+    Clinical exports give the same contract: millivolts from the file's own gains, units and
+    baselines; lead names mapped to the standard spellings ("Lead I (Einthoven)", "ECG V1",
+    "MDC_ECG_LEAD_AVR" -> "I", "V1", "aVR"); the file's sampling rate; the rhythm (full-length)
+    waveform, never median beats. Their `metadata` holds `name`, `comments` (empty), `format`,
+    `reader` (library and version), `total_samples`, `duration_s`, `units`, and where the file says
+    so `device`, `acquisition_time` (ISO 8601), `age`, `sex`, `waveform` (DICOM multiplex group);
+    `derived_leads` (III, aVR, aVL, aVF when the file stores only I, II, V1-V6: the feature extractor
+    derives them from I and II), `skipped` (median beats, other waveform groups, non-ECG channels)
+    and `notes` (what the library reported). Files are refused with one line naming them when
+    damaged (truncated, no rhythm waveform, no ECG channel, no gain), unsafe (XML declaring
+    entities) or larger than `MAX_CLINICAL_FILE_BYTES` (except EDF, read in parts).
 
     HDF5 files hold many ECGs: read them with `read_code_hdf5`. `max_duration` (seconds) reads
     only the start of long recordings (see the readers); a whole read of more than
