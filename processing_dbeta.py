@@ -1639,7 +1639,7 @@ def _open_edf(path: Path) -> _OpenedRecord:
                 "voltage (uV, mV or V): it cannot be converted to millivolts"
             )
         scales.append(_MILLIVOLTS_PER_UNIT[unit])
-    total = int(round(edf.duration * rate))
+    total = int(ecg[0][0].samples_per_data_record) * int(edf.num_data_records)
     if total <= 0:
         raise ValueError(f"{path}: the EDF file holds no samples")
     # The data records the header declares must be in the file (a truncated download reads as garbage).
