@@ -38,6 +38,7 @@ pytest.importorskip("ecgdatakit")
 CLINICAL = Path(__file__).resolve().parent / "fixtures" / "clinical"
 MUSE = CLINICAL / "muse_braveheart_example1.xml"
 PHILIPS = CLINICAL / "philips_sierra_129DYPRG.xml"
+PHILIPS_WITH_BEATS = CLINICAL / "philips_sierra_repbeats_example.xml"
 AECG = CLINICAL / "hl7_aecg_fda_subject1_0.xml"
 SCP = CLINICAL / "scp_ecgtoolkit_example.scp"
 DICOM = Path(pydicom.data.get_testdata_file("waveform_ecg.dcm"))  # shipped inside pydicom's wheel
@@ -178,16 +179,24 @@ def test_muse_millivolts_match_the_base64_samples_times_units_per_bit():
         np.testing.assert_allclose(record.signal[record.lead_names.index(lead)], samples * units_per_bit / 1000, atol=1e-6)
 
 
-def test_philips_xli_millivolts_match_sierraecg():
+@pytest.mark.parametrize("path", [PHILIPS, PHILIPS_WITH_BEATS], ids=["1.03", "1.03-repbeats"])
+def test_philips_xli_millivolts_match_sierraecg(path):
     sierraecg = pytest.importorskip("sierraecg")  # the reference XLI decoder, by the format's reverse engineer
-    resolution_uv = float(re.search(r"<signalresolution>([\d.]+)<", PHILIPS.read_text()).group(1))
-    record = read_ecg_file(PHILIPS)
-    decoded = sierraecg.read_file(str(PHILIPS))
+    resolution_uv = float(re.search(r"<signalresolution>([\d.]+)<", path.read_text()).group(1))
+    record = read_ecg_file(path)
+    decoded = sierraecg.read_file(str(path))
     assert [lead.label for lead in decoded.leads] == record.lead_names
     for lead in decoded.leads:
         assert lead.sampling_freq == record.sampling_rate
         np.testing.assert_allclose(record.signal[record.lead_names.index(lead.label)],
                                    np.asarray(lead.samples) * resolution_uv / 1000, atol=1e-6)
+
+
+def test_philips_representative_beats_are_skipped_and_said_so():
+    record = read_ecg_file(PHILIPS_WITH_BEATS)
+    assert record.signal.shape == (12, 5500)  # the 11 s rhythm, not the 1200-sample beats
+    assert record.metadata["skipped"] == ["median beats (12 leads x 1200 samples)"]
+    np.testing.assert_array_equal(record.signal, read_ecg_file(PHILIPS).signal)  # the same ECG, without beats
 
 
 def test_aecg_millivolts_match_digits_times_scale_plus_origin():
