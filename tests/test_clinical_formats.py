@@ -433,6 +433,35 @@ def test_a_dicom_file_with_only_median_beats_is_refused(tmp_path):
     assert_one_line_error(path, "only median", "no rhythm waveform")
 
 
+def test_a_dicom_file_with_several_rhythm_groups_reads_the_longest_and_lists_the_others(tmp_path):
+    dataset = pydicom.dcmread(DICOM)
+    short = pydicom.Dataset()
+    short.update(dataset.WaveformSequence[0])
+    short.NumberOfWaveformSamples = 5000
+    short.WaveformData = bytes(dataset.WaveformSequence[0].WaveformData)[: 5000 * 12 * 2]
+    short.MultiplexGroupLabel = "RHYTHM 2"
+    dataset.WaveformSequence.insert(0, short)  # first in the file, but shorter
+    path = tmp_path / "two-ecgs.dcm"
+    dataset.save_as(path)
+    record = read_ecg_file(path)
+    np.testing.assert_array_equal(record.signal, read_ecg_file(DICOM).signal)
+    assert record.metadata["waveform"] == "RHYTHM"
+    assert record.metadata["skipped"] == [
+        "RHYTHM 2 (12 channels x 5000 samples at 1000 Hz)", "MEDIAN BEAT (12 channels x 1200 samples at 1000 Hz)"
+    ]
+
+
+def test_an_aecg_with_two_rhythm_series_reads_the_first_and_says_so(tmp_path):
+    text = AECG.read_text(encoding="utf-8")
+    start = text.index("  <component>\n    <series>")
+    end = text.index("</series>", start) + len("</series>\n  </component>\n")
+    path = tmp_path / "two-series.xml"
+    path.write_text(text[:end] + text[start:end] + text[end:], encoding="utf-8")
+    record = read_ecg_file(path)
+    np.testing.assert_array_equal(record.signal, read_ecg_file(AECG).signal)
+    assert any("2 rhythm series found; only the first is read" in note for note in record.metadata["notes"])
+
+
 def test_an_edf_without_an_ecg_channel_is_refused(tmp_path):
     path = tmp_path / "sleep.edf"
     edf = edfio.Edf([edfio.EdfSignal(np.zeros(1000), 100, label="EEG Fpz-Cz", physical_dimension="uV", physical_range=(-1, 1))])
