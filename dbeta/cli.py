@@ -9,8 +9,10 @@
     dbeta report RECORD --model MODEL --labels AFIB LBBB ... --output report.png [--html report.html]
 
 Records are found recursively: WFDB / PhysioNet-CinC records (`*.hea` with their `.dat` / `.mat`),
-original CPSC 2018 `*.mat` files (no header beside them) and CODE HDF5 files (`*.hdf5`, `*.h5`:
-one record per exam, named `file.hdf5#index`). They are read with the readers of
+original CPSC 2018 `*.mat` files (no header beside them), CODE HDF5 files (`*.hdf5`, `*.h5`:
+one record per exam, named `file.hdf5#index`) and clinical exports recognised by their content,
+whatever their name (DICOM waveform, GE MUSE / Philips / HL7 aECG XML, SCP-ECG, EDF, ISHNE; see
+docs/processor.md). They are read with the readers of
 `processing_dbeta` (DECISIONS 10), prepared by the model's feature extractor and run through the
 model in batches while the output is written, so folders of any size stream through. A record
 that cannot be read or prepared is reported on stderr (and in `--errors` if given) and skipped;
@@ -125,7 +127,28 @@ def find_records(folder: str | os.PathLike) -> list[RecordRef]:
             records.append(RecordRef(str(relative.with_suffix("")), path))
         elif suffix in HDF5_SUFFIXES:
             records.extend(_hdf5_records(path, relative))
+        elif suffix not in _NOT_CLINICAL_SUFFIXES and not path.with_suffix(".hea").is_file():
+            if _is_clinical_record(path, suffix):
+                records.append(RecordRef(str(relative), path))
     return records
+
+
+#: Suffixes of the clinical exports (`processing_dbeta.CLINICAL_FORMATS`): such a file is a record
+#: even when its content is refused (an XML declaring entities, a BDF), so the refusal is reported.
+CLINICAL_SUFFIXES = (".xml", ".dcm", ".dicom", ".scp", ".edf", ".ecg", ".ishne", ".hol")
+# Files never sniffed: WFDB records (by their header), and what sits beside records in a dataset.
+_NOT_CLINICAL_SUFFIXES = (".hea", ".mat", *HDF5_SUFFIXES, ".csv", ".json", ".md", ".txt", ".png", ".pdf", ".parquet")
+
+
+def _is_clinical_record(path: Path, suffix: str) -> bool:
+    """Whether a file is a clinical ECG export, by its content (DICOM files are often named by UIDs,
+    `1.2.840....`, or have no extension at all)."""
+    from processing_dbeta import ecg_file_format
+
+    try:
+        return ecg_file_format(path) is not None
+    except (ValueError, OSError):
+        return suffix in CLINICAL_SUFFIXES
 
 
 #: Exams listed from one HDF5 file at most (CODE-15% ships 20,000 per file): a few-kB file may declare

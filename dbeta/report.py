@@ -250,6 +250,13 @@ def render_report(
     return data
 
 
+def _shown(value: object) -> str:
+    """A metadata value as text: lists (leads, skipped parts, diagnoses) joined, not as Python lists."""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(item) for item in value)
+    return str(value)
+
+
 def write_html(path: str | Path, png: bytes, scores, metadata: Mapping[str, object], title: str) -> Path:
     """A self-contained HTML page: the report image (embedded), a score table and the metadata."""
     rows = "\n".join(
@@ -257,7 +264,7 @@ def write_html(path: str | Path, png: bytes, scores, metadata: Mapping[str, obje
         for rank, item in enumerate(scores, 1)
     )
     meta = "\n".join(
-        f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(str(value))}</td></tr>"
+        f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(_shown(value))}</td></tr>"
         for key, value in metadata.items()
         if value not in (None, "", [])
     )
@@ -289,6 +296,13 @@ def record_metadata(record, path: str, model: str, extra: Mapping[str, object] |
         # The whole recording's length (only its start is read, shown and scored).
         "duration": f"{info.get('total_samples', record.num_samples) / float(record.sampling_rate):.1f} s (first 10 s shown and scored)",
         "leads": f"{record.num_leads}: {' '.join(str(name) for name in record.lead_names)}",
+        # What clinical exports say about themselves (processing_dbeta's clinical readers).
+        "format": f"{info['format']} (read with {info.get('reader')})" if info.get("format") else None,
+        "device": info.get("device"),
+        "acquired": info.get("acquisition_time"),
+        "derived from I and II": info.get("derived_leads"),
+        "skipped in file": info.get("skipped"),
+        "notes": info.get("notes"),
         "age": info.get("age"),
         "sex": info.get("sex"),
         "Dx (SNOMED)": info.get("dx"),
@@ -363,7 +377,11 @@ def report(
 
 
 def add_arguments(parser):
-    parser.add_argument("record", help="an ECG record: WFDB/CinC .hea record (with or without .hea) or a CPSC .mat")
+    parser.add_argument(
+        "record",
+        help="an ECG record: WFDB/CinC .hea record (with or without .hea), a CPSC .mat, or a clinical export "
+        "(DICOM waveform, GE MUSE / Philips / HL7 aECG XML, SCP-ECG, EDF, ISHNE; recognised by content)",
+    )
     parser.add_argument("--model", required=True, help="D-BETA model folder (or Hub id)")
     parser.add_argument(
         "--labels", nargs="+", required=True, help="label codes (AFIB, LBBB, ...) and/or free-text descriptions"
