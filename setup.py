@@ -11,6 +11,8 @@ HUB_MODULES = ["configuration_dbeta", "modeling_dbeta", "processing_dbeta", "pip
 TRAIN_JOBS = ["pretraining", "demo", "data", "evaluation", "conversion"]
 READER_REQUIREMENTS = ["wfdb>=4.1", "h5py>=3.8", "pyarrow>=14", "matplotlib>=3.7"]
 ONNX_REQUIREMENTS = ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"]
+# The web demo (`dbeta demo`, the Space's app.py): Gradio 6 (css and limits are launch() arguments there).
+WEB_REQUIREMENTS = ["gradio>=6.0,<7"]
 
 setup(
     name="dbeta",
@@ -56,8 +58,10 @@ setup(
         # ONNX export (`dbeta export-onnx`) and onnxruntime inference; onnxruntime alone runs the
         # exported zero-shot scorer.
         "onnx": ONNX_REQUIREMENTS,
-        # The tests export and run the ONNX towers, so CI's `.[train,dev]` brings them.
-        "dev": ["pytest>=7.4", *ONNX_REQUIREMENTS],
+        "web": [*READER_REQUIREMENTS, *WEB_REQUIREMENTS],
+        # The tests export and run the ONNX towers and drive the web demo in headless Chromium
+        # (Selenium; the browser itself comes from apt, see .ci/run), so CI's `.[train,dev]` brings them.
+        "dev": ["pytest>=7.4", *ONNX_REQUIREMENTS, *WEB_REQUIREMENTS, "selenium>=4.20"],
     },
     entry_points={"console_scripts": ["dbeta=dbeta.cli:main"]},
 )
