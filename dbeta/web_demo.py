@@ -284,6 +284,8 @@ class DemoApp:
             remove_uploads(uploads)
 
     def _analyse(self, uploads, example, codes, free_text, template, multi_label, aggregation, staging) -> DemoResult:
+        from processing_dbeta import canonical_lead_name
+
         from dbeta.report import lead_roles, record_metadata, render_report
 
         labels = parse_labels(codes, free_text)
@@ -317,6 +319,9 @@ class DemoApp:
         model_leads, absent, derived = lead_roles(self.feature_extractor, record)
         if derived:
             notes.append(f"Leads derived from I and II (the record does not have them): {', '.join(derived)}.")
+        unused = [str(name) for name in record.lead_names if canonical_lead_name(str(name)) not in model_leads]
+        if unused:
+            notes.append(f"Leads the model does not read (not among the 12 standard leads): {', '.join(unused)}.")
         if absent:
             notes.append(f"Leads absent from the record, zero-filled for the model: {', '.join(absent)}.")
 
@@ -431,6 +436,10 @@ def result_html(result: DemoResult) -> tuple[str, str, str, str, str]:
         return f'<div class="dbeta-error" role="alert">&#9888; {html.escape(result.error)}</div>', "", "", "", ""
     picture = _inline_image(result.picture_png, "12-lead ECG at 25 mm/s, 10 mm/mV, with the top label scores")
     rows = []
+    # As in the report picture: when every score is small (the ETS bias is negative), the bars are
+    # scaled to the best score so that they still show the ranking.
+    best = max((float(item["score"]) for item in result.scores), default=1.0)
+    upper = 1.0 if best >= 0.5 else max(1.25 * best, 1e-6)
     for rank, item in enumerate(result.scores, 1):
         label, score = str(item["label"]), float(item["score"])
         text = result.label_texts.get(label, label)
@@ -438,13 +447,15 @@ def result_html(result: DemoResult) -> tuple[str, str, str, str, str]:
         rows.append(
             f'<tr><td>{rank}</td><td class="dbeta-label">{html.escape(label)}{scored_as}</td>'
             f'<td class="dbeta-score">{score:.3f}</td>'
-            f'<td><div class="dbeta-bar" style="width:{max(0.0, min(score, 1.0)) * 100:.1f}%"></div></td></tr>'
+            f'<td><div class="dbeta-bar" style="width:{max(0.0, min(score / upper, 1.0)) * 100:.1f}%"></div></td></tr>'
         )
     kind = "independent sigmoid scores" if result.multi_label else "softmax across the labels"
     over = f", {result.aggregation} over {len(result.windows)} windows" if len(result.windows) > 1 else ""
     table = (
-        f'<div class="dbeta-heading">Scores ({kind}{over}), best first</div><table class="dbeta-scores"><thead><tr><th>#</th><th>label (scored text)</th><th>score</th><th></th></tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table>"
+        f'<div class="dbeta-heading">Scores ({kind}{over}), best first</div>'
+        + (f'<div class="dbeta-text">bars scaled to 0-{upper:.2g}</div>' if upper < 1.0 else "")
+        + '<table class="dbeta-scores"><thead><tr><th>#</th><th>label (scored text)</th><th>score</th><th></th></tr></thead>'
+        + f"<tbody>{''.join(rows)}</tbody></table>"
     )
     timeline = _inline_image(result.timeline_png, "score of each label per 10 s window") if result.timeline_png else ""
     notes = '<div class="dbeta-heading">Processing notes</div><ul>' + "".join(f"<li>{html.escape(note)}</li>" for note in result.notes) + "</ul>"

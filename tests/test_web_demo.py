@@ -25,6 +25,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("gradio")
@@ -205,6 +206,8 @@ def _browser_or_skip():
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if not (chromium and driver):
+        if os.environ.get("DBETA_REQUIRE_BROWSER"):
+            pytest.fail("DBETA_REQUIRE_BROWSER is set but chromium/chromedriver are not on PATH")
         reason = "no chromium/chromedriver on PATH (apt-get install chromium chromium-driver; CI's .ci/run does)"
         print(f"test_web_demo: browser test skipped: {reason}")
         pytest.skip(reason)
@@ -228,15 +231,17 @@ def _save_screenshot(driver, path: Path) -> None:
         image.save(Path(target) / f"web_demo_{path.stem}.png", optimize=True)
 
 
-def test_in_a_browser(model_folder, tmp_path):
+def test_in_a_browser(model_folder, tmp_path, shared_real_data_dir):
     chromium, chromedriver = _browser_or_skip()
+    # DBETA_DEMO_MODEL=outputs/dbeta-demo serves a trained model (for the screenshots in docs/).
+    model = os.environ.get("DBETA_DEMO_MODEL") or str(model_folder)
     from selenium import webdriver
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "dbeta.cli", "demo", "--model", str(model_folder), "--port", str(port)],
+        [sys.executable, "-m", "dbeta.cli", "demo", "--model", model, "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     options = webdriver.ChromeOptions()
@@ -290,6 +295,24 @@ def test_in_a_browser(model_folder, tmp_path):
         assert len(message.splitlines()) == 1
         assert not driver.find_elements(By.CSS_SELECTOR, "#ecg-picture img")
         _save_screenshot(driver, tmp_path / "error.png")
+
+        # A record longer than the model's 10 s: scored in windows, with a timeline. A real PTB-DB
+        # record (38.4 s, 1000 Hz, 15 leads) where the shared data is; else three copies of a LUDB record.
+        ptb = shared_real_data_dir / "ptbdb" / "records" / "s0010_re.hea" if shared_real_data_dir else None
+        if ptb is not None and ptb.is_file():
+            files, windows = [ptb, ptb.with_suffix(".dat"), ptb.with_suffix(".xyz")], "4 windows"
+        else:
+            import wfdb
+
+            record = wfdb.rdrecord(str(LUDB / "4"))
+            wfdb.wrsamp("ludb4x3", fs=500, units=record.units, sig_name=record.sig_name,
+                        p_signal=np.concatenate([record.p_signal] * 3), fmt=["16"] * 12, write_dir=str(tmp_path))
+            files, windows = [tmp_path / "ludb4x3.hea", tmp_path / "ludb4x3.dat"], "3 windows"
+        use_page(files, "sinus rhythm; atrial fibrillation; sinus bradycardia")
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#timeline img"))
+        assert windows in driver.find_element(By.ID, "notes").text
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#scores td.dbeta-score")) == 3
+        _save_screenshot(driver, tmp_path / "timeline.png")
     finally:
         if driver is not None:
             driver.quit()
