@@ -474,11 +474,31 @@ CSS = """
 """
 
 
+def _upload_component():
+    """`gr.File` (several files, as paths) without the empty temporary file that gr.File 6.x makes in
+    its cache for every uploaded file and never removes: a public demo must keep no file."""
+    import gradio as gr
+    from gradio.data_classes import ListFiles
+    from gradio.utils import NamedString
+
+    class UploadedFiles(gr.File):
+        is_template = True  # drawn by the frontend's File component
+
+        def preprocess(self, payload):
+            if payload is None:
+                return None
+            files = payload if isinstance(payload, ListFiles) else [payload]
+            return [NamedString(item.path) for item in files]
+
+    return UploadedFiles
+
+
 def build_blocks(app: DemoApp):
     """The Gradio page around `app.analyse`, with the queue limits applied."""
     import gradio as gr
 
     limits = app.limits
+    UploadedFiles = _upload_component()
     with gr.Blocks(title="D-BETA zero-shot ECG demo") as blocks:
         gr.Markdown(
             "## D-BETA zero-shot ECG classification\n"
@@ -490,7 +510,7 @@ def build_blocks(app: DemoApp):
         )
         with gr.Row():
             with gr.Column(scale=2):
-                upload = gr.File(label="ECG file(s)", file_count="multiple", type="filepath", elem_id="ecg-upload")
+                upload = UploadedFiles(label="ECG file(s)", file_count="multiple", type="filepath", elem_id="ecg-upload")
                 example = gr.Dropdown(
                     choices=list(app.examples), value=None, label="...or a vendored LUDB example (real 10 s ECG)", elem_id="example"
                 )
@@ -613,7 +633,9 @@ sys.path.insert(0, str(HERE))  # the dbeta package and hub modules copied beside
 from dbeta.web_demo import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(["--model", {model!r}, "--host", "0.0.0.0", "--port", os.environ.get("PORT", "7860")]))
+    model = {model!r}
+    model = str(HERE / model) if (HERE / model).is_dir() else model  # the copied folder, or a Hub id
+    sys.exit(main(["--model", model, "--host", "0.0.0.0", "--port", os.environ.get("PORT", "7860")]))
 '''
 
 SPACE_README = """---
@@ -690,7 +712,11 @@ def write_space(model: str, output_dir: str | os.PathLike, overwrite: bool = Fal
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(train / relative, target)
         if model_path.exists():
-            shutil.copytree(model_path, staging / "model", ignore=shutil.ignore_patterns("checkpoint-*", "runs", ".hub_staging"))
+            # A Hub folder is flat: its files, not a training run's checkpoints/ or runs/ beside them.
+            (staging / "model").mkdir()
+            for entry in sorted(model_path.iterdir()):
+                if entry.is_file() and not entry.name.startswith("."):
+                    shutil.copyfile(entry, staging / "model" / entry.name)
             served = "model"
         else:
             served = str(model)  # a Hub id: the Space downloads it at start

@@ -185,7 +185,7 @@ def test_space_folder(model_folder, tmp_path):
     assert readme.startswith("---\n") and "sdk: gradio" in readme and "app_file: app.py" in readme
     requirements = (space / "requirements.txt").read_text().split()
     assert any(line.startswith("gradio") for line in requirements) and any(line.startswith("wfdb") for line in requirements)
-    assert (space / "model" / "config.json").is_file()
+    assert (space / "model" / "config.json").is_file() and not any(path.is_dir() for path in (space / "model").iterdir())
     # app.py is dbeta demo's own module, copied beside it, not a second app.
     assert (space / "dbeta" / "web_demo.py").read_bytes() == Path(sys.modules["dbeta.web_demo"].__file__).read_bytes()
     check = subprocess.run(
@@ -240,9 +240,12 @@ def test_in_a_browser(model_folder, tmp_path, shared_real_data_dir):
     from selenium.webdriver.support.ui import WebDriverWait
 
     port = _free_port()
+    # The server's temporary folder (uploads, staging) lives here, so the test can see it emptied.
+    server_tmp = tmp_path / "server-tmp"
+    server_tmp.mkdir()
     server = subprocess.Popen(
         [sys.executable, "-m", "dbeta.cli", "demo", "--model", model, "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "TMPDIR": str(server_tmp)},
     )
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
@@ -267,8 +270,8 @@ def test_in_a_browser(model_folder, tmp_path, shared_real_data_dir):
             driver.get(url)
             upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#ecg-upload input[type=file]"))
             upload.send_keys("\n".join(str(path) for path in files))
-            # Gradio lists each uploaded file (name and suffix on separate lines) once it is uploaded.
-            wait.until(lambda d: all(path.suffix in d.find_element(By.ID, "ecg-upload").text for path in files))
+            # Gradio lists each file with a download link (⇣) once its upload is complete.
+            wait.until(lambda d: d.find_element(By.ID, "ecg-upload").text.count("\u21e3") == len(files))
             driver.find_element(By.CSS_SELECTOR, "#free-labels textarea").send_keys(labels)
             driver.find_element(By.ID, "score-button").click()
 
@@ -291,7 +294,8 @@ def test_in_a_browser(model_folder, tmp_path, shared_real_data_dir):
         (damaged / "2.dat").write_bytes((LUDB / "2.dat").read_bytes()[:1000])
         use_page([damaged / "2.hea", damaged / "2.dat"], "AFIB")
         message = wait.until(lambda d: d.find_element(By.ID, "demo-error").text.strip())
-        assert "header disagrees with the data" in message and "Traceback" not in driver.page_source
+        assert "header disagrees with the data" in message, message
+        assert "Traceback" not in driver.page_source
         assert len(message.splitlines()) == 1
         assert not driver.find_elements(By.CSS_SELECTOR, "#ecg-picture img")
         _save_screenshot(driver, tmp_path / "error.png")
@@ -313,6 +317,8 @@ def test_in_a_browser(model_folder, tmp_path, shared_real_data_dir):
         assert windows in driver.find_element(By.ID, "notes").text
         assert len(driver.find_elements(By.CSS_SELECTOR, "#scores td.dbeta-score")) == 3
         _save_screenshot(driver, tmp_path / "timeline.png")
+        kept = [path for path in server_tmp.rglob("*") if path.is_file()]
+        assert not kept, f"files kept after the requests: {kept}"
     finally:
         if driver is not None:
             driver.quit()
@@ -321,3 +327,4 @@ def test_in_a_browser(model_folder, tmp_path, shared_real_data_dir):
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+    assert not any(server_tmp.iterdir()), list(server_tmp.iterdir())  # the temporary folders go at exit
