@@ -188,18 +188,17 @@ def example_records(count: int = EXAMPLE_COUNT) -> dict[str, object]:
     """`{choice name: ECGRecord}` of the first vendored LUDB evaluation records (real 10 s ECGs)."""
     from processing_dbeta import ECGRecord
 
-    from dbeta.train.demo.real_ecg import load_ludb_eval_set
+    from dbeta.ludb_assets import read_ludb_npz
 
-    data = load_ludb_eval_set()
+    data = read_ludb_npz()
     examples = {}
-    for index in range(min(count, len(data.record_ids))):
-        record_id = data.record_ids[index]
-        name = f"LUDB {record_id} ({data.rhythms[index]})"
-        diagnoses = [line.strip() for line in re.split(r"(?<=\.)\s+|;", data.reports[index]) if line.strip()]
-        metadata = {"name": f"LUDB record {record_id}", "diagnoses": diagnoses, "total_samples": data.signals.shape[-1]}
-        examples[name] = ECGRecord(
-            np.asarray(data.signals[index], dtype=np.float64), list(data.lead_names), float(data.sampling_rate), metadata
-        )
+    for index in range(min(count, len(data["record_ids"]))):
+        record_id = data["record_ids"][index]
+        name = f"LUDB {record_id} ({data['rhythms'][index]})"
+        diagnoses = [line.strip() for line in re.split(r"(?<=\.)\s+|;", data["reports"][index]) if line.strip()]
+        signal = np.asarray(data["signals"][index], dtype=np.float64)
+        metadata = {"name": f"LUDB record {record_id}", "diagnoses": diagnoses, "total_samples": signal.shape[-1]}
+        examples[name] = ECGRecord(signal, list(data["lead_names"]), float(data["sampling_rate"]), metadata)
     return examples
 
 
@@ -661,8 +660,6 @@ Written by `dbeta export-space`; the app is `dbeta/web_demo.py` of the dbeta pac
 code as `dbeta demo`). Limits: {limits}.
 """
 
-#: Packages of the hub modules and dbeta modules the app imports (the rest of the package is not needed).
-_SPACE_TRAIN_MODULES = ("__init__.py", "demo/__init__.py", "demo/real_ecg.py", "evaluation/__init__.py", "evaluation/downstream.py")
 _SPACE_EXTRAS = ("readers", "web")
 
 
@@ -683,7 +680,6 @@ def write_space(model: str, output_dir: str | os.PathLike, overwrite: bool = Fal
     """Write a Space folder: app.py, requirements.txt, README.md (Space front matter), the dbeta code
     the app imports and the model folder (`model/`), or a Hub id the app loads at start."""
     import dbeta
-    import dbeta.train
     from dbeta.files import staged_folder
 
     model_path = Path(model)
@@ -703,14 +699,10 @@ def write_space(model: str, output_dir: str | os.PathLike, overwrite: bool = Fal
             module = sys.modules.get(module_name) or __import__(module_name)
             shutil.copyfile(module.__file__, staging / f"{module_name}.py")
         package = Path(dbeta.__file__).parent
+        # The inference package (it imports no training code), without the LUDB training half.
         shutil.copytree(
             package, staging / "dbeta", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "ludb_train.npz")
         )
-        train = Path(dbeta.train.__path__[0])
-        for relative in _SPACE_TRAIN_MODULES:
-            target = staging / "dbeta" / "train" / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(train / relative, target)
         if model_path.exists():
             # A Hub folder is flat: its files, not a training run's checkpoints/ or runs/ beside them.
             (staging / "model").mkdir()

@@ -189,7 +189,7 @@ def test_space_folder(model_folder, tmp_path):
     # app.py is dbeta demo's own module, copied beside it, not a second app.
     assert (space / "dbeta" / "web_demo.py").read_bytes() == Path(sys.modules["dbeta.web_demo"].__file__).read_bytes()
     check = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.path.insert(0, '.'); import dbeta.web_demo as w, dbeta.train.demo.real_ecg; "
+        [sys.executable, "-c", "import sys; sys.path.insert(0, '.'); import dbeta.web_demo as w; "
          "print(w.__file__); print(len(w.example_records(2)))"],
         cwd=space, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""},
     )
