@@ -293,7 +293,8 @@ def test_in_a_browser(model_folder, tmp_path, shared_real_data_dir):
         shutil.copyfile(LUDB / "2.hea", damaged / "2.hea")
         (damaged / "2.dat").write_bytes((LUDB / "2.dat").read_bytes()[:1000])
         use_page([damaged / "2.hea", damaged / "2.dat"], "AFIB")
-        message = wait.until(lambda d: d.find_element(By.ID, "demo-error").text.strip())
+        # The message box itself (while the request runs, Gradio shows a timer in the same place).
+        message = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#demo-error .dbeta-error"))[0].text.strip()
         assert "header disagrees with the data" in message, message
         assert "Traceback" not in driver.page_source
         assert len(message.splitlines()) == 1
@@ -317,6 +318,26 @@ def test_in_a_browser(model_folder, tmp_path, shared_real_data_dir):
         assert windows in driver.find_element(By.ID, "notes").text
         assert len(driver.find_elements(By.CSS_SELECTOR, "#scores td.dbeta-score")) == 3
         _save_screenshot(driver, tmp_path / "timeline.png")
+        # A vendored LUDB example and two codes found by typing in the searchable picker.
+        from selenium.webdriver.common.keys import Keys
+
+        driver.get(url)
+        example = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#example input"))
+        example.click()
+        example.send_keys("LUDB 3", Keys.ENTER, Keys.ESCAPE)
+        codes = driver.find_element(By.CSS_SELECTOR, "#label-codes input")
+        codes.click()
+        for search in ("left bundle", "atrial fib"):
+            codes.send_keys(search)
+            time.sleep(0.5)  # the list filters as one types
+            codes.send_keys(Keys.ENTER)
+        codes.send_keys(Keys.ESCAPE)
+        driver.find_element(By.ID, "score-button").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#ecg-picture img"))
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#scores td.dbeta-score")) == 2
+        assert "LUDB 3" in driver.find_element(By.ID, "notes").text
+        _save_screenshot(driver, tmp_path / "example.png")
+
         kept = [path for path in server_tmp.rglob("*") if path.is_file()]
         assert not kept, f"files kept after the requests: {kept}"
     finally:
