@@ -45,6 +45,8 @@ import numpy as np
 DEFAULT_MODEL = "outputs/dbeta-demo"
 MAX_UPLOAD_MB = 20.0
 MAX_DURATION_S = 300.0
+#: One request is scored at a time: the processor's warnings are captured process-wide for the
+#: page's notes, and one CPU model serves one request fastest anyway; the others wait in the queue.
 CONCURRENCY_LIMIT = 1
 QUEUE_SIZE = 16
 #: A zip of one record folder holds a few files; more is refused before anything is extracted.
@@ -571,16 +573,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max_upload_mb", type=float, default=MAX_UPLOAD_MB, help="largest upload accepted")
     parser.add_argument("--max_duration_s", type=float, default=MAX_DURATION_S, help="longest recording scored")
-    parser.add_argument("--concurrency_limit", type=int, default=CONCURRENCY_LIMIT, help="requests scored at once")
     parser.add_argument("--queue_size", type=int, default=QUEUE_SIZE, help="requests waiting at most")
     return parser
 
 
 def limits_from_args(args: argparse.Namespace) -> DemoLimits:
-    for name in ("max_upload_mb", "max_duration_s", "concurrency_limit", "queue_size"):
+    for name in ("max_upload_mb", "max_duration_s", "queue_size"):
         if not getattr(args, name) > 0:
             raise DemoInputError(f"--{name} must be positive, got {getattr(args, name)}")
-    return DemoLimits(int(args.max_upload_mb * 1024 * 1024), float(args.max_duration_s), int(args.concurrency_limit), int(args.queue_size))
+    return DemoLimits(int(args.max_upload_mb * 1024 * 1024), float(args.max_duration_s), CONCURRENCY_LIMIT, int(args.queue_size))
 
 
 def run(args: argparse.Namespace) -> int:
