@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from the tests (offline CI)
 pytest.importorskip("gradio")
 
 from dbeta.web_demo import (  # noqa: E402
