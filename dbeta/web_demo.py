@@ -475,23 +475,22 @@ CSS = """
 """
 
 
-def _upload_component():
-    """`gr.File` (several files, as paths) without the empty temporary file that gr.File 6.x makes in
-    its cache for every uploaded file and never removes: a public demo must keep no file."""
-    import gradio as gr
+def _hand_over_upload_paths(upload):
+    """Make `upload` (a `gr.File` of several files) hand the uploaded paths to the handler itself:
+    gr.File 6.x makes an empty temporary file in its cache for every file it hands over and never
+    removes it, and a public demo must keep no file. Set on the instance because a gr.File subclass
+    would make Gradio write a .pyi stub beside this module."""
     from gradio.data_classes import ListFiles
     from gradio.utils import NamedString
 
-    class UploadedFiles(gr.File):
-        is_template = True  # drawn by the frontend's File component
+    def preprocess(payload):
+        if payload is None:
+            return None
+        files = payload if isinstance(payload, ListFiles) else [payload]
+        return [NamedString(item.path) for item in files]
 
-        def preprocess(self, payload):
-            if payload is None:
-                return None
-            files = payload if isinstance(payload, ListFiles) else [payload]
-            return [NamedString(item.path) for item in files]
-
-    return UploadedFiles
+    upload.preprocess = preprocess
+    return upload
 
 
 def build_blocks(app: DemoApp):
@@ -499,7 +498,6 @@ def build_blocks(app: DemoApp):
     import gradio as gr
 
     limits = app.limits
-    UploadedFiles = _upload_component()
     with gr.Blocks(title="D-BETA zero-shot ECG demo") as blocks:
         gr.Markdown(
             "## D-BETA zero-shot ECG classification\n"
@@ -511,7 +509,9 @@ def build_blocks(app: DemoApp):
         )
         with gr.Row():
             with gr.Column(scale=2):
-                upload = UploadedFiles(label="ECG file(s)", file_count="multiple", type="filepath", elem_id="ecg-upload")
+                upload = _hand_over_upload_paths(
+                    gr.File(label="ECG file(s)", file_count="multiple", type="filepath", elem_id="ecg-upload")
+                )
                 example = gr.Dropdown(
                     choices=list(app.examples), value=None, label="...or a vendored LUDB example (real 10 s ECG)", elem_id="example"
                 )

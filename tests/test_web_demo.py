@@ -148,7 +148,10 @@ def test_limits_size_and_duration(model_folder, tmp_path):
 
 
 def test_page_queue_and_concurrency_limits(app):
+    package = Path(sys.modules["dbeta.web_demo"].__file__).parent
+    before = sorted(package.iterdir())
     blocks = build_blocks(app)
+    assert sorted(package.iterdir()) == before  # nothing written beside the code (e.g. Gradio .pyi stubs)
     assert blocks._queue.max_size == app.limits.queue_size
     score = [fn for fn in blocks.fns.values() if fn.api_name == "score"]
     assert len(score) == 1 and score[0].concurrency_limit == app.limits.concurrency_limit == 1
