@@ -17,6 +17,8 @@ ONNX_REQUIREMENTS = ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"]
 CLINICAL_REQUIREMENTS = ["pydicom>=2.4", "edfio>=0.4", "ecgdatakit>=2.0,<3", "defusedxml>=0.7"]
 # Independent decoders/writers the clinical-format tests check our readings against.
 CLINICAL_TEST_REQUIREMENTS = ["sierraecg>=0.4", "ishneholterlib>=2020.5"]
+# The web demo (`dbeta demo`, the Space's app.py): Gradio 6 (css and limits are launch() arguments there).
+WEB_REQUIREMENTS = ["gradio>=6.0,<7"]
 
 setup(
     name="dbeta",
@@ -63,9 +65,12 @@ setup(
         # exported zero-shot scorer.
         "onnx": ONNX_REQUIREMENTS,
         "clinical": CLINICAL_REQUIREMENTS,
-        # The tests export and run the ONNX towers and read the clinical formats, so CI's
+        # The web demo reads every supported upload, hospital exports included.
+        "web": [*READER_REQUIREMENTS, *CLINICAL_REQUIREMENTS, *WEB_REQUIREMENTS],
+        # The tests export and run the ONNX towers, read the clinical formats and drive the web demo in
+        # headless Chromium (Selenium; the browser itself comes from apt, see .ci/run), so CI's
         # `.[train,dev]` brings them.
-        "dev": ["pytest>=7.4", *ONNX_REQUIREMENTS, *CLINICAL_REQUIREMENTS, *CLINICAL_TEST_REQUIREMENTS],
+        "dev": ["pytest>=7.4", *ONNX_REQUIREMENTS, *CLINICAL_REQUIREMENTS, *CLINICAL_TEST_REQUIREMENTS, *WEB_REQUIREMENTS, "selenium>=4.20"],
     },
     entry_points={"console_scripts": ["dbeta=dbeta.cli:main"]},
 )

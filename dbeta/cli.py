@@ -7,6 +7,8 @@
         [--per_window windows.csv] --output scores.csv
     dbeta export-onnx MODEL --output DIR [--labels AFIB LBBB ...]
     dbeta report RECORD --model MODEL --labels AFIB LBBB ... --output report.png [--html report.html]
+    dbeta demo [--model outputs/dbeta-demo] [--port 7860]        (web demo, needs the `web` extra)
+    dbeta export-space --model MODEL --output_dir DIR            (a Hugging Face Space folder of it)
 
 Records are found recursively: WFDB / PhysioNet-CinC records (`*.hea` with their `.dat` / `.mat`),
 original CPSC 2018 `*.mat` files (no header beside them), CODE HDF5 files (`*.hdf5`, `*.h5`:
@@ -802,6 +804,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_arguments(report)
     report.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     report.set_defaults(run=run_report, batch_size=1)
+    from dbeta import web_demo  # gradio is imported only when the demo starts
+
+    demo = commands.add_parser("demo", help="web demo (Gradio): upload an ECG, name labels, see the tracing and scores")
+    web_demo.add_arguments(demo).set_defaults(run=web_demo.run, batch_size=1)
+    space = commands.add_parser("export-space", help="a Hugging Face Space folder serving the web demo (app.py = dbeta demo)")
+    web_demo.add_space_arguments(space).set_defaults(run=web_demo.run_space, batch_size=1)
     for name, (module_name, help_text) in TRAINING_COMMANDS.items():
         # Listed for `dbeta --help`; `main` hands their arguments to the script before parsing.
         commands.add_parser(name, help=help_text, add_help=False)

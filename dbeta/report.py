@@ -314,6 +314,19 @@ def record_metadata(record, path: str, model: str, extra: Mapping[str, object] |
     return metadata
 
 
+def lead_roles(feature_extractor, record) -> tuple[list[str], list[str], list[str]]:
+    """`(model lead order, absent leads, derived leads)` for a record, by the extractor's own rule
+    (leads it zero-fills are absent; limb leads it computes from I and II are derived)."""
+    from processing_dbeta import canonical_lead_name
+
+    model_leads = [canonical_lead_name(name) for name in feature_extractor.lead_names]
+    recorded = {canonical_lead_name(str(name)) for name in record.lead_names}
+    _, holds_data = feature_extractor._arrange_leads(np.zeros((1, len(record.lead_names), 1)), list(record.lead_names))
+    absent = [name for name, has in zip(model_leads, holds_data) if not has]
+    derived = [name for name, has in zip(model_leads, holds_data) if has and name not in recorded]
+    return model_leads, absent, derived
+
+
 def report(
     record_path: str,
     model: str,
@@ -329,7 +342,6 @@ def report(
 ) -> list[dict]:
     """Score `record_path` with the zero-shot pipeline of `model` and draw the report. Returns the scores."""
     from pipeline_dbeta import ZeroShotECGClassificationPipeline
-    from processing_dbeta import canonical_lead_name
 
     from dbeta.loading import load_model_and_processor, model_label_descriptions
 
@@ -351,12 +363,7 @@ def report(
     )
     feature_extractor = processor.feature_extractor
     values = feature_extractor(record)["input_values"][0]
-    model_leads = [canonical_lead_name(name) for name in feature_extractor.lead_names]
-    recorded = {canonical_lead_name(str(name)) for name in record.lead_names}
-    # The extractor's own rule says which leads hold data (recorded, or derived from I and II).
-    _, holds_data = feature_extractor._arrange_leads(np.zeros((1, len(record.lead_names), 1)), list(record.lead_names))
-    absent = [name for name, has in zip(model_leads, holds_data) if not has]
-    derived = [name for name, has in zip(model_leads, holds_data) if has and name not in recorded]
+    model_leads, absent, derived = lead_roles(feature_extractor, record)
     metadata = record_metadata(record, record_path, model)
     title = title or f"D-BETA zero-shot: {metadata['record']}"
     png = render_report(

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import logging
 import re
@@ -40,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from dbeta import ASSETS_DIR
+from dbeta.ludb_assets import read_ludb_npz, signals_sha256  # the format's one reader (the web demo uses it too)
 from dbeta.train.evaluation.downstream import _ludb_diagnoses as _ludb_header_diagnoses
 
 logger = logging.getLogger(__name__)
@@ -169,14 +169,6 @@ def _encode(signals_mv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return delta.astype(np.int16), gain
 
 
-def _decode(delta: np.ndarray, gain: np.ndarray) -> np.ndarray:
-    return (np.cumsum(delta.astype(np.int32), axis=-1) / gain[..., None]).astype(np.float32)
-
-
-def signals_sha256(delta: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(delta, dtype="<i2").tobytes()).hexdigest()
-
-
 def _write_ludb_part(records: Mapping[str, dict], record_ids: Sequence[str], other_ids: Sequence[str], output_file: Path) -> None:
     delta, gain = _encode(np.stack([records[record_id]["signal"] for record_id in record_ids]))
     output_file.parent.mkdir(parents=True, exist_ok=True)
@@ -222,18 +214,7 @@ def load_ludb_train_set(path: str | Path = LUDB_TRAIN_FILE, eval_file: str | Pat
 
 def load_ludb_eval_set(path: str | Path = LUDB_EVAL_FILE, verify: bool = True) -> RealEvalSet:
     """The vendored LUDB evaluation set; `verify` checks the samples against the stored SHA-256."""
-    with np.load(path, allow_pickle=False) as data:
-        delta, gain = data["signals_delta"], data["gain"]
-        if verify and signals_sha256(delta) != str(data["sha256"]):
-            raise ValueError(f"{path}: the signals do not match their SHA-256; the file is damaged.")
-        return RealEvalSet(
-            record_ids=[str(value) for value in data["record_ids"]],
-            signals=_decode(delta, gain),
-            reports=[str(value) for value in data["reports"]],
-            rhythms=[str(value) for value in data["rhythms"]],
-            lead_names=tuple(str(value) for value in data["lead_names"]),
-            sampling_rate=int(data["sampling_rate"]),
-        )
+    return RealEvalSet(**read_ludb_npz(path, verify=verify))
 
 
 def ludb_training_record_ids(path: str | Path = LUDB_EVAL_FILE) -> list[str]:
