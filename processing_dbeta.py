@@ -1262,7 +1262,10 @@ def read_code_hdf5(
 
 def _check_hdf5_storage_inside(handle: Any, dataset: str, path: Path) -> None:
     """Refuse an HDF5 dataset whose data lives in a file that the HDF5 file names outside its folder."""
-    import h5py
+    try:
+        import h5py  # lazy and optional (a bare import would make loading the model require it)
+    except ImportError as error:
+        raise ImportError("Reading CODE HDF5 files needs `h5py` (pip install h5py)") from error
 
     folder = path.parent
     targets: list[str] = []
@@ -1291,6 +1294,502 @@ def _check_external_target(folder: Path, target: str, dataset: str, path: Path) 
         raise ValueError(f"{path}: dataset {dataset!r} is stored in another file: {detail}") from None
 
 
+# --------------------------------------------------------------------------------------------
+# Clinical export formats: DICOM waveform, GE MUSE XML, Philips XML, HL7 aECG, SCP-ECG, EDF, ISHNE
+# --------------------------------------------------------------------------------------------
+
+#: Largest clinical-format file a reader parses (bytes), checked before anything is decoded. XML,
+#: SCP-ECG, DICOM and ISHNE files are decoded whole by their libraries (a 10 s 12-lead XML export is
+#: about 0.1-1 MB); EDF is read in parts and is bounded by `MAX_READ_ELEMENTS` per read instead.
+MAX_CLINICAL_FILE_BYTES = 64 * 2**20
+
+# Bytes read from the start of a file to recognise its format (an XML prolog with comments and a
+# DOCTYPE fits easily).
+_SNIFF_BYTES = 64 * 1024
+
+_CLINICAL_EXTRA_HINT = "pip install 'dbeta[clinical]'"
+
+#: Formats recognised by content: internal name -> (name shown to users, the library that reads it).
+CLINICAL_FORMATS = {
+    "dicom": ("DICOM waveform", "pydicom"),
+    "ge_muse_xml": ("GE MUSE XML", "ecgdatakit"),
+    "philips_xml": ("Philips (Sierra) XML", "ecgdatakit"),
+    "hl7_aecg": ("HL7 aECG", "ecgdatakit"),
+    "scp_ecg": ("SCP-ECG", "ecgdatakit"),
+    "edf": ("EDF/EDF+", "edfio"),
+    "ishne": ("ISHNE Holter", "ecgdatakit"),
+}
+
+# XML root element (lower-cased, without namespace prefix) -> format.
+_XML_ROOTS = {"restingecg": "ge_muse_xml", "restingecgdata": "philips_xml", "annotatedecg": "hl7_aecg"}
+
+# Prefixes that files put before a lead's name ("Lead I (Einthoven)", "ECG V1", "MDC_ECG_LEAD_AVR").
+_LEAD_LABEL_PREFIX = re.compile(r"^(?:mdc_ecg_lead_|lead\b|ecg\b|ekg\b)[\s:_-]*", re.IGNORECASE)
+
+
+def _file_lead_name(label: Any) -> str:
+    """The standard spelling of a lead label written in a clinical file, or the label unchanged when it
+    names no standard lead (a respiration or EEG channel, "V3R", "ECG" alone)."""
+    original = str(label).strip()
+    text = re.sub(r"\([^)]*\)", "", original).strip()  # "Lead I (Einthoven)" -> "Lead I"
+    previous = None
+    while text != previous:
+        previous, text = text, _LEAD_LABEL_PREFIX.sub("", text).strip()
+    name = canonical_lead_name(text)
+    return name if name in STANDARD_LEAD_NAMES else original
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _package_version(name: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"{name} {version(name)}"
+    except Exception:  # noqa: BLE001 - a version is informative only
+        return name
+
+
+def _sniff_clinical_format(path: Path) -> Optional[str]:
+    """The clinical format of the file at `path` from its content (None: not one of them).
+
+    Raises a ValueError naming the file for recognisable but unsupported variants (an XML file that
+    declares entities, an XML root that is no ECG export, a BDF or ISHNE annotation file)."""
+    with open(path, "rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(b"ISHNE1.0"):
+        return "ishne"
+    if head.startswith(b"ANN  1.0"):
+        raise ValueError(f"{path} is an ISHNE annotation file, not an ECG: read the ISHNE ECG file it annotates")
+    if head.startswith(b"\xffBIOSEMI"):
+        raise ValueError(f"{path} is a BDF (24-bit BioSemi) file; only EDF/EDF+ (16-bit) files are read")
+    if head.startswith(b"0       ") and len(head) >= 256 and head[252:256].strip().isdigit():
+        return "edf"
+    if len(head) >= 16 and int.from_bytes(head[2:6], "little") == path.stat().st_size:
+        if int.from_bytes(head[8:10], "little") == 0:  # SCP-ECG: record length, then section 0 (pointers)
+            return "scp_ecg"
+    return _sniff_xml_root(path, head)
+
+
+def _sniff_xml_root(path: Path, head: bytes) -> Optional[str]:
+    """The ECG format of an XML file from its root element's name (None: not XML)."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text = head.decode("utf-16", errors="ignore")
+    else:
+        text = head.removeprefix(b"\xef\xbb\xbf").decode("latin-1")
+    text = text.lstrip()
+    if not text.startswith("<"):
+        return None
+    if "<!ENTITY" in text.upper():
+        # Entity definitions are the vector of "billion laughs" and external-entity attacks; ECG
+        # exports never need them. The libraries refuse them too (defusedxml); this says it first.
+        raise ValueError(f"{path}: XML that declares entities (<!ENTITY ...>) is refused: entity expansion is unsafe")
+    # Skip the declaration, comments, processing instructions and the DOCTYPE to reach the root.
+    prolog = re.compile(r"\s*(?:<\?.*?\?>|<!--.*?-->|<!DOCTYPE[^>\[]*(?:\[.*?\])?\s*>)", re.DOTALL | re.IGNORECASE)
+    position = 0
+    while True:
+        match = prolog.match(text, position)
+        if not match:
+            break
+        position = match.end()
+    root = re.match(r"\s*<([A-Za-z_][\w.:-]*)", text[position:])
+    if root is None:
+        return None
+    name = root.group(1).split(":")[-1]
+    found = _XML_ROOTS.get(name.lower())
+    if found is None:
+        raise ValueError(
+            f"Unsupported XML file {path}: its root element <{name}> is not a GE MUSE <RestingECG>, Philips "
+            "<restingecgdata> or HL7 aECG <AnnotatedECG> export"
+        )
+    return found
+
+
+def _check_clinical_file_size(path: Path, format_name: str) -> None:
+    size = path.stat().st_size
+    if size > MAX_CLINICAL_FILE_BYTES:
+        raise ValueError(
+            f"{path}: {format_name} file of {size} bytes, more than the {MAX_CLINICAL_FILE_BYTES // 2**20} MiB "
+            "decoded at once (MAX_CLINICAL_FILE_BYTES); convert it to WFDB or EDF, which are read in parts"
+        )
+
+
+def _derived_leads_note(lead_names: list[str]) -> Optional[list[str]]:
+    """The limb leads the feature extractor derives from I and II for this file (None: none)."""
+    present = {canonical_lead_name(name) for name in lead_names}
+    missing = [name for name in ("III", "aVR", "aVL", "aVF") if name not in present]
+    if missing and all(name in present for name in INDEPENDENT_LEAD_NAMES):
+        return missing
+    return None
+
+
+def _clinical_metadata(
+    path: Path,
+    format_key: str,
+    library: str,
+    lead_names: list[str],
+    sampling_rate: float,
+    total_samples: int,
+    **fields: Any,
+) -> dict:
+    """The metadata of a record read from a clinical file (documented in `read_ecg_file`)."""
+    metadata = {
+        "name": path.stem,
+        "comments": [],
+        "format": CLINICAL_FORMATS[format_key][0],
+        "reader": _package_version(library),
+        "total_samples": int(total_samples),
+        "duration_s": round(total_samples / sampling_rate, 6),
+        "units": ["mV"] * len(lead_names),
+    }
+    derived = _derived_leads_note(lead_names)
+    if derived:
+        metadata["derived_leads"] = derived
+    for key, value in fields.items():
+        if value not in (None, "", [], {}):
+            metadata[key] = value
+    return metadata
+
+
+def _in_memory_record(
+    path: Path, signal: np.ndarray, lead_names: list[str], sampling_rate: float, metadata: dict
+) -> _OpenedRecord:
+    """An `_OpenedRecord` of a file its library decodes whole (already bounded by the file size)."""
+    signal = np.ascontiguousarray(signal, dtype=np.float32)
+    if signal.ndim != 2 or signal.shape[0] != len(lead_names) or signal.shape[1] == 0:
+        raise ValueError(f"{path}: the file holds no samples (shape {signal.shape} for leads {lead_names})")
+    if not np.isfinite(signal).all():
+        raise ValueError(f"{path}: the decoded signal holds NaN or infinite values (a damaged file?)")
+    return _OpenedRecord(
+        source=path,
+        lead_names=list(lead_names),
+        sampling_rate=sampling_rate,
+        total_samples=int(signal.shape[1]),
+        metadata=metadata,
+        read_part=lambda start, stop: signal[:, start:stop],
+    )
+
+
+def _dicom_text(dataset: Any, keyword: str) -> Optional[str]:
+    value = dataset.get(keyword)
+    return None if value in (None, "") else str(value).strip() or None
+
+
+def _dicom_datetime(value: Optional[str]) -> Optional[str]:
+    """A DICOM DA/DT/TM value as ISO 8601 ("20130125105919" -> "2013-01-25T10:59:19"); kept as written
+    when it is not one."""
+    if not value:
+        return None
+    match = re.fullmatch(r"(\d{4})(\d{2})(\d{2})\s*(?:(\d{2})(\d{2})?(\d{2})?(\.\d+)?)?([+-]\d{4})?", value.strip())
+    if not match:
+        return value
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    text = f"{year}-{month}-{day}"
+    if hour:
+        text += f"T{hour}:{minute or '00'}:{second or '00'}{fraction or ''}"
+        if zone:
+            text += f"{zone[:3]}:{zone[3:]}"
+    return text
+
+
+def _dicom_age(value: Optional[str]) -> Optional[Union[int, str]]:
+    """DICOM age strings: "042Y" -> 42; months, weeks or days are kept as written."""
+    if value and re.fullmatch(r"\d{3}Y", value):
+        return int(value[:3])
+    return value or None
+
+
+def _open_dicom(path: Path) -> _OpenedRecord:
+    """A DICOM ECG waveform object (12-lead, general ECG, ambulatory...), read with pydicom."""
+    try:
+        import pydicom
+    except ImportError as error:
+        raise ImportError(f"Reading DICOM waveform files ({path}) needs pydicom: {_CLINICAL_EXTRA_HINT}") from error
+    _check_clinical_file_size(path, "DICOM")
+    try:
+        dataset = pydicom.dcmread(path)
+    except Exception as error:  # noqa: BLE001 - pydicom raises many types for damaged files
+        raise ValueError(f"Cannot read DICOM file {path}: {_one_line(error)}") from error
+    groups = list(dataset.get("WaveformSequence") or [])
+    if not groups:
+        sop = getattr(dataset.get("SOPClassUID"), "name", None) or dataset.get("SOPClassUID") or "unknown"
+        raise ValueError(f"{path}: DICOM file without a waveform (SOP class {sop}); it holds no ECG to read")
+
+    def describe(index: int, group: Any) -> str:
+        label = str(group.get("MultiplexGroupLabel") or f"group {index}")
+        return (
+            f"{label} ({group.get('NumberOfWaveformChannels')} channels x {group.get('NumberOfWaveformSamples')} "
+            f"samples at {group.get('SamplingFrequency')} Hz)"
+        )
+
+    def is_beat(group: Any) -> bool:
+        return re.search(r"median|beat|average", str(group.get("MultiplexGroupLabel") or ""), re.IGNORECASE) is not None
+
+    def seconds(group: Any) -> float:
+        try:
+            return float(group.NumberOfWaveformSamples) / float(group.SamplingFrequency)
+        except (AttributeError, TypeError, ValueError, ZeroDivisionError):
+            return -1.0
+
+    rhythm = [index for index, group in enumerate(groups) if not is_beat(group)]
+    if not rhythm:
+        raise ValueError(
+            f"{path}: the DICOM file holds only median/average beats ({'; '.join(describe(i, g) for i, g in enumerate(groups))}), "
+            "no rhythm waveform"
+        )
+    chosen = max(rhythm, key=lambda index: (seconds(groups[index]), -index))  # the longest rhythm, first if tied
+    group = groups[chosen]
+    skipped = [describe(index, other) for index, other in enumerate(groups) if index != chosen]
+    try:
+        channels, samples = int(group.NumberOfWaveformChannels), int(group.NumberOfWaveformSamples)
+        rate = _check_sampling_rate(float(group.SamplingFrequency), str(path))
+        definitions = list(group.ChannelDefinitionSequence)
+    except AttributeError as error:
+        raise ValueError(f"{path}: DICOM waveform {describe(chosen, group)} lacks {error}") from error
+    if len(definitions) != channels or channels == 0 or samples == 0:
+        raise ValueError(f"{path}: DICOM waveform {describe(chosen, group)} has {len(definitions)} channel definitions")
+    if channels * samples > MAX_READ_ELEMENTS:
+        raise ValueError(
+            f"{path}: DICOM waveform of {channels} channels x {samples} samples is more than MAX_READ_ELEMENTS "
+            f"({MAX_READ_ELEMENTS})"
+        )
+    names, scales = [], []
+    for number, channel in enumerate(definitions, start=1):
+        source = (channel.get("ChannelSourceSequence") or [None])[0]
+        label = channel.get("ChannelLabel") or (source.get("CodeMeaning") if source is not None else None) or f"channel {number}"
+        names.append(_file_lead_name(label))
+        units = (channel.get("ChannelSensitivityUnitsSequence") or [None])[0]
+        unit = str(units.get("CodeValue") if units is not None else "").strip().lower()
+        if channel.get("ChannelSensitivity") in (None, "") or unit not in _MILLIVOLTS_PER_UNIT:
+            raise ValueError(
+                f"{path}: DICOM channel {number} ({label}) has no usable sensitivity and units "
+                f"(sensitivity {channel.get('ChannelSensitivity')!r}, units {unit or 'none'!r}): the samples cannot be "
+                "converted to millivolts"
+            )
+        scales.append(_MILLIVOLTS_PER_UNIT[unit])
+    try:
+        # pydicom applies each channel's sensitivity, correction factor and baseline (PS3.3 C.10.9.1.4).
+        values = np.asarray(dataset.waveform_array(chosen), dtype=np.float64)
+    except Exception as error:  # noqa: BLE001
+        raise ValueError(f"Cannot decode the DICOM waveform of {path}: {_one_line(error)}") from error
+    if values.shape != (samples, channels):
+        raise ValueError(f"{path}: DICOM waveform data has shape {values.shape}, the header declares {(samples, channels)}")
+    signal = values.T * np.asarray(scales)[:, None]
+    device = " ".join(filter(None, (_dicom_text(dataset, "Manufacturer"), _dicom_text(dataset, "ManufacturerModelName"))))
+    acquired = _dicom_text(dataset, "AcquisitionDateTime") or "".join(
+        filter(None, (_dicom_text(dataset, "ContentDate"), _dicom_text(dataset, "ContentTime")))
+    )
+    metadata = _clinical_metadata(
+        path, "dicom", "pydicom", names, rate, samples,
+        device=device or None,
+        acquisition_time=_dicom_datetime(acquired),
+        age=_dicom_age(_dicom_text(dataset, "PatientAge")),
+        sex=_dicom_text(dataset, "PatientSex"),
+        waveform=str(group.get("MultiplexGroupLabel") or f"group {chosen}"),
+        skipped=skipped,
+    )
+    return _in_memory_record(path, signal, names, rate, metadata)
+
+
+def _open_edf(path: Path) -> _OpenedRecord:
+    """An EDF/EDF+ recording (Holter, polysomnography), read in parts with edfio: the ECG channels are
+    those whose label names a standard lead; the others are skipped and listed."""
+    try:
+        import edfio
+    except ImportError as error:
+        raise ImportError(f"Reading EDF files ({path}) needs edfio: {_CLINICAL_EXTRA_HINT}") from error
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a truncated file is refused below, from the header's own count
+            edf = edfio.read_edf(path, lazy_load_data=True)
+        signals = list(edf.signals)
+        with open(path, "rb") as handle:
+            declared_records = int(handle.read(244)[236:244].decode("ascii").strip())
+    except Exception as error:  # noqa: BLE001 - edfio raises ValueError and others for damaged headers
+        raise ValueError(f"Cannot read EDF file {path}: {_one_line(error)}") from error
+    if declared_records not in (-1, edf.num_data_records):  # -1: "unknown", allowed while recording
+        raise ValueError(
+            f"{path}: EDF header declares {declared_records} data records, the file holds {edf.num_data_records}: "
+            "a truncated file"
+        )
+    if str(edf.reserved).strip().upper().startswith("EDF+D"):
+        raise ValueError(f"{path}: EDF+D (discontinuous) recordings are not read: their samples have gaps in time")
+    leads = [(signal, _file_lead_name(signal.label)) for signal in signals]
+    ecg = [(signal, name) for signal, name in leads if name in STANDARD_LEAD_NAMES]
+    if not ecg:
+        labels = [signal.label for signal in signals]
+        raise ValueError(
+            f"{path}: EDF file with no ECG channel: none of its channel labels {labels} names a standard lead "
+            "(I, II, III, aVR, aVL, aVF, V1-V6, e.g. 'ECG II')"
+        )
+    rates = sorted({float(signal.sampling_frequency) for signal, _ in ecg})
+    if len(rates) != 1:
+        raise ValueError(f"{path}: the EDF ECG channels have different sampling rates {rates}; not supported")
+    rate = _check_sampling_rate(rates[0], str(path))
+    scales = []
+    for signal, name in ecg:
+        unit = str(signal.physical_dimension).strip().lower()
+        if unit not in _MILLIVOLTS_PER_UNIT:
+            raise ValueError(
+                f"{path}: EDF channel {signal.label!r} has physical dimension {signal.physical_dimension!r}, not a "
+                "voltage (uV, mV or V): it cannot be converted to millivolts"
+            )
+        scales.append(_MILLIVOLTS_PER_UNIT[unit])
+    total = int(ecg[0][0].samples_per_data_record) * int(edf.num_data_records)
+    if total <= 0:
+        raise ValueError(f"{path}: the EDF file holds no samples")
+    # The data records the header declares must be in the file (a truncated download reads as garbage).
+
+    def read_part(start: int, stop: int) -> np.ndarray:
+        try:
+            parts = [signal.get_data_slice(start / rate, stop / rate) * scale for (signal, _), scale in zip(ecg, scales)]
+        except Exception as error:  # noqa: BLE001
+            raise ValueError(f"Cannot read samples {start}-{stop} of EDF file {path}: {_one_line(error)}") from error
+        if any(len(part) != stop - start for part in parts):
+            raise ValueError(f"{path}: EDF samples {start}-{stop} could not all be read (a truncated file?)")
+        return np.stack(parts).astype(np.float32)
+
+    names = [name for _, name in ecg]
+    try:
+        started = edf.startdatetime.isoformat()
+    except Exception:  # noqa: BLE001 - an anonymised or malformed start date
+        started = None
+    try:  # EDF+ fields; a plain EDF's identification fields are free text (edfio refuses to split them)
+        equipment, sex = edf.recording.equipment_code, edf.patient.sex
+    except Exception:  # noqa: BLE001
+        equipment = sex = None
+    metadata = _clinical_metadata(
+        path, "edf", "edfio", names, rate, total,
+        device=None if equipment in (None, "X") else str(equipment),
+        acquisition_time=started,
+        sex=None if sex in (None, "X") else str(sex),
+        skipped=[f"channel {signal.label!r} (not an ECG lead)" for signal, name in leads if name not in STANDARD_LEAD_NAMES],
+    )
+    return _OpenedRecord(source=path, lead_names=names, sampling_rate=rate, total_samples=total, metadata=metadata, read_part=read_part)
+
+
+def _ecgdatakit_parser(format_key: str):
+    """The ecgdatakit parser class of a format (imported lazily: it is an optional dependency)."""
+    try:
+        if format_key == "ge_muse_xml":
+            from ecgdatakit.parsing.parsers.ge_muse_xml import GEMuseXMLParser as parser
+        elif format_key == "philips_xml":
+            from ecgdatakit.parsing.parsers.sierra_xml import SierraXMLParser as parser
+        elif format_key == "hl7_aecg":
+            from ecgdatakit.parsing.parsers.hl7_aecg import HL7aECGParser as parser
+        elif format_key == "scp_ecg":
+            from ecgdatakit.parsing.parsers.scp_ecg import SCPECGParser as parser
+        else:
+            from ecgdatakit.parsing.parsers.ishne_holter import ISHNEHolterParser as parser
+    except ImportError as error:
+        raise ImportError(
+            f"Reading {CLINICAL_FORMATS[format_key][0]} files needs ecgdatakit: {_CLINICAL_EXTRA_HINT}"
+        ) from error
+    return parser
+
+
+def _check_ishne_length(path: Path, parsed: Any, notes: list[str]) -> None:
+    """Refuse an ISHNE file holding fewer samples than its header declares (a truncated download or copy).
+
+    The standard declares samples per lead; some writers store the total over all leads, which is
+    accepted. ecgdatakit reads what is there and leaves the check to its caller."""
+    raw = getattr(parsed, "raw_metadata", None) or {}
+    declared, held, leads = raw.get("ecg_size"), raw.get("samples_per_lead"), len(parsed.leads or [])
+    if isinstance(declared, int) and isinstance(held, int) and held < declared and declared != held * leads:
+        raise ValueError(
+            f"{path}: ISHNE header declares {declared} samples per lead, the file holds {held}: a truncated file"
+        )
+    if any("truncated" in note for note in notes):
+        raise ValueError(f"{path}: ISHNE file ends inside a sample frame: a truncated file")
+
+
+def _open_with_ecgdatakit(path: Path, format_key: str) -> _OpenedRecord:
+    """A GE MUSE XML, Philips XML, HL7 aECG, SCP-ECG or ISHNE file, decoded by ecgdatakit (MUSE base64,
+    Philips XLI, aECG digits and scale, SCP Huffman and difference encodings); its XML is parsed with
+    defusedxml. The rhythm (full-length) waveform is read; median beats are skipped and listed."""
+    format_name = CLINICAL_FORMATS[format_key][0]
+    parser = _ecgdatakit_parser(format_key)
+    _check_clinical_file_size(path, format_name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            parsed = parser().parse(path).to_physical()
+        except ImportError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the library raises its own and Python's errors
+            raise ValueError(f"Cannot read {format_name} file {path}: {_one_line(error)}") from error
+    notes = list(dict.fromkeys(_one_line(warning.message) for warning in caught))
+    if format_key == "ishne":
+        _check_ishne_length(path, parsed, notes)
+    leads = list(parsed.leads or [])
+    if not leads:
+        raise ValueError(f"{path}: the {format_name} file holds no rhythm waveform")
+    raw = [lead.label for lead in leads if lead.is_raw]
+    if raw:
+        raise ValueError(f"{path}: {format_name} leads {raw} carry no gain or units: they cannot be converted to millivolts")
+    rates = sorted({float(lead.sampling_rate) for lead in leads})
+    if len(rates) != 1:
+        raise ValueError(f"{path}: the {format_name} leads have different sampling rates {rates}; not supported")
+    rate = _check_sampling_rate(rates[0], str(path))
+    try:
+        arrays = [np.asarray(lead.convert_units("mV").samples, dtype=np.float64) for lead in leads]
+    except Exception as error:  # noqa: BLE001 - a unit that is no voltage
+        raise ValueError(f"{path}: {format_name} samples cannot be converted to millivolts: {_one_line(error)}") from error
+    lengths = sorted({len(array) for array in arrays})
+    if lengths[0] == 0:
+        raise ValueError(f"{path}: the {format_name} file holds an empty lead")
+    if len(lengths) > 1:
+        notes.append(f"leads of different lengths {lengths}: all cut to the shortest, {lengths[0]} samples")
+    names = [_file_lead_name(lead.label) for lead in leads]
+    signal = np.stack([array[: lengths[0]] for array in arrays])
+    median = list(parsed.median_beats or [])
+    skipped = (
+        [f"median beats ({len(median)} leads x {max(len(lead.samples) for lead in median)} samples)"] if median else []
+    )
+    recording, patient = parsed.recording, parsed.patient
+    device_info = getattr(recording, "device", None)
+    device = " ".join(
+        str(part) for part in (getattr(device_info, "manufacturer", None), getattr(device_info, "model", None)) if part
+    )
+    acquired = getattr(recording, "date", None)
+    metadata = _clinical_metadata(
+        path, format_key, "ecgdatakit", names, rate, signal.shape[1],
+        device=device or None,
+        acquisition_time=acquired.isoformat() if hasattr(acquired, "isoformat") else acquired,
+        age=getattr(patient, "age", None),
+        sex=getattr(patient, "sex", None) or None,
+        skipped=skipped,
+        notes=notes,
+    )
+    return _in_memory_record(path, signal, names, rate, metadata)
+
+
+def ecg_file_format(path: Union[str, os.PathLike]) -> Optional[str]:
+    """The clinical format of an ECG file recognised by its content, as a key of `CLINICAL_FORMATS`
+    (`"dicom"`, `"ge_muse_xml"`, `"philips_xml"`, `"hl7_aecg"`, `"scp_ecg"`, `"edf"`, `"ishne"`), or
+    None when the content is none of them (WFDB and MATLAB files are recognised by their names).
+
+    Raises:
+        ValueError (naming the file): a recognisable but refused variant: XML declaring entities, an
+            XML root that is no ECG export, BDF, an ISHNE annotation file; or not a regular file.
+    """
+    path = Path(path)
+    _check_regular_file(path, "ECG file")
+    return _sniff_clinical_format(path)
+
+
+def _open_clinical_file(path: Path, format_key: str) -> _OpenedRecord:
+    if format_key == "dicom":
+        return _open_dicom(path)
+    if format_key == "edf":
+        return _open_edf(path)
+    return _open_with_ecgdatakit(path, format_key)
+
+
 def _open_ecg_file(path: Union[str, os.PathLike]) -> _OpenedRecord:
     """Open one ECG file with the reader its name calls for (see `read_ecg_file`)."""
     path = Path(path)
@@ -1300,21 +1799,50 @@ def _open_ecg_file(path: Union[str, os.PathLike]) -> _OpenedRecord:
     has_header = header.is_file() or header.is_symlink()  # a broken link is reported by the WFDB reader
     if suffix in (".hea", ".dat") or (suffix not in _SIGNAL_FILE_EXTENSIONS and has_header):
         return _open_wfdb_record(path)
+    if suffix == ".mat" and has_header:
+        return _open_wfdb_record(path)
+    if not (path.exists() or path.is_symlink()) and suffix != ".mat":
+        raise ValueError(f"Unsupported ECG file {path}: no such file, and no WFDB header {header.name} beside it")
+    if suffix != ".mat" or path.is_file():
+        # Clinical exports are recognised by content, whatever their name (".xml", ".XML", ".dcm", none).
+        _check_regular_file(path, "ECG file")
+        clinical = _sniff_clinical_format(path)
+        if clinical is not None:
+            return _open_clinical_file(path, clinical)
     if suffix == ".mat":
-        if has_header:
-            return _open_wfdb_record(path)
         return _open_cpsc2018_mat(path)
     if suffix in (".h5", ".hdf5"):
         raise ValueError(f"{path} is an HDF5 file of many ECGs: use read_code_hdf5")
-    raise ValueError(f"Unsupported ECG file {path}: expected .hea, .dat or .mat")
+    raise ValueError(
+        f"Unsupported ECG file {path}: not a WFDB record (.hea/.dat), a .mat file, nor by its content a DICOM "
+        "waveform, GE MUSE / Philips / HL7 aECG XML, SCP-ECG, EDF or ISHNE file"
+    )
 
 
 def read_ecg_file(path: Union[str, os.PathLike], max_duration: Optional[float] = None) -> ECGRecord:
-    """Read one ECG, choosing the reader from the file name.
+    """Read one ECG, choosing the reader from the file name or, for clinical exports, its content.
 
     - `.hea`, `.dat`, or a path without extension that has a `.hea` beside it: `read_wfdb_record`;
     - `.mat`: `read_wfdb_record` if a `.hea` of the same name sits beside it (PhysioNet/CinC),
-      otherwise `read_cpsc2018_mat` (original CPSC 2018 struct).
+      otherwise `read_cpsc2018_mat` (original CPSC 2018 struct);
+    - any other file (and a `.mat` that is none) by its content, whatever its name (`ecg_file_format`):
+      DICOM waveform ("DICM" at byte 128; pydicom), GE MUSE XML (`<RestingECG>`), Philips XML
+      (`<restingecgdata>`, XLI-compressed or not), HL7 aECG (`<AnnotatedECG>`), SCP-ECG (record
+      length and section 0 at its head), ISHNE Holter ("ISHNE1.0") - these five with ecgdatakit,
+      whose XML parser is defusedxml - and EDF/EDF+ ("0       " header; edfio, read in parts). These
+      need the `clinical` extra (`pip install 'dbeta[clinical]'`); see docs/processor.md.
+
+    Clinical exports give the same contract: millivolts from the file's own gains, units and
+    baselines; lead names mapped to the standard spellings ("Lead I (Einthoven)", "ECG V1",
+    "MDC_ECG_LEAD_AVR" -> "I", "V1", "aVR"); the file's sampling rate; the rhythm (full-length)
+    waveform, never median beats. Their `metadata` holds `name`, `comments` (empty), `format`,
+    `reader` (library and version), `total_samples`, `duration_s`, `units`, and where the file says
+    so `device`, `acquisition_time` (ISO 8601), `age`, `sex`, `waveform` (DICOM multiplex group);
+    `derived_leads` (III, aVR, aVL, aVF when the file stores only I, II, V1-V6: the feature extractor
+    derives them from I and II), `skipped` (median beats, other waveform groups, non-ECG channels)
+    and `notes` (what the library reported). Files are refused with one line naming them when
+    damaged (truncated, no rhythm waveform, no ECG channel, no gain), unsafe (XML declaring
+    entities) or larger than `MAX_CLINICAL_FILE_BYTES` (except EDF, read in parts).
 
     HDF5 files hold many ECGs: read them with `read_code_hdf5`. `max_duration` (seconds) reads
     only the start of long recordings (see the readers); a whole read of more than
@@ -2192,7 +2720,10 @@ __all__ = [
     "MAX_WINDOWS",
     "MIMIC_LEAD_NAMES",
     "STANDARD_LEAD_NAMES",
+    "CLINICAL_FORMATS",
+    "MAX_CLINICAL_FILE_BYTES",
     "canonical_lead_name",
+    "ecg_file_format",
     "iter_ecg_windows",
     "read_code_hdf5",
     "read_cpsc2018_mat",

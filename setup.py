@@ -11,6 +11,14 @@ HUB_MODULES = ["configuration_dbeta", "modeling_dbeta", "processing_dbeta", "pip
 TRAIN_JOBS = ["pretraining", "demo", "data", "evaluation", "conversion"]
 READER_REQUIREMENTS = ["wfdb>=4.1", "h5py>=3.8", "pyarrow>=14", "matplotlib>=3.7"]
 ONNX_REQUIREMENTS = ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"]
+# Hospital exports (docs/processor.md, "Clinical formats"): DICOM waveforms (pydicom), EDF/EDF+
+# (edfio), GE MUSE / Philips / HL7 aECG XML, SCP-ECG and ISHNE (ecgdatakit, whose XML goes through
+# defusedxml). Imported lazily by processing_dbeta: loading a model never needs them.
+CLINICAL_REQUIREMENTS = ["pydicom>=2.4", "edfio>=0.4", "ecgdatakit>=2.0,<3", "defusedxml>=0.7"]
+# Independent decoders/writers the clinical-format tests check our readings against.
+CLINICAL_TEST_REQUIREMENTS = ["sierraecg>=0.4", "ishneholterlib>=2020.5"]
+# The web demo (`dbeta demo`, the Space's app.py): Gradio 6 (css and limits are launch() arguments there).
+WEB_REQUIREMENTS = ["gradio>=6.0,<7"]
 
 setup(
     name="dbeta",
@@ -56,8 +64,13 @@ setup(
         # ONNX export (`dbeta export-onnx`) and onnxruntime inference; onnxruntime alone runs the
         # exported zero-shot scorer.
         "onnx": ONNX_REQUIREMENTS,
-        # The tests export and run the ONNX towers, so CI's `.[train,dev]` brings them.
-        "dev": ["pytest>=7.4", *ONNX_REQUIREMENTS],
+        "clinical": CLINICAL_REQUIREMENTS,
+        # The web demo reads every supported upload, hospital exports included.
+        "web": [*READER_REQUIREMENTS, *CLINICAL_REQUIREMENTS, *WEB_REQUIREMENTS],
+        # The tests export and run the ONNX towers, read the clinical formats and drive the web demo in
+        # headless Chromium (Selenium; the browser itself comes from apt, see .ci/run), so CI's
+        # `.[train,dev]` brings them.
+        "dev": ["pytest>=7.4", *ONNX_REQUIREMENTS, *CLINICAL_REQUIREMENTS, *CLINICAL_TEST_REQUIREMENTS, *WEB_REQUIREMENTS, "selenium>=4.20"],
     },
     entry_points={"console_scripts": ["dbeta=dbeta.cli:main"]},
 )

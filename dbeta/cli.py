@@ -7,10 +7,14 @@
         [--per_window windows.csv] --output scores.csv
     dbeta export-onnx MODEL --output DIR [--labels AFIB LBBB ...]
     dbeta report RECORD --model MODEL --labels AFIB LBBB ... --output report.png [--html report.html]
+    dbeta demo [--model outputs/dbeta-demo] [--port 7860]        (web demo, needs the `web` extra)
+    dbeta export-space --model MODEL --output_dir DIR            (a Hugging Face Space folder of it)
 
 Records are found recursively: WFDB / PhysioNet-CinC records (`*.hea` with their `.dat` / `.mat`),
-original CPSC 2018 `*.mat` files (no header beside them) and CODE HDF5 files (`*.hdf5`, `*.h5`:
-one record per exam, named `file.hdf5#index`). They are read with the readers of
+original CPSC 2018 `*.mat` files (no header beside them), CODE HDF5 files (`*.hdf5`, `*.h5`:
+one record per exam, named `file.hdf5#index`) and clinical exports recognised by their content,
+whatever their name (DICOM waveform, GE MUSE / Philips / HL7 aECG XML, SCP-ECG, EDF, ISHNE; see
+docs/processor.md). They are read with the readers of
 `processing_dbeta` (DECISIONS 10), prepared by the model's feature extractor and run through the
 model in batches while the output is written, so folders of any size stream through. A record
 that cannot be read or prepared is reported on stderr (and in `--errors` if given) and skipped;
@@ -125,7 +129,28 @@ def find_records(folder: str | os.PathLike) -> list[RecordRef]:
             records.append(RecordRef(str(relative.with_suffix("")), path))
         elif suffix in HDF5_SUFFIXES:
             records.extend(_hdf5_records(path, relative))
+        elif suffix not in _NOT_CLINICAL_SUFFIXES and not path.with_suffix(".hea").is_file():
+            if _is_clinical_record(path, suffix):
+                records.append(RecordRef(str(relative), path))
     return records
+
+
+#: Suffixes of the clinical exports (`processing_dbeta.CLINICAL_FORMATS`): such a file is a record
+#: even when its content is refused (an XML declaring entities, a BDF), so the refusal is reported.
+CLINICAL_SUFFIXES = (".xml", ".dcm", ".dicom", ".scp", ".edf", ".ecg", ".ishne", ".hol")
+# Files never sniffed: WFDB records (by their header), and what sits beside records in a dataset.
+_NOT_CLINICAL_SUFFIXES = (".hea", ".mat", *HDF5_SUFFIXES, ".csv", ".json", ".md", ".txt", ".png", ".pdf", ".parquet")
+
+
+def _is_clinical_record(path: Path, suffix: str) -> bool:
+    """Whether a file is a clinical ECG export, by its content (DICOM files are often named by UIDs,
+    `1.2.840....`, or have no extension at all)."""
+    from processing_dbeta import ecg_file_format
+
+    try:
+        return ecg_file_format(path) is not None
+    except (ValueError, OSError):
+        return suffix in CLINICAL_SUFFIXES
 
 
 #: Exams listed from one HDF5 file at most (CODE-15% ships 20,000 per file): a few-kB file may declare
@@ -779,6 +804,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_arguments(report)
     report.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     report.set_defaults(run=run_report, batch_size=1)
+    from dbeta import web_demo  # gradio is imported only when the demo starts
+
+    demo = commands.add_parser("demo", help="web demo (Gradio): upload an ECG, name labels, see the tracing and scores")
+    web_demo.add_arguments(demo).set_defaults(run=web_demo.run, batch_size=1)
+    space = commands.add_parser("export-space", help="a Hugging Face Space folder serving the web demo (app.py = dbeta demo)")
+    web_demo.add_space_arguments(space).set_defaults(run=web_demo.run_space, batch_size=1)
     for name, (module_name, help_text) in TRAINING_COMMANDS.items():
         # Listed for `dbeta --help`; `main` hands their arguments to the script before parsing.
         commands.add_parser(name, help=help_text, add_help=False)

@@ -250,6 +250,13 @@ def render_report(
     return data
 
 
+def _shown(value: object) -> str:
+    """A metadata value as text: lists (leads, skipped parts, diagnoses) joined, not as Python lists."""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(item) for item in value)
+    return str(value)
+
+
 def write_html(path: str | Path, png: bytes, scores, metadata: Mapping[str, object], title: str) -> Path:
     """A self-contained HTML page: the report image (embedded), a score table and the metadata."""
     rows = "\n".join(
@@ -257,7 +264,7 @@ def write_html(path: str | Path, png: bytes, scores, metadata: Mapping[str, obje
         for rank, item in enumerate(scores, 1)
     )
     meta = "\n".join(
-        f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(str(value))}</td></tr>"
+        f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(_shown(value))}</td></tr>"
         for key, value in metadata.items()
         if value not in (None, "", [])
     )
@@ -289,6 +296,13 @@ def record_metadata(record, path: str, model: str, extra: Mapping[str, object] |
         # The whole recording's length (only its start is read, shown and scored).
         "duration": f"{info.get('total_samples', record.num_samples) / float(record.sampling_rate):.1f} s (first 10 s shown and scored)",
         "leads": f"{record.num_leads}: {' '.join(str(name) for name in record.lead_names)}",
+        # What clinical exports say about themselves (processing_dbeta's clinical readers).
+        "format": f"{info['format']} (read with {info.get('reader')})" if info.get("format") else None,
+        "device": info.get("device"),
+        "acquired": info.get("acquisition_time"),
+        "derived from I and II": info.get("derived_leads"),
+        "skipped in file": info.get("skipped"),
+        "notes": info.get("notes"),
         "age": info.get("age"),
         "sex": info.get("sex"),
         "Dx (SNOMED)": info.get("dx"),
@@ -298,6 +312,19 @@ def record_metadata(record, path: str, model: str, extra: Mapping[str, object] |
     }
     metadata.update(extra or {})
     return metadata
+
+
+def lead_roles(feature_extractor, record) -> tuple[list[str], list[str], list[str]]:
+    """`(model lead order, absent leads, derived leads)` for a record, by the extractor's own rule
+    (leads it zero-fills are absent; limb leads it computes from I and II are derived)."""
+    from processing_dbeta import canonical_lead_name
+
+    model_leads = [canonical_lead_name(name) for name in feature_extractor.lead_names]
+    recorded = {canonical_lead_name(str(name)) for name in record.lead_names}
+    _, holds_data = feature_extractor._arrange_leads(np.zeros((1, len(record.lead_names), 1)), list(record.lead_names))
+    absent = [name for name, has in zip(model_leads, holds_data) if not has]
+    derived = [name for name, has in zip(model_leads, holds_data) if has and name not in recorded]
+    return model_leads, absent, derived
 
 
 def report(
@@ -315,7 +342,6 @@ def report(
 ) -> list[dict]:
     """Score `record_path` with the zero-shot pipeline of `model` and draw the report. Returns the scores."""
     from pipeline_dbeta import ZeroShotECGClassificationPipeline
-    from processing_dbeta import canonical_lead_name
 
     from dbeta.loading import load_model_and_processor, model_label_descriptions
 
@@ -337,12 +363,7 @@ def report(
     )
     feature_extractor = processor.feature_extractor
     values = feature_extractor(record)["input_values"][0]
-    model_leads = [canonical_lead_name(name) for name in feature_extractor.lead_names]
-    recorded = {canonical_lead_name(str(name)) for name in record.lead_names}
-    # The extractor's own rule says which leads hold data (recorded, or derived from I and II).
-    _, holds_data = feature_extractor._arrange_leads(np.zeros((1, len(record.lead_names), 1)), list(record.lead_names))
-    absent = [name for name, has in zip(model_leads, holds_data) if not has]
-    derived = [name for name, has in zip(model_leads, holds_data) if has and name not in recorded]
+    model_leads, absent, derived = lead_roles(feature_extractor, record)
     metadata = record_metadata(record, record_path, model)
     title = title or f"D-BETA zero-shot: {metadata['record']}"
     png = render_report(
@@ -363,7 +384,11 @@ def report(
 
 
 def add_arguments(parser):
-    parser.add_argument("record", help="an ECG record: WFDB/CinC .hea record (with or without .hea) or a CPSC .mat")
+    parser.add_argument(
+        "record",
+        help="an ECG record: WFDB/CinC .hea record (with or without .hea), a CPSC .mat, or a clinical export "
+        "(DICOM waveform, GE MUSE / Philips / HL7 aECG XML, SCP-ECG, EDF, ISHNE; recognised by content)",
+    )
     parser.add_argument("--model", required=True, help="D-BETA model folder (or Hub id)")
     parser.add_argument(
         "--labels", nargs="+", required=True, help="label codes (AFIB, LBBB, ...) and/or free-text descriptions"

@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +39,14 @@ from pathlib import Path
 import numpy as np
 
 from dbeta import ASSETS_DIR
+from dbeta.ludb_assets import (  # the format's one reader (the web demo uses it too), and the protocol's lock
+    PROTOCOL_ENV,  # noqa: F401 (re-exported)
+    EvaluationSetLocked,
+    dev_protocol,
+    read_ludb_npz,
+    read_recorded_ids,
+    signals_sha256,
+)
 from dbeta.train.evaluation.downstream import _ludb_diagnoses as _ludb_header_diagnoses
 
 logger = logging.getLogger(__name__)
@@ -70,24 +76,9 @@ LUDB_RHYTHM_LABELS: dict[str, str] = {
 #: A label is scored when the evaluation set has at least this many positives (and a negative).
 MIN_POSITIVES = 2
 
-#: The protocol (docs/demo.md): every recipe choice is made on the DEV split of the training part;
-#: the evaluation set is read once per reported run. With this environment variable set to "dev"
-#: (`benchmarks/sim_to_real.py --protocol dev` sets it for itself and its children), no process can
-#: read the evaluation file: `load_ludb_eval_set` raises `EvaluationSetLocked`, and the demo
-#: validates on the dev split instead.
-PROTOCOL_ENV = "DBETA_PROTOCOL"
-
-
-class EvaluationSetLocked(RuntimeError):
-    """Raised when the evaluation set is asked for under the dev protocol."""
-
-
-def dev_protocol() -> bool:
-    """Whether this process runs under the dev protocol (`DBETA_PROTOCOL=dev`)."""
-    value = os.environ.get(PROTOCOL_ENV, "").strip().lower()
-    if value not in ("", "dev", "eval"):
-        raise ValueError(f"{PROTOCOL_ENV}={value!r}: expected 'dev' or 'eval' (or unset)")
-    return value == "dev"
+# The dev protocol's lock on the evaluation file (docs/demo.md: `PROTOCOL_ENV`, `EvaluationSetLocked`,
+# `dev_protocol`) lives with the one reader of the vendored files, `dbeta.ludb_assets`, and is
+# re-exported here.
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,14 +182,6 @@ def _encode(signals_mv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return delta.astype(np.int16), gain
 
 
-def _decode(delta: np.ndarray, gain: np.ndarray) -> np.ndarray:
-    return (np.cumsum(delta.astype(np.int32), axis=-1) / gain[..., None]).astype(np.float32)
-
-
-def signals_sha256(delta: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(delta, dtype="<i2").tobytes()).hexdigest()
-
-
 def _write_ludb_part(records: Mapping[str, dict], record_ids: Sequence[str], other_ids: Sequence[str], output_file: Path) -> None:
     delta, gain = _encode(np.stack([records[record_id]["signal"] for record_id in record_ids]))
     output_file.parent.mkdir(parents=True, exist_ok=True)
@@ -236,11 +219,11 @@ def load_ludb_train_set(path: str | Path = LUDB_TRAIN_FILE, eval_file: str | Pat
     """The vendored LUDB training part (records the demo may train on). Checked against the
     evaluation set: no record of it is here. Under the dev protocol the check uses the evaluation
     ids that the training file records, so that the evaluation file is not opened."""
-    data = _load_ludb_part(path, verify=verify)
+    data = RealEvalSet(**read_ludb_npz(path, verify=verify))
     if dev_protocol():
-        evaluation_ids = _recorded_ids(path, "evaluation_record_ids")
+        evaluation_ids = read_recorded_ids(path, "evaluation_record_ids")
     else:
-        evaluation_ids = _recorded_ids(eval_file, "record_ids")
+        evaluation_ids = read_recorded_ids(eval_file, "record_ids")
     overlap = set(data.record_ids) & set(evaluation_ids)
     if overlap:
         raise ValueError(f"{path}: LUDB records {sorted(overlap)} are also in the evaluation set {eval_file}.")
@@ -250,7 +233,7 @@ def load_ludb_train_set(path: str | Path = LUDB_TRAIN_FILE, eval_file: str | Pat
 def load_ludb_eval_set(path: str | Path = LUDB_EVAL_FILE, verify: bool = True) -> RealEvalSet:
     """The vendored LUDB evaluation set; `verify` checks the samples against the stored SHA-256.
     Refused under the dev protocol (`EvaluationSetLocked`)."""
-    return _load_ludb_part(path, verify=verify)
+    return RealEvalSet(**read_ludb_npz(path, verify=verify))
 
 
 def ludb_dev_record_ids(train_file: str | Path = LUDB_TRAIN_FILE) -> list[str]:
@@ -259,7 +242,7 @@ def ludb_dev_record_ids(train_file: str | Path = LUDB_TRAIN_FILE) -> list[str]:
     from dbeta.train.demo.make_demo_corpus import real_beat_library
 
     sources = {beat.record_id for beat in real_beat_library()}
-    return [record_id for record_id in _load_ludb_part(train_file, verify=False).record_ids if record_id not in sources]
+    return [record_id for record_id in read_recorded_ids(train_file, "record_ids") if record_id not in sources]
 
 
 def load_ludb_dev_set(train_file: str | Path = LUDB_TRAIN_FILE) -> RealEvalSet:
@@ -278,43 +261,9 @@ def load_ludb_dev_set(train_file: str | Path = LUDB_TRAIN_FILE) -> RealEvalSet:
     )
 
 
-def _is_evaluation_part(data) -> bool:
-    # The evaluation file lists the training ids beside its own; the training file the reverse.
-    return "training_record_ids" in data.files
-
-
-def _recorded_ids(path: str | Path, key: str) -> list[str]:
-    with np.load(path, allow_pickle=False) as data:
-        if _is_evaluation_part(data) and dev_protocol():
-            raise EvaluationSetLocked(f"{path}: the evaluation set may not be read under the dev protocol ({PROTOCOL_ENV}=dev)")
-        return [str(value) for value in data[key]]
-
-
-def _load_ludb_part(path: str | Path, verify: bool = True) -> RealEvalSet:
-    with np.load(path, allow_pickle=False) as data:
-        evaluation_part = _is_evaluation_part(data)
-        if evaluation_part and dev_protocol():
-            raise EvaluationSetLocked(
-                f"{path}: the evaluation set may not be read under the dev protocol ({PROTOCOL_ENV}=dev); "
-                "judge choices on the dev split (load_ludb_dev_set)"
-            )
-        delta, gain = data["signals_delta"], data["gain"]
-        if verify and signals_sha256(delta) != str(data["sha256"]):
-            raise ValueError(f"{path}: the signals do not match their SHA-256; the file is damaged.")
-        return RealEvalSet(
-            record_ids=[str(value) for value in data["record_ids"]],
-            signals=_decode(delta, gain),
-            reports=[str(value) for value in data["reports"]],
-            rhythms=[str(value) for value in data["rhythms"]],
-            lead_names=tuple(str(value) for value in data["lead_names"]),
-            sampling_rate=int(data["sampling_rate"]),
-            split="evaluation" if evaluation_part else "training",
-        )
-
-
 def ludb_training_record_ids(path: str | Path = LUDB_EVAL_FILE) -> list[str]:
     """The LUDB records that are NOT in the vendored evaluation set (the ones training may use)."""
-    return _recorded_ids(path, "training_record_ids")
+    return read_recorded_ids(path, "training_record_ids")
 
 
 # --------------------------------------------------------------------------------------------

@@ -447,6 +447,43 @@ def load_ludb(root: str | os.PathLike) -> DownstreamDataset:
     )
 
 
+def load_labeled_folder(root: str | os.PathLike) -> DownstreamDataset:
+    """Any folder of ECG records, in every format `dbeta embed` reads (WFDB, CPSC ``.mat``, and the
+    clinical exports: DICOM waveform, GE MUSE / Philips / HL7 aECG XML, SCP-ECG, EDF, ISHNE), found
+    the way the command line finds them (`dbeta.cli.find_records`), with their labels in
+    ``labels.csv`` beside them: a ``record`` column (the record id `dbeta embed` writes: the path
+    relative to the folder, without ``.hea`` for WFDB) and a ``labels`` column (label names or codes
+    separated by ``;``, empty for none). Records without a row are left out; a row naming no record
+    is an error. Test split only (zero-shot and retrieval)."""
+    from dbeta.cli import find_records
+    from processing_dbeta import read_ecg_file
+
+    root = Path(root)
+    labels_file = root / "labels.csv"
+    if not labels_file.is_file():
+        raise FileNotFoundError(f"{labels_file} not found: a labeled folder needs labels.csv (columns record, labels)")
+    with open(labels_file, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"record", "labels"} <= set(rows[0]):
+        raise ValueError(f"{labels_file}: expected the columns 'record' and 'labels'")
+    records = {ref.record_id: ref for ref in find_records(root) if ref.row is None}
+    unknown = [row["record"] for row in rows if row["record"] not in records]
+    if unknown:
+        raise ValueError(f"{labels_file}: rows name no record of {root}: {unknown[:5]}")
+    record_ids = [row["record"] for row in rows]
+    label_lists = [[label.strip() for label in (row["labels"] or "").split(";") if label.strip()] for row in rows]
+    label_names = sorted({label for labels in label_lists for label in labels})
+    paths = [records[record_id].path for record_id in record_ids]
+    return DownstreamDataset(
+        name="folder",
+        record_ids=record_ids,
+        labels=_multi_hot(label_lists, label_names),
+        label_names=label_names,
+        splits=np.full(len(record_ids), "test", dtype=object),
+        reader=lambda index: read_ecg_file(paths[index]),
+    )
+
+
 def _ludb_diagnoses(header: Path) -> list[str]:
     """The diagnosis lines of a LUDB header (comments after ``#<diagnoses>:``)."""
     lines, inside = [], False

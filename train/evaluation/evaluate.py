@@ -80,6 +80,8 @@ DATASETS: dict[str, tuple[Any, dict]] = {
     "cinc2021": (downstream.load_cinc_wfdb, {}),
     "code-test": (downstream.load_code_test, {}),
     "ludb": (downstream.load_ludb, {}),
+    # Any folder of records (clinical exports included) with a labels.csv beside them.
+    "folder": (downstream.load_labeled_folder, {}),
 }
 _SEEDED_SPLIT_DATASETS = {"cpsc2018", "csn", "cinc2021"}
 
