@@ -5,7 +5,8 @@
     dbeta embed FOLDER --model MODEL --output windows.parquet --windows [--window_stride 5]
     dbeta classify FOLDER --model MODEL --labels AFIB LBBB --window sliding [--aggregation max] \
         [--per_window windows.csv] --output scores.csv
-    dbeta export-onnx MODEL --output DIR [--labels AFIB LBBB ...]
+    dbeta export-onnx MODEL --output DIR [--labels AFIB LBBB ...] [--quantize int8]
+    dbeta embed FOLDER --model MODEL --backend onnx --onnx_dir DIR --output embeddings.parquet
     dbeta report RECORD --model MODEL --labels AFIB LBBB ... --output report.png [--html report.html]
 
 Records are found recursively: WFDB / PhysioNet-CinC records (`*.hea` with their `.dat` / `.mat`),
@@ -239,6 +240,35 @@ def _preflight(args: argparse.Namespace) -> None:
         needed = "--windows" if args.command == "embed" else "--window sliding"
         raise UsageError(f"{', '.join(given)} only apply with {needed}")
     check_model_argument(args.model)
+    backend, onnx_dir = getattr(args, "backend", "torch"), getattr(args, "onnx_dir", None)
+    if backend == "onnx":
+        if onnx_dir is None:
+            raise UsageError("--backend onnx needs --onnx_dir (a folder written by `dbeta export-onnx`)")
+        if getattr(args, "window", None) == "sliding":
+            raise UsageError("--backend onnx does not run `classify --window sliding` (its windows go through the pipeline); use --backend torch")
+        from dbeta.onnx_backend import ONNXFolderError, check_source_model, read_export_metadata
+
+        try:
+            check_source_model(onnx_dir, read_export_metadata(onnx_dir), args.model)
+        except ONNXFolderError as error:
+            raise UsageError(str(error)) from None
+    elif onnx_dir is not None:
+        raise UsageError("--onnx_dir only applies with --backend onnx")
+
+
+def _ecg_encoder(args: argparse.Namespace, model, processor):
+    """What `embed_ecg_batch` runs the batches through: the PyTorch model, or (`--backend onnx`) the
+    exported ECG tower, checked against the model before any record is read."""
+    if getattr(args, "backend", "torch") != "onnx":
+        return model
+    from dbeta.onnx_backend import ONNXECGEncoder, ONNXFolderError
+
+    try:
+        encoder = ONNXECGEncoder(args.onnx_dir, threads=torch.get_num_threads())
+        encoder.check_matches(args.model, processor.feature_extractor, model.config.hidden_size)
+    except ONNXFolderError as error:
+        raise UsageError(str(error)) from None
+    return encoder
 
 
 def _load(model_path: str, device: str):
@@ -435,6 +465,7 @@ def _embed(args: argparse.Namespace) -> int:
         print(f"dbeta: no ECG records found under {args.folder}", file=sys.stderr)
         return 2
     model, processor = _load(args.model, args.device)
+    encoder = _ecg_encoder(args, model, processor)
     width = model.config.hidden_size
     schema = pa.schema(
         [
@@ -456,7 +487,7 @@ def _embed(args: argparse.Namespace) -> int:
                 failures += failed
                 if not ok:
                     continue
-                embeddings = embed_ecg_batch(model, np.stack([item["input_values"] for item in ok])).numpy()
+                embeddings = embed_ecg_batch(encoder, np.stack([item["input_values"] for item in ok])).numpy()
                 ok, embeddings, failed = _split_non_finite(ok, embeddings, "embedding")
                 failures += failed
                 if not ok:
@@ -493,6 +524,7 @@ def _classify(args: argparse.Namespace) -> int:
         print(f"dbeta: no ECG records found under {args.folder}", file=sys.stderr)
         return 2
     model, processor = _load(args.model, args.device)
+    encoder = _ecg_encoder(args, model, processor)
     descriptions = model_label_descriptions(args.model if Path(args.model).exists() else None)
     pipe = ZeroShotECGClassificationPipeline(
         model=model,
@@ -516,7 +548,7 @@ def _classify(args: argparse.Namespace) -> int:
                 failures += failed
                 if not ok:
                     continue
-                ecg_embeds = embed_ecg_batch(model, np.stack([item["input_values"] for item in ok]))
+                ecg_embeds = embed_ecg_batch(encoder, np.stack([item["input_values"] for item in ok]))
                 logits = zero_shot_logits(model, ecg_embeds, label_embeds)
                 ok, logits, failed = _split_non_finite(ok, logits.numpy(), "score")
                 failures += failed
@@ -554,6 +586,7 @@ def run_embed_windows(args: argparse.Namespace) -> int:
         print(f"dbeta: no ECG records found under {args.folder}", file=sys.stderr)
         return 2
     model, processor = _load(args.model, args.device)
+    encoder = _ecg_encoder(args, model, processor)
     extractor = processor.feature_extractor
     window_s = extractor.num_samples / extractor.sampling_rate
     width = model.config.hidden_size
@@ -585,10 +618,10 @@ def run_embed_windows(args: argparse.Namespace) -> int:
                         values = extractor(window)["input_values"][0]
                         rows.append((start, window, np.asarray(values, dtype=np.float32)))
                         if len(rows) == args.batch_size:
-                            tables.append(_window_table(schema, model, ref, rows, width, window_s))
+                            tables.append(_window_table(schema, encoder, ref, rows, width, window_s))
                             rows = []
                     if rows:
-                        tables.append(_window_table(schema, model, ref, rows, width, window_s))
+                        tables.append(_window_table(schema, encoder, ref, rows, width, window_s))
                 except Exception as error:  # noqa: BLE001 - a failing record is reported, the others go on
                     message = f"{type(error).__name__}: {error}"
                     failures.append({"record": ref.record_id, "path": str(ref.path), "error": message})
@@ -605,12 +638,12 @@ def run_embed_windows(args: argparse.Namespace) -> int:
     return _finish(num_ok, failures, args.output)
 
 
-def _window_table(schema, model, ref, rows, width: int, window_s: float):
+def _window_table(schema, encoder, ref, rows, width: int, window_s: float):
     import pyarrow as pa
 
     from dbeta.embedding import embed_ecg_batch
 
-    embeddings = embed_ecg_batch(model, np.stack([values for _, _, values in rows])).numpy()
+    embeddings = embed_ecg_batch(encoder, np.stack([values for _, _, values in rows])).numpy()
     if not np.isfinite(embeddings).all():
         raise ValueError("non-finite embedding")
     columns = {
@@ -723,6 +756,15 @@ def build_parser() -> argparse.ArgumentParser:
             type=int,
             help="run shard i (0 to N-1) only, writing OUTPUT with .shard-0000i-of-0000N before its suffix "
             "(default under torchrun / accelerate launch: RANK of WORLD_SIZE, merged into OUTPUT by rank 0)",
+        )
+        command.add_argument(
+            "--backend",
+            choices=("torch", "onnx"),
+            default="torch",
+            help="run the ECG tower in PyTorch, or with onnxruntime on the CPU from --onnx_dir",
+        )
+        command.add_argument(
+            "--onnx_dir", help="with --backend onnx: a folder written by `dbeta export-onnx MODEL` (e.g. --quantize int8)"
         )
         command.add_argument(
             "--merge_timeout",
