@@ -197,7 +197,9 @@ class _RecordDataset(torch.utils.data.Dataset):
 def stream_batches(
     records, feature_extractor, batch_size: int, num_workers: int, progress: bool
 ) -> Iterator[tuple[list, list]]:
-    """Yield `(ok_items, failed_items)` per batch, reading records in `num_workers` processes."""
+    """Yield `(ok_items, failed_items)` per batch, reading records in `num_workers` processes (each
+    `prefetch_factor` batches ahead), or with 0, in one background thread a batch ahead: either way
+    the next records are read and resampled while the model embeds the current batch."""
     from tqdm.auto import tqdm
 
     loader = torch.utils.data.DataLoader(
@@ -207,14 +209,60 @@ def stream_batches(
         collate_fn=list,
         worker_init_fn=functools.partial(_init_reader_worker, os.getpid()) if num_workers > 0 else None,
     )
+    batches = loader if num_workers > 0 else read_ahead(loader)
     with tqdm(total=len(records), unit="ecg", disable=not progress, file=sys.stderr) as bar:
-        for batch in loader:
+        for batch in batches:
             ok = [item for item in batch if "error" not in item]
             failed = [item for item in batch if "error" in item]
             for item in failed:
                 bar.write(f"dbeta: skipped {item['record']}: {item['error']}", file=sys.stderr)
             yield ok, failed
             bar.update(len(batch))
+
+
+_END = object()
+
+
+def read_ahead(iterable, depth: int = 2) -> Iterator:
+    """The items of `iterable`, produced in a background thread up to `depth` items ahead of the
+    consumer. torch and onnxruntime release the GIL while they compute, so reading the next records
+    overlaps the forward pass without reader processes. An error of the producer is raised here;
+    when the consumer stops early, the thread stops at its next item."""
+    import queue
+
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in iterable:
+                if not put((item, None)):
+                    return
+            put((_END, None))
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
+            put((None, error))
+
+    thread = threading.Thread(target=produce, name="dbeta-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = items.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 def _preflight(args: argparse.Namespace) -> None:
@@ -744,7 +792,12 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--model", required=True, help="D-BETA model folder (or Hub id)")
         command.add_argument("--output", required=True)
         command.add_argument("--batch_size", type=int, default=16, help="ECGs per forward pass")
-        command.add_argument("--num_workers", type=int, default=0, help="processes reading records in parallel")
+        command.add_argument(
+            "--num_workers",
+            type=int,
+            default=0,
+            help="processes reading records in parallel (0: one background thread reads a batch ahead)",
+        )
         command.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
         command.add_argument("--errors", help="also write the skipped records and their errors to this CSV")
         command.add_argument("--no_progress", action="store_true", help="no progress bar")
