@@ -120,3 +120,21 @@ def test_bad_launcher_environment_is_an_input_error(mimic_root, tmp_path, monkey
     monkeypatch.delenv("RANK", raising=False)
     with pytest.raises(PreparationInputError, match="RANK is not"):
         prepare_mimic_iv_ecg(mimic_root, tmp_path / "out", progress=False)
+
+
+def test_accelerate_launch_two_processes(mimic_root, one_process, tmp_path):
+    pytest.importorskip("accelerate")
+    # This interpreter's accelerate (an `accelerate` script on PATH may belong to another Python,
+    # whose workers would import another installation of dbeta).
+    output = tmp_path / "prepared"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "train/configs/cpu_2_processes.yaml"),
+            "-m", "dbeta.cli", "prepare-mimic", "--mimic_root", str(mimic_root), "--output_dir", str(output), *SETTINGS,
+        ],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Process 1 of 2" in result.stderr
+    assert_same_preparation(output, one_process)
