@@ -231,16 +231,21 @@ def main(argv=None) -> int:
 
         command = "python benchmarks/archive_embedding.py " + " ".join(argv if argv is not None else sys.argv[1:])
         load = os.getloadavg()
-        text = (
-            "# Embedding an archive: `dbeta embed` vs the model alone (CPU)\n\n"
-            f"`{command.strip()}`, one run on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC "
+        section = (
+            f"## Run of {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n\n`{command.strip()}` "
             f"(load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}).\n\n"
-            f"{header}\n\n{markdown_table(headers, rows)}\n\n"
-            "The ratio is within one repeat (model alone measured just before the commands); absolute rates "
-            "move with the machine's load.\n"
+            f"{header}\n\n{markdown_table(headers, rows)}\n"
         )
         path = REPO / "benchmarks" / "results" / "archive_embedding_cpu.md"
-        path.write_text(text)
+        title = (
+            "# Embedding an archive: `dbeta embed` vs the model alone (CPU)\n\n"
+            "Written by `benchmarks/archive_embedding.py --write_results`; each run adds a section. The ratio is "
+            "within one repeat (model alone measured just before the commands); absolute rates move with the "
+            "machine's load.\n"
+        )
+        exists = path.exists()
+        with open(path, "a" if exists else "w") as handle:  # runs accumulate: repeated runs side by side
+            handle.write(("\n" if exists else title + "\n") + section)
         print(f"wrote {path}")
     return 0
 

@@ -250,14 +250,20 @@ def main(argv=None) -> int:
     if args.write_results:
         command = "python benchmarks/onnx_inference.py " + " ".join(argv if argv is not None else sys.argv[1:])
         load = os.getloadavg()
-        text = (
-            "# CPU inference backends: PyTorch fp32, ONNX fp32, ONNX int8\n\n"
-            f"`{command.strip()}`, one run on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC "
+        section = (
+            f"## Run of {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n\n`{command.strip()}` "
             f"(load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}).\n\n{header}\n\n"
             f"{speed}\n\nAgreement on the 65 vendored LUDB evaluation ECGs:\n\n{agreement}\n"
         )
         path = REPO / "benchmarks" / "results" / "onnx_backends_cpu.md"
-        path.write_text(text)
+        title = (
+            "# CPU inference backends: PyTorch fp32, ONNX fp32, ONNX int8\n\n"
+            "Written by `benchmarks/onnx_inference.py --write_results`; each run adds a section. Ratios are to "
+            "PyTorch fp32 of the same model and batch in the same run.\n"
+        )
+        exists = path.exists()
+        with open(path, "a" if exists else "w") as handle:  # runs accumulate: repeated runs side by side
+            handle.write(("\n" if exists else title + "\n") + section)
         print(f"wrote {path}")
     return 0
 
