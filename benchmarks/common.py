@@ -78,12 +78,16 @@ def time_call(function: Callable, warmup: int = 1, min_iterations: int = 3, min_
     return (time.perf_counter() - start) / iterations
 
 
-def print_table(headers: list[str], rows: list[list]) -> None:
+def markdown_table(headers: list[str], rows: list[list]) -> str:
     widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
-    print("| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |")
+    lines = ["| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines += ["| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def print_table(headers: list[str], rows: list[list]) -> None:
+    print(markdown_table(headers, rows))
 
 
 def _attention_block_flops(queries: int, keys: int, width: int, projections_on_keys: bool = True) -> float:

@@ -5,7 +5,8 @@
     dbeta embed FOLDER --model MODEL --output windows.parquet --windows [--window_stride 5]
     dbeta classify FOLDER --model MODEL --labels AFIB LBBB --window sliding [--aggregation max] \
         [--per_window windows.csv] --output scores.csv
-    dbeta export-onnx MODEL --output DIR [--labels AFIB LBBB ...]
+    dbeta export-onnx MODEL --output DIR [--labels AFIB LBBB ...] [--quantize int8]
+    dbeta embed FOLDER --model MODEL --backend onnx --onnx_dir DIR --output embeddings.parquet
     dbeta report RECORD --model MODEL --labels AFIB LBBB ... --output report.png [--html report.html]
     dbeta demo [--model outputs/dbeta-demo] [--port 7860]        (web demo, needs the `web` extra)
     dbeta export-space --model MODEL --output_dir DIR            (a Hugging Face Space folder of it)
@@ -221,7 +222,9 @@ class _RecordDataset(torch.utils.data.Dataset):
 def stream_batches(
     records, feature_extractor, batch_size: int, num_workers: int, progress: bool
 ) -> Iterator[tuple[list, list]]:
-    """Yield `(ok_items, failed_items)` per batch, reading records in `num_workers` processes."""
+    """Yield `(ok_items, failed_items)` per batch, reading records in `num_workers` processes (each
+    `prefetch_factor` batches ahead), or with 0, in one background thread a batch ahead: either way
+    the next records are read and resampled while the model embeds the current batch."""
     from tqdm.auto import tqdm
 
     loader = torch.utils.data.DataLoader(
@@ -231,14 +234,60 @@ def stream_batches(
         collate_fn=list,
         worker_init_fn=functools.partial(_init_reader_worker, os.getpid()) if num_workers > 0 else None,
     )
+    batches = loader if num_workers > 0 else read_ahead(loader)
     with tqdm(total=len(records), unit="ecg", disable=not progress, file=sys.stderr) as bar:
-        for batch in loader:
+        for batch in batches:
             ok = [item for item in batch if "error" not in item]
             failed = [item for item in batch if "error" in item]
             for item in failed:
                 bar.write(f"dbeta: skipped {item['record']}: {item['error']}", file=sys.stderr)
             yield ok, failed
             bar.update(len(batch))
+
+
+_END = object()
+
+
+def read_ahead(iterable, depth: int = 2) -> Iterator:
+    """The items of `iterable`, produced in a background thread up to `depth` items ahead of the
+    consumer. torch and onnxruntime release the GIL while they compute, so reading the next records
+    overlaps the forward pass without reader processes. An error of the producer is raised here;
+    when the consumer stops early, the thread stops at its next item."""
+    import queue
+
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in iterable:
+                if not put((item, None)):
+                    return
+            put((_END, None))
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
+            put((None, error))
+
+    thread = threading.Thread(target=produce, name="dbeta-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = items.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 def _preflight(args: argparse.Namespace) -> None:
@@ -264,6 +313,35 @@ def _preflight(args: argparse.Namespace) -> None:
         needed = "--windows" if args.command == "embed" else "--window sliding"
         raise UsageError(f"{', '.join(given)} only apply with {needed}")
     check_model_argument(args.model)
+    backend, onnx_dir = getattr(args, "backend", "torch"), getattr(args, "onnx_dir", None)
+    if backend == "onnx":
+        if onnx_dir is None:
+            raise UsageError("--backend onnx needs --onnx_dir (a folder written by `dbeta export-onnx`)")
+        if getattr(args, "window", None) == "sliding":
+            raise UsageError("--backend onnx does not run `classify --window sliding` (its windows go through the pipeline); use --backend torch")
+        from dbeta.onnx_backend import ONNXFolderError, check_source_model, read_export_metadata
+
+        try:
+            check_source_model(onnx_dir, read_export_metadata(onnx_dir), args.model)
+        except ONNXFolderError as error:
+            raise UsageError(str(error)) from None
+    elif onnx_dir is not None:
+        raise UsageError("--onnx_dir only applies with --backend onnx")
+
+
+def _ecg_encoder(args: argparse.Namespace, model, processor):
+    """What `embed_ecg_batch` runs the batches through: the PyTorch model, or (`--backend onnx`) the
+    exported ECG tower, checked against the model before any record is read."""
+    if getattr(args, "backend", "torch") != "onnx":
+        return model
+    from dbeta.onnx_backend import ONNXECGEncoder, ONNXFolderError
+
+    try:
+        encoder = ONNXECGEncoder(args.onnx_dir, threads=torch.get_num_threads())
+        encoder.check_matches(args.model, processor.feature_extractor, model.config.hidden_size)
+    except ONNXFolderError as error:
+        raise UsageError(str(error)) from None
+    return encoder
 
 
 def _load(model_path: str, device: str):
@@ -460,6 +538,7 @@ def _embed(args: argparse.Namespace) -> int:
         print(f"dbeta: no ECG records found under {args.folder}", file=sys.stderr)
         return 2
     model, processor = _load(args.model, args.device)
+    encoder = _ecg_encoder(args, model, processor)
     width = model.config.hidden_size
     schema = pa.schema(
         [
@@ -481,7 +560,7 @@ def _embed(args: argparse.Namespace) -> int:
                 failures += failed
                 if not ok:
                     continue
-                embeddings = embed_ecg_batch(model, np.stack([item["input_values"] for item in ok])).numpy()
+                embeddings = embed_ecg_batch(encoder, np.stack([item["input_values"] for item in ok])).numpy()
                 ok, embeddings, failed = _split_non_finite(ok, embeddings, "embedding")
                 failures += failed
                 if not ok:
@@ -518,6 +597,7 @@ def _classify(args: argparse.Namespace) -> int:
         print(f"dbeta: no ECG records found under {args.folder}", file=sys.stderr)
         return 2
     model, processor = _load(args.model, args.device)
+    encoder = _ecg_encoder(args, model, processor)
     descriptions = model_label_descriptions(args.model if Path(args.model).exists() else None)
     pipe = ZeroShotECGClassificationPipeline(
         model=model,
@@ -541,7 +621,7 @@ def _classify(args: argparse.Namespace) -> int:
                 failures += failed
                 if not ok:
                     continue
-                ecg_embeds = embed_ecg_batch(model, np.stack([item["input_values"] for item in ok]))
+                ecg_embeds = embed_ecg_batch(encoder, np.stack([item["input_values"] for item in ok]))
                 logits = zero_shot_logits(model, ecg_embeds, label_embeds)
                 ok, logits, failed = _split_non_finite(ok, logits.numpy(), "score")
                 failures += failed
@@ -579,6 +659,7 @@ def run_embed_windows(args: argparse.Namespace) -> int:
         print(f"dbeta: no ECG records found under {args.folder}", file=sys.stderr)
         return 2
     model, processor = _load(args.model, args.device)
+    encoder = _ecg_encoder(args, model, processor)
     extractor = processor.feature_extractor
     window_s = extractor.num_samples / extractor.sampling_rate
     width = model.config.hidden_size
@@ -610,10 +691,10 @@ def run_embed_windows(args: argparse.Namespace) -> int:
                         values = extractor(window)["input_values"][0]
                         rows.append((start, window, np.asarray(values, dtype=np.float32)))
                         if len(rows) == args.batch_size:
-                            tables.append(_window_table(schema, model, ref, rows, width, window_s))
+                            tables.append(_window_table(schema, encoder, ref, rows, width, window_s))
                             rows = []
                     if rows:
-                        tables.append(_window_table(schema, model, ref, rows, width, window_s))
+                        tables.append(_window_table(schema, encoder, ref, rows, width, window_s))
                 except Exception as error:  # noqa: BLE001 - a failing record is reported, the others go on
                     message = f"{type(error).__name__}: {error}"
                     failures.append({"record": ref.record_id, "path": str(ref.path), "error": message})
@@ -630,12 +711,12 @@ def run_embed_windows(args: argparse.Namespace) -> int:
     return _finish(num_ok, failures, args.output)
 
 
-def _window_table(schema, model, ref, rows, width: int, window_s: float):
+def _window_table(schema, encoder, ref, rows, width: int, window_s: float):
     import pyarrow as pa
 
     from dbeta.embedding import embed_ecg_batch
 
-    embeddings = embed_ecg_batch(model, np.stack([values for _, _, values in rows])).numpy()
+    embeddings = embed_ecg_batch(encoder, np.stack([values for _, _, values in rows])).numpy()
     if not np.isfinite(embeddings).all():
         raise ValueError("non-finite embedding")
     columns = {
@@ -736,7 +817,12 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--model", required=True, help="D-BETA model folder (or Hub id)")
         command.add_argument("--output", required=True)
         command.add_argument("--batch_size", type=int, default=16, help="ECGs per forward pass")
-        command.add_argument("--num_workers", type=int, default=0, help="processes reading records in parallel")
+        command.add_argument(
+            "--num_workers",
+            type=int,
+            default=0,
+            help="processes reading records in parallel (0: one background thread reads a batch ahead)",
+        )
         command.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
         command.add_argument("--errors", help="also write the skipped records and their errors to this CSV")
         command.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -748,6 +834,15 @@ def build_parser() -> argparse.ArgumentParser:
             type=int,
             help="run shard i (0 to N-1) only, writing OUTPUT with .shard-0000i-of-0000N before its suffix "
             "(default under torchrun / accelerate launch: RANK of WORLD_SIZE, merged into OUTPUT by rank 0)",
+        )
+        command.add_argument(
+            "--backend",
+            choices=("torch", "onnx"),
+            default="torch",
+            help="run the ECG tower in PyTorch, or with onnxruntime on the CPU from --onnx_dir",
+        )
+        command.add_argument(
+            "--onnx_dir", help="with --backend onnx: a folder written by `dbeta export-onnx MODEL` (e.g. --quantize int8)"
         )
         command.add_argument(
             "--merge_timeout",

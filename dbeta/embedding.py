@@ -71,7 +71,12 @@ def embed_texts(
 
 @torch.no_grad()
 def embed_ecg_batch(model, input_values: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """ECG embeddings `(batch, hidden)` (float32, CPU) of ready model inputs `(batch, 12, samples)`."""
+    """ECG embeddings `(batch, hidden)` (float32, CPU) of ready model inputs `(batch, 12, samples)`.
+
+    `model` is a D-BETA model, or an `ONNXECGEncoder` (`dbeta.onnx_backend`, `--backend onnx`):
+    every embedding of `dbeta embed` / `classify` passes here, so the backends share all the rest."""
+    if hasattr(model, "embed_ecg_inputs"):
+        return torch.from_numpy(np.asarray(model.embed_ecg_inputs(np.asarray(input_values, dtype=np.float32))))
     base = base_model(model)
     parameter = next(base.parameters())
     input_values = torch.as_tensor(input_values).to(parameter.device, parameter.dtype)

@@ -1,6 +1,6 @@
 """Export D-BETA's two towers to ONNX, for inference without PyTorch.
 
-    dbeta export-onnx MODEL --output DIR [--labels AFIB LBBB "sinus rhythm"] [--opset 18]
+    dbeta export-onnx MODEL --output DIR [--labels AFIB LBBB "sinus rhythm"] [--opset 18] [--quantize int8]
     python -m dbeta.export_onnx MODEL --output DIR ...
 
 Writes to DIR:
@@ -18,6 +18,14 @@ Writes to DIR:
 - with `--labels`: `label_embeddings.npz` (labels, texts, embeddings) and `onnx_zero_shot.py`, a
   zero-shot scorer that needs only numpy and onnxruntime:
   `python onnx_zero_shot.py DIR ecg.npy` prints the label scores of a `(12, 5000)` array.
+
+With `--quantize int8` the ECG tower is written with int8 weights (onnxruntime's dynamic
+quantization, `quantize_dynamic`: the weights of every MatMul / Gemm with a constant weight become
+per-tensor int8, activations are quantized per batch at run time, so no calibration data is needed;
+convolutions, attention's activation x activation products and LayerNorms stay fp32). The text
+tower stays fp32 (label embeddings are computed once). `dbeta_onnx.json` records the method under
+`ecg_encoder.quantization` and the smallest cosine between the int8 and the PyTorch embeddings of
+the check inputs; `dbeta embed/classify --backend onnx --onnx_dir DIR` run it.
 
 Both graphs come from the dynamo exporter (`torch.onnx.export(..., dynamo=True)`, onnxscript
 translation) at opset 18 by default. The T5 text tower is traced with transformers' eager
@@ -52,6 +60,12 @@ TEXT_FILE = "text_encoder.onnx"
 METADATA_FILE = "dbeta_onnx.json"
 LABELS_FILE = "label_embeddings.npz"
 SCORER_FILE = "onnx_zero_shot.py"
+QUANTIZATIONS = ("int8",)
+#: Ops whose constant weights `--quantize int8` stores as int8 (the transformer's projections and
+#: feed-forward layers: most of the tower's multiply-adds).
+INT8_OP_TYPES = ("MatMul", "Gemm")
+#: Smallest cosine between int8 and PyTorch embeddings of the check inputs for an int8 export to be kept.
+MIN_INT8_COSINE = 0.95
 TOKENIZER_DIR = "tokenizer"
 
 
@@ -160,6 +174,42 @@ def export_text_tower(model, path: str | Path, opset: int = DEFAULT_OPSET) -> Pa
     return path
 
 
+def quantize_int8(fp32_path: str | Path, path: str | Path) -> dict:
+    """Write an int8 copy of the ONNX graph `fp32_path` to `path` (dynamic quantization); what was done."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # onnxruntime logs a suggestion to pre-process first (shape inference); the dynamo graphs already
+    # carry their shapes.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(
+            str(fp32_path),
+            str(path),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=list(INT8_OP_TYPES),
+            use_external_data_format=Path(fp32_path).with_name(Path(fp32_path).name + ".data").exists(),
+        )
+    finally:
+        root.setLevel(level)
+    return {
+        "method": "dynamic",
+        "tool": "onnxruntime.quantization.quantize_dynamic",
+        "weight_type": "int8 (QInt8, per tensor)",
+        "activations": "uint8, scale and zero point computed per batch at run time",
+        "op_types": list(INT8_OP_TYPES),
+        "calibration": "none (dynamic quantization needs no data)",
+    }
+
+
+def embedding_cosines(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two `(batch, hidden)` arrays."""
+    expected, actual = np.asarray(expected, np.float64), np.asarray(actual, np.float64)
+    norms = np.linalg.norm(expected, axis=1) * np.linalg.norm(actual, axis=1)
+    return (expected * actual).sum(axis=1) / np.maximum(norms, 1e-30)
+
+
 def onnx_session(path: str | Path, threads: int | None = None):
     """An onnxruntime CPU session for an exported tower."""
     import onnxruntime
@@ -224,13 +274,18 @@ def export_onnx(
     labels_are_codes: bool | None = None,
     check: bool = True,
     seed: int = 0,
+    quantize: str | None = None,
 ) -> dict:
     """Export the towers of the D-BETA folder `model_path` to `output_dir`; return the metadata written.
 
     With `check` (default) the exported graphs are run with onnxruntime on random inputs (ECG batch
     of 3; texts of batch 3 with padding, a length unlike the export's example) and the largest
-    difference to PyTorch is recorded; above 1e-4 the export fails.
+    difference to PyTorch is recorded; above 1e-4 the export fails. With `quantize="int8"` the fp32
+    graph is checked so, then quantized; the int8 graph's smallest embedding cosine to PyTorch on the
+    same inputs is recorded, and below `MIN_INT8_COSINE` the export fails.
     """
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ValueError(f"--quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
     target = Path(output_dir)
     model, processor, feature_extractor = _load(model_path)
     base = _base(model)
@@ -244,11 +299,15 @@ def export_onnx(
     with staged_folder(target, overwrite=True, replaceable=is_onnx_export) as output_dir:
         logger.info(f"Exporting the ECG tower to {target / ECG_FILE} (opset {opset})")
         export_ecg_tower(model, output_dir / ECG_FILE, opset, num_samples)
+        from dbeta.onnx_backend import source_model_fingerprint
+
         metadata: dict = {
             "format": "dbeta-onnx",
             "opset": opset,
             "exporter": "torch.onnx.export(dynamo=True)",
             "source_model": str(model_path),
+            # Which weights this is: `dbeta embed --backend onnx` refuses a folder made from another model.
+            "source_model_fingerprint": source_model_fingerprint(model_path),
             "versions": package_versions(("dbeta", "torch", "transformers", "onnx", "onnxscript", "onnxruntime")),
             "ecg_encoder": {
                 "file": ECG_FILE,
@@ -311,6 +370,27 @@ def export_onnx(
             if bad:
                 raise RuntimeError(f"The ONNX export differs from PyTorch by more than 1e-4: {bad}")
 
+        if quantize == "int8":
+            fp32_path = output_dir / f"{Path(ECG_FILE).stem}.fp32.onnx"
+            (output_dir / ECG_FILE).rename(fp32_path)
+            logger.info(f"Quantizing the ECG tower to int8 ({', '.join(INT8_OP_TYPES)} weights)")
+            metadata["ecg_encoder"]["quantization"] = quantize_int8(fp32_path, output_dir / ECG_FILE)
+            fp32_path.unlink()
+            if check:
+                values = (0.3 * np.random.default_rng(seed).standard_normal((3, num_leads, num_samples))).astype(np.float32)
+                with torch.no_grad():
+                    expected = base.get_ecg_features(torch.from_numpy(values)).pooler_output.float().numpy()
+                (actual,) = onnx_session(output_dir / ECG_FILE).run(None, {"input_values": values})
+                cosine = float(embedding_cosines(expected, actual).min())
+                quantization = metadata["ecg_encoder"]["quantization"]
+                quantization["min_cosine_to_pytorch"] = cosine
+                quantization["max_abs_difference_to_pytorch"] = float(np.abs(actual - expected).max())
+                if not cosine >= MIN_INT8_COSINE:
+                    raise RuntimeError(
+                        f"The int8 ECG tower's embeddings are too far from PyTorch's (smallest cosine {cosine:.4f} < "
+                        f"{MIN_INT8_COSINE}); export without --quantize"
+                    )
+
         if labels:
             if not has_text:
                 raise ValueError("--labels needs a model with a text tower (this folder is ECG-only).")
@@ -364,6 +444,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="auto: known codes expand to their descriptions; yes: all must be codes; no: never expand",
     )
     parser.add_argument("--no_check", action="store_true", help="skip the onnxruntime-vs-PyTorch check")
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZATIONS,
+        help="int8: the ECG tower with int8 MatMul/Gemm weights (onnxruntime dynamic quantization; no calibration data)",
+    )
     return parser
 
 
@@ -376,8 +461,12 @@ def run(args: argparse.Namespace) -> int:
         hypothesis_template=args.hypothesis_template,
         labels_are_codes={"auto": None, "yes": True, "no": False}[args.labels_are_codes],
         check=not args.no_check,
+        quantize=args.quantize,
     )
     parts = [f"{ECG_FILE} (max |ONNX - PyTorch| {metadata['ecg_encoder'].get('max_abs_difference_to_pytorch')})"]
+    quantization = metadata["ecg_encoder"].get("quantization")
+    if quantization:
+        parts[0] = f"{ECG_FILE} int8 (smallest cosine to PyTorch {quantization.get('min_cosine_to_pytorch')})"
     if "text_encoder" in metadata:
         parts.append(
             f"{TEXT_FILE} (max |ONNX - PyTorch| {metadata['text_encoder'].get('max_abs_difference_to_pytorch')})"

@@ -143,11 +143,11 @@ def test_resume_after_interruption_gives_the_same_dataset(mimic_root, prepared, 
     original = mimic_iv_ecg.process_shard
     calls = {"count": 0}
 
-    def crash_on_third_shard(task, shards_dir):
+    def crash_on_third_shard(task, shards_dir, *fingerprint):
         calls["count"] += 1
         if calls["count"] == 3:
             raise KeyboardInterrupt("simulated kill")
-        return original(task, shards_dir)
+        return original(task, shards_dir, *fingerprint)
 
     monkeypatch.setattr(mimic_iv_ecg, "process_shard", crash_on_third_shard)
     with pytest.raises(KeyboardInterrupt):
@@ -158,9 +158,9 @@ def test_resume_after_interruption_gives_the_same_dataset(mimic_root, prepared, 
 
     resumed_calls = {"count": 0}
 
-    def counting(task, shards_dir):
+    def counting(task, shards_dir, *fingerprint):
         resumed_calls["count"] += 1
-        return original(task, shards_dir)
+        return original(task, shards_dir, *fingerprint)
 
     monkeypatch.setattr(mimic_iv_ecg, "process_shard", counting)
     summary = prepare_mimic_iv_ecg(mimic_root, output, val_fraction=0.2, seed=0, shard_size=SHARD_SIZE, progress=False)

@@ -299,9 +299,9 @@ from dbeta.train.data import mimic_iv_ecg
 
 original = mimic_iv_ecg.process_shard
 
-def slow_shard(task, shards_dir):  # keep the workers busy long enough to be killed mid-run
+def slow_shard(task, shards_dir, *fingerprint):  # keep the workers busy long enough to be killed mid-run
     time.sleep(0.5)
-    return original(task, shards_dir)
+    return original(task, shards_dir, *fingerprint)
 
 mimic_iv_ecg.process_shard = slow_shard
 

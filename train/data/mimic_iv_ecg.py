@@ -582,8 +582,10 @@ def read_study(root: Path, entry: StudyEntry) -> dict[str, Any]:
     }
 
 
-def process_shard(task: ShardTask, shards_dir: str) -> dict[str, Any]:
-    """Convert one shard and save it to ``shards_dir/<name>`` (atomically); returns its result."""
+def process_shard(task: ShardTask, shards_dir: str, fingerprint: str = "") -> dict[str, Any]:
+    """Convert one shard and save it to ``shards_dir/<name>`` (atomically); returns its result.
+    ``fingerprint`` (the run's plan) is kept in ``result.json``: a shard folder is reused only by a
+    run of the same plan, so processes of several machines can share ``.shards`` without a lock."""
     from datasets import Dataset
     from datasets.utils.logging import disable_progress_bar
 
@@ -606,7 +608,10 @@ def process_shard(task: ShardTask, shards_dir: str) -> dict[str, Any]:
     if rows:
         columns["ecg"] = np.stack(columns["ecg"])
         columns["ecg_gain"] = np.stack(columns["ecg_gain"])
-    result = {"name": task.name, "split": task.split, "read": len(task.entries), "kept": len(rows), "trimmed": trimmed, "skipped": skipped}
+    result = {
+        "name": task.name, "split": task.split, "read": len(task.entries), "kept": len(rows), "trimmed": trimmed,
+        "skipped": skipped, "fingerprint": fingerprint,
+    }
 
     final_dir = Path(shards_dir) / task.name
     staging_dir = Path(shards_dir) / f"{task.name}.incomplete"
@@ -618,7 +623,7 @@ def process_shard(task: ShardTask, shards_dir: str) -> dict[str, Any]:
     return result
 
 
-def _process_shard_star(arguments: tuple[ShardTask, str]) -> dict[str, Any]:
+def _process_shard_star(arguments: tuple[ShardTask, str, str]) -> dict[str, Any]:
     return process_shard(*arguments)
 
 
@@ -791,7 +796,10 @@ def prepare_mimic_iv_ecg(
     overwrite: bool = False,
     keep_shards: bool = False,
     progress: bool = True,
-) -> PreparationSummary:
+    num_shards: int | None = None,
+    shard_index: int | None = None,
+    merge_timeout: float = 86400.0,
+) -> PreparationSummary | None:
     """Prepare MIMIC-IV-ECG (or the demo corpus) as a ``datasets.DatasetDict`` saved to disk.
 
     Args:
@@ -807,9 +815,18 @@ def prepare_mimic_iv_ecg(
         keep_shards: keep ``output_dir/.shards`` after success (they are hard links, so this
             costs no space until the final dataset is deleted).
         progress: show a tqdm progress bar.
+        num_shards, shard_index: prepare only the ``shard_index``-th of ``num_shards`` contiguous
+            blocks of the plan's preparation shards (``dbeta.sharding.shard_bounds``; the plan is
+            sorted by subject, so a process gets a contiguous range of subjects) into the shared
+            ``output_dir/.shards`` and return None; the same command without them then assembles
+            the dataset from the finished shards (SLURM arrays). Without them, ``WORLD_SIZE`` > 1 and
+            ``RANK`` (``accelerate launch``, ``torchrun``) give the block, and rank 0 waits up to
+            ``merge_timeout`` seconds for the others' shards, then assembles the dataset as one
+            process would (other ranks return None). The result equals the one-process run's.
 
     Returns:
-        The :class:`PreparationSummary` (records listed, read, kept, skipped by reason, per split).
+        The :class:`PreparationSummary` (records listed, read, kept, skipped by reason, per split),
+        or None for a process that prepared its block only.
 
     Raises:
         FileNotFoundError: ``record_list.csv`` or ``machine_measurements.csv`` is missing.
@@ -826,6 +843,14 @@ def prepare_mimic_iv_ecg(
         raise PreparationInputError(f"shard_size must be at least 1, got {shard_size}")
     if num_proc < 1:
         raise PreparationInputError(f"num_proc must be at least 1, got {num_proc}")
+    from dbeta.sharding import ShardError, resolve_shard, shard_items
+
+    try:
+        shard = resolve_shard(num_shards, shard_index)
+    except ShardError as error:
+        raise PreparationInputError(str(error)) from None
+    if shard is not None and shard.from_launcher and shard.index == 0 and not merge_timeout > 0:
+        raise PreparationInputError(f"merge_timeout must be > 0 seconds, got {merge_timeout}")
     started = time.perf_counter()
     root, output_dir = Path(mimic_root), Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
@@ -854,17 +879,33 @@ def prepare_mimic_iv_ecg(
                     f"{shards_dir} holds shards of a run with other inputs or settings; pass "
                     "overwrite=True (--overwrite) to discard them, or choose another output_dir"
                 )
-            shutil.rmtree(shards_dir)
+            if shard is None:
+                shutil.rmtree(shards_dir)
+            # Sharded, other processes may be writing here already: the stale shard folders are
+            # recomputed (their result.json has another fingerprint), not removed.
     shards_dir.mkdir(parents=True, exist_ok=True)
-    plan_file.write_text(json.dumps({"fingerprint": fingerprint, "settings": settings, "root": str(root)}, indent=2))
+    _write_atomically(plan_file, json.dumps({"fingerprint": fingerprint, "settings": settings, "root": str(root)}, indent=2))
 
-    done = {task.name for task in tasks if (shards_dir / task.name / "result.json").is_file()}
-    pending = [task for task in tasks if task.name not in done]
-    if done:
-        logger.info("Resuming: %d of %d shards already finished", len(done), len(tasks))
-    _run_shards(pending, shards_dir, num_proc, progress, total_records=sum(len(t.entries) for t in pending))
+    done = {task.name for task in tasks if _finished_shard(shards_dir / task.name, fingerprint) is not None}
+    mine = tasks if shard is None else shard_items(tasks, shard.count, shard.index)
+    pending = [task for task in mine if task.name not in done]
+    if shard is not None:
+        logger.info("Process %d of %d: preparation shards %d of %d", shard.index, shard.count, len(mine), len(tasks))
+    if len(pending) < len(mine):
+        logger.info("Resuming: %d of %d shards already finished", len(mine) - len(pending), len(mine))
+    _run_shards(pending, shards_dir, num_proc, progress, sum(len(t.entries) for t in pending), fingerprint)
+    if shard is not None:
+        if not shard.from_launcher or shard.index != 0:
+            logger.info("Prepared %d shards in %s; the dataset is assembled by %s", len(mine), shards_dir,
+                        "rank 0" if shard.from_launcher else "the same command without --num_shards/--shard_index")
+            return None
+        logger.info("Rank 0: waiting for the other %d processes' shards ...", shard.count - 1)
+        _wait_for_shards(tasks, shards_dir, fingerprint, merge_timeout)
+    unfinished = [task.name for task in tasks if _finished_shard(shards_dir / task.name, fingerprint) is None]
+    if unfinished:  # the one-process run prepared every shard itself: only a broken shard folder gets here
+        raise PreparationInputError(f"{shards_dir}: shards {unfinished[:5]} are not finished; re-run the same command")
 
-    results = [json.loads((shards_dir / task.name / "result.json").read_text()) for task in tasks]
+    results = [_finished_shard(shards_dir / task.name, fingerprint) for task in tasks]
     summary = PreparationSummary(
         records_listed=records_listed,
         measurements_without_record=orphan_measurements,
@@ -907,19 +948,53 @@ def prepare_mimic_iv_ecg(
     return summary
 
 
-def _run_shards(tasks: list[ShardTask], shards_dir: Path, num_proc: int, progress: bool, total_records: int) -> None:
+def _write_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file of this process (several may write the same file)."""
+    staging = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    staging.write_text(text)
+    os.replace(staging, path)
+
+
+def _finished_shard(shard_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The result of a shard folder finished by a run of this plan, else None."""
+    try:
+        result = json.loads((shard_dir / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) and result.get("fingerprint") == fingerprint else None
+
+
+def _wait_for_shards(tasks: list[ShardTask], shards_dir: Path, fingerprint: str, timeout_s: float, poll_s: float = 0.5) -> None:
+    """Poll until every shard of the plan is finished (by any process); PreparationInputError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    missing = list(tasks)
+    while True:
+        missing = [task for task in missing if _finished_shard(shards_dir / task.name, fingerprint) is None]
+        if not missing:
+            return
+        if time.monotonic() >= deadline:
+            raise PreparationInputError(
+                f"{len(missing)} preparation shards (first: {missing[0].name}) were not finished within {timeout_s:g} s; "
+                "the dataset was not assembled (re-run the same command to resume)"
+            )
+        time.sleep(poll_s)
+
+
+def _run_shards(
+    tasks: list[ShardTask], shards_dir: Path, num_proc: int, progress: bool, total_records: int, fingerprint: str = ""
+) -> None:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total_records, unit="record", desc="Preparing MIMIC-IV-ECG", disable=not progress)
     try:
         if num_proc <= 1 or len(tasks) <= 1:
             for task in tasks:
-                result = process_shard(task, str(shards_dir))
+                result = process_shard(task, str(shards_dir), fingerprint)
                 bar.update(result["read"])
         else:
             pool = ProcessPoolExecutor(max_workers=num_proc, initializer=end_with_parent, initargs=(os.getpid(),))
             try:
-                for result in pool.map(_process_shard_star, [(task, str(shards_dir)) for task in tasks]):
+                for result in pool.map(_process_shard_star, [(task, str(shards_dir), fingerprint) for task in tasks]):
                     bar.update(result["read"])
             except BaseException:
                 # Interrupted or failed: drop the shards not started instead of running them all.

@@ -5,7 +5,14 @@
 
 Writes a Hugging Face ``datasets.DatasetDict`` (train / validation, split by subject) to
 ``--output_dir`` with a dataset card, ``summary.json`` and ``skipped.csv``. Re-running the same
-command after an interruption resumes from the finished shards. See
+command after an interruption resumes from the finished shards.
+
+Several processes or machines (a shared ``--output_dir``; see docs/pretraining.md):
+
+    accelerate launch --num_processes 4 -m dbeta.cli prepare-mimic --mimic_root ... --output_dir ...
+    # or a SLURM array: each task prepares its block of subjects, then one plain run assembles
+    dbeta prepare-mimic ... --num_shards 16 --shard_index $SLURM_ARRAY_TASK_ID
+    dbeta prepare-mimic ... See
 :mod:`dbeta.train.data.mimic_iv_ecg` for the row format and the skip reasons. A missing or malformed
 CSV is reported on one line (file, column, first bad row) with exit status 2, and so are a full disk
 or a worker process that died (the finished shards are kept: re-running the command resumes).
@@ -35,6 +42,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shard_size", type=int, default=1000, help="Studies per shard (unit of parallelism and resumption).")
     parser.add_argument("--overwrite", action="store_true", help="Discard shards left by a run with other inputs/settings.")
     parser.add_argument("--keep_shards", action="store_true", help="Keep output_dir/.shards after success.")
+    parser.add_argument(
+        "--num_shards", type=int,
+        help="Split the work into N blocks of consecutive subjects (processes / machines sharing --output_dir).",
+    )
+    parser.add_argument(
+        "--shard_index", type=int,
+        help="Prepare block i (0 to N-1) only; the same command without --num_shards/--shard_index then assembles "
+        "the dataset (default under accelerate launch / torchrun: RANK of WORLD_SIZE, assembled by rank 0).",
+    )
+    parser.add_argument(
+        "--merge_timeout", type=float, default=86400.0,
+        help="Under a launcher, seconds rank 0 waits for the other processes' shards (default: 1 day).",
+    )
     return parser.parse_args(argv)
 
 
@@ -51,6 +71,9 @@ def main(argv: list[str] | None = None) -> None:
             shard_size=args.shard_size,
             overwrite=args.overwrite,
             keep_shards=args.keep_shards,
+            num_shards=args.num_shards,
+            shard_index=args.shard_index,
+            merge_timeout=args.merge_timeout,
         )
     except (FileNotFoundError, PreparationInputError) as error:
         # Bad inputs (a missing or malformed CSV, leftover shards of another run): the message
@@ -66,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
             "it resumes from the finished shards.\n"
         )
         raise SystemExit(2) from None
+    if summary is None:  # this process prepared its block of subjects; another assembles the dataset
+        return
     logger.info(json.dumps(asdict(summary), indent=2))
     rate = summary.records_read / summary.seconds if summary.seconds else float("nan")
     logger.info(

@@ -271,10 +271,13 @@ def ludb_training_record_ids(path: str | Path = LUDB_EVAL_FILE) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def zero_shot_logits(model, processor, eval_set: RealEvalSet, prompts: Sequence[str], batch_size: int = 32):
+def zero_shot_logits(
+    model, processor, eval_set: RealEvalSet, prompts: Sequence[str], batch_size: int = 32, ecg_encoder=None
+):
     """ETS logits (N, num_prompts) of the records against plain-text prompts: the processor (lead
     order, resampling), the ECG tower, then the package's one scorer (`dbeta.zero_shot`), as
-    `pipeline("zero-shot-ecg-classification")` scores them."""
+    `pipeline("zero-shot-ecg-classification")` scores them. `ecg_encoder` (e.g. an
+    `dbeta.onnx_backend.ONNXECGEncoder` of this model's export) replaces the model's ECG tower."""
     import torch
 
     from dbeta.embedding import embed_ecg_batch
@@ -289,15 +292,19 @@ def zero_shot_logits(model, processor, eval_set: RealEvalSet, prompts: Sequence[
         for start in range(0, len(eval_set.record_ids), batch_size):
             chunk = eval_set.signals[start : start + batch_size]
             inputs = processor(ecg=chunk, sampling_rate=eval_set.sampling_rate, lead_names=list(eval_set.lead_names), return_tensors="pt")
-            logits.append(ets_logits(model, embed_ecg_batch(model, inputs["input_values"]), label_embeds))
+            ecg_embeds = embed_ecg_batch(model if ecg_encoder is None else ecg_encoder, inputs["input_values"])
+            logits.append(ets_logits(model, ecg_embeds, label_embeds))
     finally:
         model.train(was_training)
     return torch.cat(logits).numpy()
 
 
-def evaluate_real_zero_shot(model, processor, eval_set: RealEvalSet | None = None, label_set: Mapping[str, str] = LUDB_RHYTHM_LABELS) -> dict[str, float]:
-    """Per-label and macro zero-shot AUROC on real ECGs: ``{"real_zero_shot_macro_auroc", 
-    "real_zero_shot_num_labels", "real_zero_shot_num_records", "real_zero_shot_auroc/<label>"}``."""
+def evaluate_real_zero_shot(
+    model, processor, eval_set: RealEvalSet | None = None, label_set: Mapping[str, str] = LUDB_RHYTHM_LABELS, ecg_encoder=None
+) -> dict[str, float]:
+    """Per-label and macro zero-shot AUROC on real ECGs: ``{"real_zero_shot_macro_auroc",
+    "real_zero_shot_num_labels", "real_zero_shot_num_records", "real_zero_shot_auroc/<label>"}``.
+    `ecg_encoder`: another backend for the ECG tower (`zero_shot_logits`)."""
     from dbeta.train.evaluation.metrics import multilabel_auroc
 
     eval_set = eval_set if eval_set is not None else load_ludb_eval_set()
@@ -305,7 +312,7 @@ def evaluate_real_zero_shot(model, processor, eval_set: RealEvalSet | None = Non
         raise ValueError("The LUDB training part is not an evaluation set: use load_ludb_dev_set() for its dev split")
     scored = eval_set.scored_labels(label_set)
     labels = eval_set.labels({name: label_set[name] for name in scored})
-    logits = zero_shot_logits(model, processor, eval_set, scored)
+    logits = zero_shot_logits(model, processor, eval_set, scored, ecg_encoder=ecg_encoder)
     # The pipeline's multi-label scores: float32 sigmoid of the logits (saturated ties included).
     scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float32)))
     auroc = multilabel_auroc(labels, scores, scored)
