@@ -95,14 +95,47 @@ def train(args, variant: str, seed: int) -> dict:
     return {"wall_seconds": time.perf_counter() - started, "cpu_seconds": _child_cpu_seconds() - cpu_before, "load_average": os.getloadavg()}
 
 
+def real_set():
+    """The real records scored here: the dev split of the LUDB training part under `--protocol dev`
+    (the evaluation file cannot be opened then), the 65 evaluation patients otherwise."""
+    from dbeta.train.demo.real_ecg import dev_protocol, load_ludb_dev_set, load_ludb_eval_set
+
+    return load_ludb_dev_set() if dev_protocol() else load_ludb_eval_set()
+
+
+#: Rate labels and their definitions (beats/min): the measured rate of their positives is printed,
+#: and a positive outside its own definition is flagged.
+RATE_DEFINITIONS = {"sinus bradycardia": (None, 60.0), "sinus tachycardia": (100.0, None)}
+
+
+def positive_rates() -> dict:
+    """Median R-R heart rate of each rate label's positives (the simulator's R-peak detector), and
+    which ones fall outside the label's definition (LUDB's two "sinus tachycardia" patients run at
+    90-91 /min by this count: that label then ranks the two fastest records, not tachycardia)."""
+    from dbeta.train.demo.make_demo_corpus import detect_r_peaks
+    from dbeta.train.demo.real_ecg import LUDB_RHYTHM_LABELS
+
+    eval_set = real_set()
+    out = {}
+    for name, (low, high) in RATE_DEFINITIONS.items():
+        positives = np.flatnonzero(eval_set.labels({name: LUDB_RHYTHM_LABELS[name]})[:, 0])
+        rates = []
+        for index in positives:
+            rr = np.diff(detect_r_peaks(np.asarray(eval_set.signals[index], dtype=np.float64))) / eval_set.sampling_rate
+            rates.append(round(float(60.0 / np.median(rr)), 1))
+        outside = [rate for rate in rates if (low is not None and rate <= low) or (high is not None and rate >= high)]
+        out[name] = {"rates": rates, "outside_definition": outside}
+    return out
+
+
 def pipeline_real_auroc(model_folder: Path) -> dict:
     """Per-label and macro AUROC on the vendored real set, through the public pipeline."""
     from transformers import pipeline
 
     from dbeta.train.evaluation.metrics import multilabel_auroc
-    from dbeta.train.demo.real_ecg import LUDB_RHYTHM_LABELS, load_ludb_eval_set
+    from dbeta.train.demo.real_ecg import LUDB_RHYTHM_LABELS
 
-    eval_set = load_ludb_eval_set()
+    eval_set = real_set()
     scored = eval_set.scored_labels()
     labels = eval_set.labels({name: LUDB_RHYTHM_LABELS[name] for name in scored})
     classifier = pipeline("zero-shot-ecg-classification", model=str(model_folder), trust_remote_code=True, device="cpu")
@@ -110,7 +143,56 @@ def pipeline_real_auroc(model_folder: Path) -> dict:
     scores = np.array([[{item["label"]: item["score"] for item in output}[name] for name in scored] for output in outputs])
     auroc = multilabel_auroc(labels, scores, scored)
     return {"macro": float(auroc.macro), "per_label": {k: float(v) for k, v in auroc.per_label.items()}, "records": len(eval_set.record_ids),
-            "positives": {name: int(count) for name, count in zip(scored, labels.sum(axis=0))}}
+            "positives": {name: int(count) for name, count in zip(scored, labels.sum(axis=0))}, "split": eval_set.split}
+
+
+#: Zero-shot labels scored on the shared CinC 2021 + CPSC 2018 records (real millivolts, unlike LUDB):
+#: prompt -> the CinC SNOMED-CT abbreviations that are its positives. The morphology labels need
+#: amplitude and shape, which LUDB's per-lead normalisation removes.
+CINC_LABELS = {
+    "sinus rhythm": {"NSR"},
+    "sinus bradycardia": {"SB"},
+    "sinus tachycardia": {"STach"},
+    "atrial fibrillation": {"AF"},
+    "atrial flutter": {"AFL"},
+    "left bundle branch block": {"LBBB", "CLBBB"},
+    "right bundle branch block": {"RBBB", "CRBBB"},
+    "low QRS voltages": {"LQRSV"},
+    "inverted T waves": {"TInv"},
+}
+
+
+def cinc_real_auroc(model_folder: Path, real_dir: Path) -> dict:
+    """Zero-shot AUROC through the public pipeline on the shared CinC 2021 and CPSC 2018 records
+    (never trained on by the sim variant), for every label of `CINC_LABELS` with at least 2
+    positives; the others are listed with their positive count."""
+    import csv
+
+    from transformers import pipeline
+
+    from dbeta.train.evaluation.metrics import multilabel_auroc
+
+    paths, codes = [], []
+    for folder in ("cinc2021", "cpsc2018"):
+        labels_file = real_dir / folder / "labels.csv"
+        if not labels_file.is_file():
+            continue
+        with open(labels_file, newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                header = real_dir / folder / "records" / f"{row['record']}.hea"
+                paths.append(str(header if header.is_file() else header.with_suffix(".mat")))
+                codes.append(set(row["dx_abbrev"].split(",")))
+    if not paths:
+        return {}
+    positives = {name: sum(bool(codes_ & wanted) for codes_ in codes) for name, wanted in CINC_LABELS.items()}
+    scored = [name for name, count in positives.items() if 2 <= count < len(paths)]
+    labels = np.array([[int(bool(record & CINC_LABELS[name])) for name in scored] for record in codes])
+    classifier = pipeline("zero-shot-ecg-classification", model=str(model_folder), trust_remote_code=True, device="cpu")
+    outputs = classifier(paths, candidate_labels=scored)
+    scores = np.array([[{item["label"]: item["score"] for item in output}[name] for name in scored] for output in outputs])
+    auroc = multilabel_auroc(labels, scores, scored)
+    return {"macro": float(auroc.macro), "per_label": {k: float(v) for k, v in auroc.per_label.items()},
+            "records": len(paths), "positives": positives}
 
 
 def rr_rule_baseline() -> dict:
@@ -120,9 +202,9 @@ def rr_rule_baseline() -> dict:
     100 CV). An upper reference for what the rhythm labels need, not a zero-shot model."""
     from dbeta.train.demo.make_demo_corpus import detect_r_peaks
     from dbeta.train.evaluation.metrics import multilabel_auroc
-    from dbeta.train.demo.real_ecg import LUDB_RHYTHM_LABELS, load_ludb_eval_set
+    from dbeta.train.demo.real_ecg import LUDB_RHYTHM_LABELS
 
-    eval_set = load_ludb_eval_set()
+    eval_set = real_set()
     rates, variation = [], []
     for signal in eval_set.signals:
         rr = np.diff(detect_r_peaks(np.asarray(signal, dtype=np.float64))) / eval_set.sampling_rate
@@ -148,9 +230,9 @@ def real_linear_probe(model_folder: Path) -> dict:
     from sklearn.preprocessing import StandardScaler
     from transformers import AutoModel, AutoProcessor
 
-    from dbeta.train.demo.real_ecg import LUDB_RHYTHM_LABELS, load_ludb_eval_set
+    from dbeta.train.demo.real_ecg import LUDB_RHYTHM_LABELS
 
-    eval_set = load_ludb_eval_set()
+    eval_set = real_set()
     model = AutoModel.from_pretrained(str(model_folder), trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(str(model_folder), trust_remote_code=True)
     inputs = processor(ecg=list(eval_set.signals), sampling_rate=eval_set.sampling_rate, lead_names=list(eval_set.lead_names), return_tensors="pt")
@@ -178,7 +260,14 @@ def markdown(results: dict) -> str:
     variants = list(results)
     labels = sorted({label for runs in results.values() for run in runs.values() for label in run["real"]["per_label"]},
                     key=lambda name: list(__import__("dbeta.train.demo.real_ecg", fromlist=["x"]).LUDB_RHYTHM_LABELS).index(name))
-    lines = ["| metric | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
+    first = next(iter(next(iter(results.values())).values()))["real"]
+    split = first.get("split", "evaluation")
+    lines = [
+        ("Real set: the DEV split of the LUDB training part (" if split == "dev" else "Real set: the vendored LUDB evaluation set (")
+        + f"{first['records']} patients; positives: " + ", ".join(f"{k} {v}" for k, v in first.get("positives", {}).items()) + ").",
+        "",
+        "| metric | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants),
+    ]
 
     def row(name, getter, digits=3):
         cells = [_mean_sd([getter(run) for run in results[v].values()], digits) for v in variants]
@@ -187,6 +276,7 @@ def markdown(results: dict) -> str:
     for label in labels:
         row(f"real AUROC {label}", lambda run, label=label: run["real"]["per_label"].get(label))
     row("**real macro AUROC**", lambda run: run["real"]["macro"])
+    lines.append("| lowest seed's real macro AUROC | " + " | ".join(f"{min(run['real']['macro'] for run in results[v].values()):.3f}" for v in variants) + " |")
     row("simulated validation macro AUROC", lambda run: run["simulated"].get("zero_shot_macro_auroc"))
     row("simulated ECG->report recall@1", lambda run: run["simulated"].get("ecg_to_text_recall@1"))
     # Near 0: the pooled ECG embedding no longer depends on the input (a collapsed model), and its
@@ -195,8 +285,17 @@ def markdown(results: dict) -> str:
     if any("probe" in run for runs in results.values() for run in runs.values()):
         row("real LOO linear probe macro AUROC (diagnostic)", lambda run: run.get("probe", {}).get("macro"))
         row("real LOO linear probe AUROC atrial fibrillation", lambda run: run.get("probe", {}).get("per_label", {}).get("atrial fibrillation"))
+    cinc = [run["cinc"] for runs in results.values() for run in runs.values() if run.get("cinc")]
+    if cinc:
+        for label in cinc[0]["per_label"]:
+            row(f"CinC/CPSC AUROC {label} ({cinc[0]['positives'][label]} pos.)", lambda run, label=label: run.get("cinc", {}).get("per_label", {}).get(label))
+        row(f"CinC/CPSC macro AUROC ({cinc[0]['records']} records)", lambda run: run.get("cinc", {}).get("macro"))
     row("training wall minutes", lambda run: run.get("timing", {}).get("wall_seconds", float("nan")) / 60)
     row("training CPU minutes", lambda run: run.get("timing", {}).get("cpu_seconds", float("nan")) / 60)
+    if cinc:
+        unscored = {name: count for name, count in cinc[0]["positives"].items() if name not in cinc[0]["per_label"]}
+        lines.append("")
+        lines.append("CinC/CPSC labels not scored (fewer than 2 positives): " + ", ".join(f"{k} ({v})" for k, v in unscored.items()) + ".")
     seeds = {v: sorted(results[v]) for v in variants}
     lines.append("")
     lines.append("Seeds: " + "; ".join(f"{v}: {', '.join(map(str, s))}" for v, s in seeds.items()) + " (mean ± sample sd over seeds).")
@@ -221,6 +320,9 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--protocol", choices=["eval", "dev"], default="eval",
+                        help="dev: judge a choice on the dev split of the LUDB training part; this process and its children "
+                             "cannot read the evaluation file (DBETA_PROTOCOL=dev). eval: a reported run, read once.")
     parser.add_argument("--variants", nargs="+", default=["sim", "sim+real"], choices=["sim", "sim+ludb", "sim+real"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--real_dir", default=str(REPO_ROOT.parent / "shared" / "data" / "real"))
@@ -229,6 +331,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tag", default="", help="Appended to the run folders (e.g. an ablation name).")
     parser.add_argument("--ablations", nargs="+", choices=list(ABLATIONS), default=None,
                         help="Train and score these ablations (each its own --tag) instead of one run per variant.")
+    parser.add_argument("--cinc", action="store_true",
+                        help="Also score the shared CinC 2021 + CPSC 2018 records (real millivolts; rhythm and morphology labels) from --real_dir.")
     parser.add_argument("--load", action="store_true", help="Only evaluate folders left by earlier runs.")
     parser.add_argument("--max_train_steps", type=int, default=None, help="Default: the demo's.")
     parser.add_argument("--demo_num_records", type=int, default=None)
@@ -239,6 +343,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--diagnostics", action="store_true",
                         help="Also print the R-peak rule baseline and a leave-one-out linear probe of each model's real-set ECG embeddings.")
     args = parser.parse_args(argv)
+    if args.protocol == "dev":
+        from dbeta.train.demo.real_ecg import PROTOCOL_ENV
+
+        if set(args.variants) != {"sim"}:
+            parser.error("--protocol dev trains on the simulated corpus only: the real LUDB pairs hold the dev split")
+        os.environ[PROTOCOL_ENV] = "dev"  # inherited by the training children
     if "sim+real" in args.variants and not Path(args.real_dir).is_dir():
         parser.error(f"sim+real needs --real_dir (not found: {args.real_dir})")
 
@@ -269,15 +379,22 @@ def main(argv: list[str] | None = None) -> dict:
         }
         if args.diagnostics:
             results[variant + (f" ({tag})" if tag else "")][seed]["probe"] = real_linear_probe(model_folder)
+        if args.cinc and variant == "sim":  # the other variants may train on these records
+            results[variant + (f" ({tag})" if tag else "")][seed]["cinc"] = cinc_real_auroc(model_folder, Path(args.real_dir))
         print(f"[{variant} {tag} seed {seed}] real macro AUROC {real['macro']:.4f} {real['per_label']}", flush=True)
     report = markdown(results)
+    rates = positive_rates()
+    report += "\nMeasured rate of the rate labels' positives (median R-R, beats/min): " + "; ".join(
+        f"{name}: {', '.join(map(str, value['rates']))}"
+        + (f" (outside its definition: {', '.join(map(str, value['outside_definition']))})" if value["outside_definition"] else "")
+        for name, value in rates.items()) + "\n"
     if args.diagnostics:
         rule = rr_rule_baseline()
         report += ("\nR-peak rule baseline (no learning; rate and RR variation): real macro AUROC "
                    f"{rule['macro']:.3f} (" + ", ".join(f"{k} {v:.3f}" for k, v in rule["per_label"].items()) + ")\n")
     print("\n" + report)
     output_root.mkdir(parents=True, exist_ok=True)
-    name = "results" + ("-ablations" if args.ablations else f"-{args.tag}" if args.tag else "")
+    name = "results" + ("-dev" if args.protocol == "dev" else "") + ("-ablations" if args.ablations else f"-{args.tag}" if args.tag else "")
     (output_root / f"{name}.json").write_text(json.dumps(results, indent=2, default=float))
     (output_root / f"{name}.md").write_text(report)
     return results

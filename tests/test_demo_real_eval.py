@@ -201,3 +201,108 @@ def test_a_demo_dataset_prepared_with_other_real_pairs_is_refused(tmp_path):
     args.demo_real_pairs = "ludb"
     with pytest.raises(ValueError, match="was prepared with .*'none'.* not .*'ludb'"):
         prepare_demo_dataset(args)
+
+
+# --------------------------------------------------------------------------------------------
+# The dev protocol: choices on the dev split, the evaluation file locked
+# --------------------------------------------------------------------------------------------
+
+
+def test_dev_split_is_the_training_part_minus_the_beat_sources(eval_set):
+    from dbeta.train.demo.make_demo_corpus import real_beat_library
+    from dbeta.train.demo.real_ecg import load_ludb_dev_set, ludb_dev_record_ids
+
+    dev = load_ludb_dev_set()
+    sources = {beat.record_id for beat in real_beat_library()}
+    training = load_ludb_train_set()
+    assert dev.split == "dev" and dev.record_ids == ludb_dev_record_ids()
+    assert set(dev.record_ids) == set(training.record_ids) - sources
+    assert not set(dev.record_ids) & set(eval_set.record_ids)
+    # Enough positives to judge the rhythm labels on (flutter has one: not scored there).
+    assert dev.scored_labels() == ["sinus rhythm", "sinus bradycardia", "sinus tachycardia", "atrial fibrillation"]
+    assert len(dev.record_ids) + len(sources) == len(training.record_ids)
+
+
+def test_dev_protocol_locks_the_evaluation_file(monkeypatch, tmp_path):
+    from dbeta.train.demo.real_ecg import PROTOCOL_ENV, EvaluationSetLocked, load_ludb_dev_set
+
+    monkeypatch.setenv(PROTOCOL_ENV, "dev")
+    with pytest.raises(EvaluationSetLocked, match="dev protocol"):
+        load_ludb_eval_set()
+    with pytest.raises(EvaluationSetLocked):
+        ludb_training_record_ids()  # reads the evaluation file too
+    # A copy under another name is recognised by its content, not its path.
+    copy = tmp_path / "renamed.npz"
+    copy.write_bytes(LUDB_EVAL_FILE.read_bytes())
+    with pytest.raises(EvaluationSetLocked):
+        load_ludb_eval_set(copy)
+    # Real LUDB training pairs hold the dev split: refused under the protocol.
+    with pytest.raises(EvaluationSetLocked, match="dev split"):
+        real_training_pairs()
+    # What choices need still loads: the training part (checked against the recorded evaluation ids) and the dev split.
+    assert len(load_ludb_train_set().record_ids) == 95
+    assert len(load_ludb_dev_set().record_ids) == 37
+    monkeypatch.setenv(PROTOCOL_ENV, "held-out")
+    with pytest.raises(ValueError, match="expected 'dev' or 'eval'"):
+        load_ludb_eval_set()
+
+
+def test_dev_split_scores_are_flagged_and_printed_as_dev(tmp_path):
+    from transformers import AutoModel, AutoProcessor
+
+    from dbeta.train.demo.real_ecg import load_ludb_dev_set
+    from dbeta.train.demo.recipe import print_real_ecg_summary
+
+    folder = save_tiny_zero_shot_folder(tmp_path / "tiny")
+    model = AutoModel.from_pretrained(str(folder), trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=True)
+    metrics = evaluate_real_zero_shot(model, processor, load_ludb_dev_set())
+    assert metrics["real_zero_shot_dev_split"] == 1.0 and metrics["real_zero_shot_num_records"] == 37
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        print_real_ecg_summary(metrics)
+    assert "DEV split" in buffer.getvalue() and "not a held-out figure" in buffer.getvalue()
+    with pytest.raises(ValueError, match="not an evaluation set"):
+        evaluate_real_zero_shot(model, processor, load_ludb_train_set())
+
+
+def test_sim_to_real_dev_mode_refuses_real_pairs_and_locks_its_children(monkeypatch):
+    import importlib.util
+
+    from dbeta.train.demo.real_ecg import PROTOCOL_ENV
+
+    spec = importlib.util.spec_from_file_location("sim_to_real", Path(__file__).resolve().parents[1] / "benchmarks" / "sim_to_real.py")
+    sim_to_real = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sim_to_real)
+    monkeypatch.delenv(PROTOCOL_ENV, raising=False)
+    with pytest.raises(SystemExit):
+        sim_to_real.main(["--protocol", "dev", "--variants", "sim", "sim+ludb"])
+    # With nothing to train (--load on an empty root) it still sets the lock for itself and its children first.
+    with pytest.raises(FileNotFoundError):
+        sim_to_real.main(["--protocol", "dev", "--variants", "sim", "--load", "--output_root", "/nonexistent-dbeta-root"])
+    import os
+
+    assert os.environ[PROTOCOL_ENV] == "dev"
+    assert sim_to_real.real_set().split == "dev"
+    rates = sim_to_real.positive_rates()
+    assert set(rates) == {"sinus bradycardia", "sinus tachycardia"}
+    assert len(rates["sinus bradycardia"]["rates"]) == 3
+
+
+def test_sim_to_real_scores_the_cinc_records_through_the_pipeline(tmp_path):
+    import importlib.util
+
+    real_dir = SHARED_LUDB.parents[1]
+    if not (real_dir / "cinc2021" / "labels.csv").is_file():
+        pytest.skip(f"the shared real records are not beside the checkout ({real_dir})")
+    spec = importlib.util.spec_from_file_location("sim_to_real", Path(__file__).resolve().parents[1] / "benchmarks" / "sim_to_real.py")
+    sim_to_real = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sim_to_real)
+    folder = save_tiny_zero_shot_folder(tmp_path / "tiny")
+    result = sim_to_real.cinc_real_auroc(folder, real_dir)
+    assert result["records"] == 49
+    # Counted from the labels files: what can and cannot be measured on real millivolts.
+    assert result["positives"]["sinus tachycardia"] == 22 and result["positives"]["inverted T waves"] == 4
+    assert result["positives"]["left bundle branch block"] == 0 and result["positives"]["low QRS voltages"] == 0
+    assert set(result["per_label"]) == {name for name, count in result["positives"].items() if count >= 2}
+    assert all(0.0 <= value <= 1.0 for value in result["per_label"].values())

@@ -40,7 +40,7 @@ from pathlib import Path
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 
-from dbeta.train.demo.real_ecg import load_ludb_eval_set
+from dbeta.train.demo.real_ecg import dev_protocol, load_ludb_dev_set, load_ludb_eval_set
 from dbeta.train.demo.recipe import prepare_demo_dataset
 from dbeta.train.pretraining.args import parse_args
 from dbeta.train.pretraining.checkpoints import TrainingProgress, prepare_output_dir, resume_training, save_checkpoint
@@ -88,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> PretrainingResult:
     real_eval_set = None
     if args.is_demo:  # the demo recipe: a simulated corpus to train on, real ECGs (never trained on) to validate on
         args.dataset_dir = preparation.run("writing and preparing the demo corpus", prepare_demo_dataset, args)
-        real_eval_set = load_ludb_eval_set()
+        # Under the dev protocol (DBETA_PROTOCOL=dev) the evaluation patients cannot be read: validate on the dev split.
+        real_eval_set = load_ludb_dev_set() if dev_protocol() else load_ludb_eval_set()
     tokenizer = preparation.run("loading the tokenizer", load_tokenizer, args)
     # The prepared files' SHA-256 are checked once per machine, not by every process.
     preparation.run("checking the prepared data", check_prepared_data, args, accelerator.is_local_main_process)

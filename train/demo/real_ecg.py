@@ -39,7 +39,14 @@ from pathlib import Path
 import numpy as np
 
 from dbeta import ASSETS_DIR
-from dbeta.ludb_assets import read_ludb_npz, signals_sha256  # the format's one reader (the web demo uses it too)
+from dbeta.ludb_assets import (  # the format's one reader (the web demo uses it too), and the protocol's lock
+    PROTOCOL_ENV,  # noqa: F401 (re-exported)
+    EvaluationSetLocked,
+    dev_protocol,
+    read_ludb_npz,
+    read_recorded_ids,
+    signals_sha256,
+)
 from dbeta.train.evaluation.downstream import _ludb_diagnoses as _ludb_header_diagnoses
 
 logger = logging.getLogger(__name__)
@@ -68,6 +75,10 @@ LUDB_RHYTHM_LABELS: dict[str, str] = {
 }
 #: A label is scored when the evaluation set has at least this many positives (and a negative).
 MIN_POSITIVES = 2
+
+# The dev protocol's lock on the evaluation file (docs/demo.md: `PROTOCOL_ENV`, `EvaluationSetLocked`,
+# `dev_protocol`) lives with the one reader of the vendored files, `dbeta.ludb_assets`, and is
+# re-exported here.
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,6 +155,8 @@ class RealEvalSet:
     rhythms: list[str]
     lead_names: tuple[str, ...] = LUDB_LEAD_NAMES
     sampling_rate: int = LUDB_SAMPLING_RATE
+    #: "evaluation" (the 65 vendored evaluation patients) or "dev" (the dev split of the training part).
+    split: str = "evaluation"
 
     def labels(self, label_set: Mapping[str, str] = LUDB_RHYTHM_LABELS) -> np.ndarray:
         """(N, num_labels) 0/1 rhythm labels."""
@@ -204,23 +217,53 @@ def build_ludb_eval_set(ludb_dir: str | Path, output_file: str | Path = LUDB_EVA
 
 def load_ludb_train_set(path: str | Path = LUDB_TRAIN_FILE, eval_file: str | Path = LUDB_EVAL_FILE, verify: bool = True) -> RealEvalSet:
     """The vendored LUDB training part (records the demo may train on). Checked against the
-    evaluation set: no record of it is here."""
-    data = load_ludb_eval_set(path, verify=verify)
-    overlap = set(data.record_ids) & set(load_ludb_eval_set(eval_file, verify=False).record_ids)
+    evaluation set: no record of it is here. Under the dev protocol the check uses the evaluation
+    ids that the training file records, so that the evaluation file is not opened."""
+    data = RealEvalSet(**read_ludb_npz(path, verify=verify))
+    if dev_protocol():
+        evaluation_ids = read_recorded_ids(path, "evaluation_record_ids")
+    else:
+        evaluation_ids = read_recorded_ids(eval_file, "record_ids")
+    overlap = set(data.record_ids) & set(evaluation_ids)
     if overlap:
         raise ValueError(f"{path}: LUDB records {sorted(overlap)} are also in the evaluation set {eval_file}.")
     return data
 
 
 def load_ludb_eval_set(path: str | Path = LUDB_EVAL_FILE, verify: bool = True) -> RealEvalSet:
-    """The vendored LUDB evaluation set; `verify` checks the samples against the stored SHA-256."""
+    """The vendored LUDB evaluation set; `verify` checks the samples against the stored SHA-256.
+    Refused under the dev protocol (`EvaluationSetLocked`)."""
     return RealEvalSet(**read_ludb_npz(path, verify=verify))
+
+
+def ludb_dev_record_ids(train_file: str | Path = LUDB_TRAIN_FILE) -> list[str]:
+    """The dev split: the training-part patients that lend no median beat to the simulator (so the
+    demo never trains on them, whatever its seed), in record order. Recipe choices are judged here."""
+    from dbeta.train.demo.make_demo_corpus import real_beat_library
+
+    sources = {beat.record_id for beat in real_beat_library()}
+    return [record_id for record_id in read_recorded_ids(train_file, "record_ids") if record_id not in sources]
+
+
+def load_ludb_dev_set(train_file: str | Path = LUDB_TRAIN_FILE) -> RealEvalSet:
+    """The dev split (`ludb_dev_record_ids`) as a `RealEvalSet` with `split="dev"`."""
+    data = load_ludb_train_set(train_file)
+    keep = set(ludb_dev_record_ids(train_file))
+    rows = [index for index, record_id in enumerate(data.record_ids) if record_id in keep]
+    return RealEvalSet(
+        record_ids=[data.record_ids[i] for i in rows],
+        signals=data.signals[rows],
+        reports=[data.reports[i] for i in rows],
+        rhythms=[data.rhythms[i] for i in rows],
+        lead_names=data.lead_names,
+        sampling_rate=data.sampling_rate,
+        split="dev",
+    )
 
 
 def ludb_training_record_ids(path: str | Path = LUDB_EVAL_FILE) -> list[str]:
     """The LUDB records that are NOT in the vendored evaluation set (the ones training may use)."""
-    with np.load(path, allow_pickle=False) as data:
-        return [str(value) for value in data["training_record_ids"]]
+    return read_recorded_ids(path, "training_record_ids")
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,6 +308,8 @@ def evaluate_real_zero_shot(
     from dbeta.train.evaluation.metrics import multilabel_auroc
 
     eval_set = eval_set if eval_set is not None else load_ludb_eval_set()
+    if eval_set.split == "training":
+        raise ValueError("The LUDB training part is not an evaluation set: use load_ludb_dev_set() for its dev split")
     scored = eval_set.scored_labels(label_set)
     labels = eval_set.labels({name: label_set[name] for name in scored})
     logits = zero_shot_logits(model, processor, eval_set, scored, ecg_encoder=ecg_encoder)
@@ -275,6 +320,8 @@ def evaluate_real_zero_shot(
         "real_zero_shot_macro_auroc": float(auroc.macro),
         "real_zero_shot_num_labels": len(auroc.per_label),
         "real_zero_shot_num_records": len(eval_set.record_ids),
+        # 1 when these figures are the dev split's (the dev protocol), so that no one reports them as held out.
+        "real_zero_shot_dev_split": float(eval_set.split == "dev"),
     }
     metrics.update({f"real_zero_shot_auroc/{label}": float(value) for label, value in auroc.per_label.items()})
     return metrics
@@ -299,6 +346,9 @@ def real_training_pairs(real_dir: str | Path | None = None, eval_file: str | Pat
     "report"}. Never returns an evaluation record (checked)."""
     from processing_dbeta import ECGRecord, read_ecg_file
 
+    if dev_protocol():
+        # The LUDB training part holds the dev split: training on its pairs would leak it.
+        raise EvaluationSetLocked("Real LUDB training pairs (--demo_real_pairs) hold the dev split: not allowed under the dev protocol")
     ludb = load_ludb_train_set(train_file, eval_file)
     pairs: list[dict] = [
         {"source": "ludb", "record_id": record_id, "record": ECGRecord(signal, list(ludb.lead_names), float(ludb.sampling_rate), {"name": record_id}),

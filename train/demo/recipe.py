@@ -303,12 +303,17 @@ def print_real_ecg_summary(metrics: Mapping[str, float]) -> None:
     """The zero-shot AUROC on the vendored real ECGs (validation's `real_zero_shot_*` metrics), when measured."""
     if "real_zero_shot_macro_auroc" not in metrics:
         return
-    print(f"Real ECGs (vendored LUDB evaluation set, {int(metrics['real_zero_shot_num_records'])} patients never used in training), "
-          "plain-text prompts:")
+    patients = int(metrics["real_zero_shot_num_records"])
+    if metrics.get("real_zero_shot_dev_split"):
+        print(f"Real ECGs (DEV split of the LUDB training part, {patients} patients never used in training; "
+              "not a held-out figure), plain-text prompts:")
+    else:
+        print(f"Real ECGs (vendored LUDB evaluation set, {patients} patients never used in training), plain-text prompts:")
     for name, value in metrics.items():
         if name.startswith("real_zero_shot_auroc/"):
             print(f"  zero-shot AUROC {name.split('/', 1)[1]:<28} {value:.4f}")
-    print(f"Real-ECG zero-shot macro AUROC: {metrics['real_zero_shot_macro_auroc']:.4f} ({int(metrics['real_zero_shot_num_labels'])} labels)")
+    what = "Real-ECG (dev split) zero-shot macro AUROC" if metrics.get("real_zero_shot_dev_split") else "Real-ECG zero-shot macro AUROC"
+    print(f"{what}: {metrics['real_zero_shot_macro_auroc']:.4f} ({int(metrics['real_zero_shot_num_labels'])} labels)")
 
 
 def demo_training_records(demo_real_pairs: str) -> dict:
