@@ -227,7 +227,7 @@ def main(argv=None) -> int:
         print_table(headers, rows)
 
     if args.write_results:
-        from common import markdown_table
+        from common import append_results_section, markdown_table
 
         command = "python benchmarks/archive_embedding.py " + " ".join(argv if argv is not None else sys.argv[1:])
         load = os.getloadavg()
@@ -243,10 +243,7 @@ def main(argv=None) -> int:
             "within one repeat (model alone measured just before the commands); absolute rates move with the "
             "machine's load.\n"
         )
-        exists = path.exists()
-        with open(path, "a" if exists else "w") as handle:  # runs accumulate: repeated runs side by side
-            handle.write(("\n" if exists else title + "\n") + section)
-        print(f"wrote {path}")
+        append_results_section(path, title, section)
     return 0
 
 

@@ -86,6 +86,15 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def append_results_section(path, title: str, section: str) -> None:
+    """Add one run's section to a `benchmarks/results/` file (written with `title` first): repeated
+    runs sit side by side, as a noisy machine needs."""
+    exists = path.exists()
+    with open(path, "a" if exists else "w") as handle:
+        handle.write(("\n" if exists else title + "\n") + section)
+    print(f"wrote {path}")
+
+
 def print_table(headers: list[str], rows: list[list]) -> None:
     print(markdown_table(headers, rows))
 

@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     import numpy as np
     import onnxruntime
     import torch
-    from common import markdown_table
+    from common import append_results_section, markdown_table
 
     from dbeta.export_onnx import export_onnx
     from dbeta.loading import load_any_model
@@ -261,10 +261,7 @@ def main(argv=None) -> int:
             "Written by `benchmarks/onnx_inference.py --write_results`; each run adds a section. Ratios are to "
             "PyTorch fp32 of the same model and batch in the same run.\n"
         )
-        exists = path.exists()
-        with open(path, "a" if exists else "w") as handle:  # runs accumulate: repeated runs side by side
-            handle.write(("\n" if exists else title + "\n") + section)
-        print(f"wrote {path}")
+        append_results_section(path, title, section)
     return 0
 
 

@@ -62,6 +62,15 @@ def _load_feature_extractor(path, config):
         return default_feature_extractor(config)
 
 
+def _refuse_missing_local_folder(path: str | os.PathLike) -> None:
+    """A path that can only be local (absolute, `./`, `../`, `~`, or more than one `/`) and does not
+    exist: say so, instead of the Hub's "Repo id must be in the form ..." message."""
+    text = os.fspath(path)
+    local = os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text
+    if local and not os.path.exists(os.path.expanduser(text)):
+        raise ModelLoadError(f"cannot load the model {text!r}: no such folder (a Hub id looks like 'namespace/name')")
+
+
 def load_model_and_processor(
     path: str | os.PathLike, device: str | torch.device = "cpu", dtype=None, check: bool = True
 ):
@@ -74,6 +83,7 @@ def load_model_and_processor(
     Raises:
         ModelLoadError: the folder cannot be loaded, or (with `check`) it is inconsistent or damaged.
     """
+    _refuse_missing_local_folder(path)
     from transformers import AutoTokenizer
 
     from modeling_dbeta import DBetaModel
@@ -100,6 +110,7 @@ def load_any_model(path: str | os.PathLike, device: str | torch.device = "cpu", 
     import dbeta  # noqa: F401 - registers the D-BETA configs with AutoConfig
     from configuration_dbeta import DBetaECGConfig
 
+    _refuse_missing_local_folder(path)
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError, KeyError, TypeError) as error:

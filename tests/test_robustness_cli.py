@@ -310,3 +310,15 @@ def test_sigkill_of_the_cli_ends_its_reader_workers(model_folder, records, tmp_p
     for worker in alive:
         worker.kill()
     assert not alive, [worker.pid for worker in alive]
+
+
+
+def test_a_missing_local_model_folder_says_so(tmp_path):
+    # The checked loader (behind `dbeta demo` too), not the Hub's "Repo id must be in the form ...",
+    # for a path that can only be local.
+    from dbeta.loading import ModelLoadError, load_any_model, load_model_and_processor
+
+    for missing in (str(tmp_path / "no-such-model"), "./no-such-model", "outputs/runs/no-such-model"):
+        for load in (load_any_model, load_model_and_processor):
+            with pytest.raises(ModelLoadError, match=r"no such folder \(a Hub id looks like 'namespace/name'\)"):
+                load(missing)
