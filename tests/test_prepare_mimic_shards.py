@@ -119,7 +119,17 @@ def test_bad_launcher_environment_is_an_input_error(mimic_root, tmp_path, monkey
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("RANK", raising=False)
     with pytest.raises(PreparationInputError, match="RANK is not"):
-        prepare_mimic_iv_ecg(mimic_root, tmp_path / "out", progress=False)
+        prepare_mimic_iv_ecg(mimic_root, tmp_path / "out", progress=False, launcher_shards=True)
+
+
+def test_a_library_call_under_a_launcher_prepares_everything(mimic_root, one_process, tmp_path, monkeypatch):
+    # Pretraining prepares the demo corpus on rank 0 while the other ranks wait (SharedPreparation):
+    # the launcher's RANK/WORLD_SIZE must not make rank 0 wait for shards nobody writes.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    summary = prepare_mimic_iv_ecg(mimic_root, tmp_path / "out", val_fraction=0.25, seed=3, shard_size=4, progress=False, merge_timeout=5)
+    assert summary is not None
+    assert_same_preparation(tmp_path / "out", one_process)
 
 
 def test_accelerate_launch_two_processes(mimic_root, one_process, tmp_path):

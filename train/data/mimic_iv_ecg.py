@@ -799,6 +799,7 @@ def prepare_mimic_iv_ecg(
     num_shards: int | None = None,
     shard_index: int | None = None,
     merge_timeout: float = 86400.0,
+    launcher_shards: bool = False,
 ) -> PreparationSummary | None:
     """Prepare MIMIC-IV-ECG (or the demo corpus) as a ``datasets.DatasetDict`` saved to disk.
 
@@ -819,10 +820,14 @@ def prepare_mimic_iv_ecg(
             blocks of the plan's preparation shards (``dbeta.sharding.shard_bounds``; the plan is
             sorted by subject, so a process gets a contiguous range of subjects) into the shared
             ``output_dir/.shards`` and return None; the same command without them then assembles
-            the dataset from the finished shards (SLURM arrays). Without them, ``WORLD_SIZE`` > 1 and
-            ``RANK`` (``accelerate launch``, ``torchrun``) give the block, and rank 0 waits up to
-            ``merge_timeout`` seconds for the others' shards, then assembles the dataset as one
-            process would (other ranks return None). The result equals the one-process run's.
+            the dataset from the finished shards (SLURM arrays). Without them and with
+            ``launcher_shards``, ``WORLD_SIZE`` > 1 and ``RANK`` (``accelerate launch``, ``torchrun``)
+            give the block, and rank 0 waits up to ``merge_timeout`` seconds for the others' shards,
+            then assembles the dataset as one process would (other ranks return None). The result
+            equals the one-process run's.
+        launcher_shards: read the shard from ``RANK``/``WORLD_SIZE`` (the command line does; a library
+            caller that prepares on one process while the others wait, as pretraining's
+            `SharedPreparation` does, must not, or rank 0 would wait for shards nobody writes).
 
     Returns:
         The :class:`PreparationSummary` (records listed, read, kept, skipped by reason, per split),
@@ -846,7 +851,7 @@ def prepare_mimic_iv_ecg(
     from dbeta.sharding import ShardError, resolve_shard, shard_items
 
     try:
-        shard = resolve_shard(num_shards, shard_index)
+        shard = resolve_shard(num_shards, shard_index, environ=None if launcher_shards else {})
     except ShardError as error:
         raise PreparationInputError(str(error)) from None
     if shard is not None and shard.from_launcher and shard.index == 0 and not merge_timeout > 0:

@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
             num_shards=args.num_shards,
             shard_index=args.shard_index,
             merge_timeout=args.merge_timeout,
+            launcher_shards=True,  # under accelerate launch / torchrun each process prepares its block
         )
     except (FileNotFoundError, PreparationInputError) as error:
         # Bad inputs (a missing or malformed CSV, leftover shards of another run): the message
