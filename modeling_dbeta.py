@@ -409,6 +409,13 @@ class DBetaECGTransformer(nn.Module):
         if self.config.num_tokens(input_values.shape[-1]) < 1:
             raise ValueError(f"`input_values` has {input_values.shape[-1]} samples: too short for the ECG encoder.")
 
+    def embed_tokens(self, input_values: torch.Tensor) -> torch.Tensor:
+        """Raw leads -> token states with their positional signal (before masking and the CLS token)."""
+        self.check_input(input_values)
+        features = self.feature_extractor(input_values.to(self.class_embedding.dtype))
+        hidden_states = self.feature_projection(features)
+        return hidden_states + self.pos_conv_embed(hidden_states)
+
     @staticmethod
     def random_masking(tokens: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None):
         """MAE-style masking: keep a random `1 - mask_ratio` of the tokens of every sample.
@@ -430,16 +437,18 @@ class DBetaECGTransformer(nn.Module):
 
     def forward(
         self,
-        input_values: torch.Tensor,
+        input_values: torch.Tensor | None = None,
         mask_ratio: float = 0.0,
         mask_generator: torch.Generator | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        token_embeddings: torch.Tensor | None = None,
     ) -> DBetaECGModelOutput:
-        self.check_input(input_values)
-        features = self.feature_extractor(input_values.to(self.class_embedding.dtype))
-        hidden_states = self.feature_projection(features)
-        hidden_states = hidden_states + self.pos_conv_embed(hidden_states)
+        """`token_embeddings` (from `embed_tokens`) replaces `input_values`: pre-training encodes the
+        same tokens twice (masked for MEM, whole for ETS) without running the convolutions twice."""
+        if (input_values is None) == (token_embeddings is None):
+            raise ValueError("Pass exactly one of `input_values` and `token_embeddings`.")
+        hidden_states = self.embed_tokens(input_values) if token_embeddings is None else token_embeddings
 
         mem_mask = mem_ids_restore = None
         if mask_ratio > 0:
@@ -1000,7 +1009,9 @@ class DBetaForPreTraining(DBetaPreTrainedModel):
         mask_ratio = config.ecg_config.mask_ratio if mask_ratio is None else mask_ratio
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        ecg_output = self.dbeta.ecg_model(input_values, mask_ratio=mask_ratio, mask_generator=mask_generator)
+        ecg_model = self.dbeta.ecg_model
+        ecg_tokens = ecg_model.embed_tokens(input_values)
+        ecg_output = ecg_model(token_embeddings=ecg_tokens, mask_ratio=mask_ratio, mask_generator=mask_generator)
         text_output = self.dbeta.text_model(input_ids, attention_mask=attention_mask)
         fused = self.dbeta.fuse(
             ecg_output.last_hidden_state,
@@ -1026,7 +1037,7 @@ class DBetaForPreTraining(DBetaPreTrainedModel):
         ecg_embeds, text_embeds = ecg_output.pooler_output, text_output.pooler_output
         if config.ets_unmasked_ecg and mask_ratio > 0:
             # ETS on the whole ECG, as zero-shot scoring sees it (the masked pass still feeds MEM/ETM).
-            ecg_embeds = self.dbeta.ecg_model(input_values).pooler_output
+            ecg_embeds = ecg_model(token_embeddings=ecg_tokens).pooler_output
         global_aligned = gather_no_grad(is_aligned) if is_aligned is not None else None
         logits_per_ecg = self.dbeta.ets_logits(gather_with_grad(ecg_embeds), gather_with_grad(text_embeds))
         losses["ets"] = ets_sigmoid_loss(logits_per_ecg.float(), global_aligned)

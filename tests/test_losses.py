@@ -235,3 +235,21 @@ def test_without_ecg_masking_there_is_no_mem_loss_and_the_training_log_reports_z
     losses = dict(zip(LOSS_NAMES, stack_losses(output).tolist()))
     assert losses["mem_loss"] == 0.0
     assert losses["loss"] == pytest.approx(losses["mlm_loss"] + losses["etm_loss"] + losses["ets_loss"], rel=1e-5)
+
+
+def test_ecg_tokens_computed_once_give_the_same_passes_as_the_raw_leads():
+    """Pre-training runs the convolutions once and encodes their tokens twice (masked for MEM, whole for
+    ETS): each pass equals the one from the raw leads, and exactly one of the two inputs is accepted."""
+    torch.manual_seed(0)
+    ecg_model = DBetaForPreTraining(tiny_config()).eval().dbeta.ecg_model
+    leads = pretraining_batch()["input_values"]
+    with torch.no_grad():
+        tokens = ecg_model.embed_tokens(leads)
+        for mask_ratio in (0.0, 0.75):
+            from_leads = ecg_model(leads, mask_ratio=mask_ratio, mask_generator=torch.Generator().manual_seed(3))
+            from_tokens = ecg_model(token_embeddings=tokens, mask_ratio=mask_ratio, mask_generator=torch.Generator().manual_seed(3))
+            torch.testing.assert_close(from_tokens.last_hidden_state, from_leads.last_hidden_state)
+    with pytest.raises(ValueError, match="exactly one"):
+        ecg_model(leads, token_embeddings=tokens)
+    with pytest.raises(ValueError, match="exactly one"):
+        ecg_model()
