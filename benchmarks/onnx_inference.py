@@ -1,15 +1,18 @@
 #!/usr/bin/env python
-"""CPU inference backends side by side, in one run: PyTorch fp32, ONNX fp32, ONNX int8.
+"""CPU inference backends side by side, in one run: PyTorch fp32, ONNX fp32, ONNX int8 (dynamic and static).
 
     python benchmarks/onnx_inference.py [--demo_model outputs/dbeta-demo] [--batch_sizes 1 32] \\
-        [--threads N] [--rounds 2] [--write_results]
+        [--threads N] [--rounds 2] [--accuracy_only] [--write_results]
 
 Models: the published-size ECG tower (`DBetaConfig().ecg_config`, 63 M parameters, random weights:
 speed does not depend on the values; saved as an ECG-only folder) and, with `--demo_model`, the
 demo model (README command 1 trains it into `outputs/dbeta-demo`; the tests pass a tiny model).
 Each is exported twice with the package's exporter (`dbeta.export_onnx.export_onnx`, the code of
-`dbeta export-onnx`): fp32, and `--quantize int8` (onnxruntime dynamic quantization of the
-MatMul/Gemm weights, no calibration data).
+`dbeta export-onnx`): fp32, `--quantize int8` (onnxruntime dynamic quantization of the
+MatMul/Gemm weights, no calibration data) and `--quantize int8-static` (`onnx_int8_static`:
+activation scales calibrated on the vendored LUDB **training-part** records, written to a
+temporary folder of WFDB records and read back through `--calibration_data`, the `dbeta embed`
+reader; the evaluation records are never among them).
 
 Per model, backend and batch size (`--batch_sizes`), records/s in this process (PyTorch loads the
 folder with `dbeta.loading.load_any_model` and calls `embed_ecg_batch`, the `dbeta embed` call;
@@ -27,7 +30,8 @@ Agreement with PyTorch fp32: the smallest cosine between the backend's and PyTor
 the 65 vendored LUDB evaluation ECGs (`dbeta/assets/ludb_eval`), and for the demo model its
 zero-shot macro AUROC on them through the one scorer
 (`dbeta.train.demo.real_ecg.evaluate_real_zero_shot`, with the backend as `ecg_encoder`); the goal
-is |AUROC - PyTorch's| <= 0.005.
+is |AUROC - PyTorch's| <= 0.005. `--accuracy_only` measures only this agreement (no timing, no
+memory children: the numbers that do not depend on the machine's load).
 """
 
 from __future__ import annotations
@@ -46,7 +50,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # Nothing at module level imports torch: the ONNX children (spawned, so they re-import this module)
 # hold numpy and onnxruntime only, and their peak memory is that of a torch-free process.
-BACKENDS = ("torch_fp32", "onnx_fp32", "onnx_int8")
+BACKENDS = ("torch_fp32", "onnx_fp32", "onnx_int8", "onnx_int8_static")
+#: `dbeta export-onnx --quantize` of each ONNX backend.
+QUANTIZE = {"onnx_fp32": None, "onnx_int8": "int8", "onnx_int8_static": "int8-static"}
+
+
+def ludb_training_calibration_folder(folder: Path) -> Path:
+    """The vendored LUDB training-part records as WFDB records (16-bit, mV) in `folder`: the
+    calibration data of `onnx_int8_static`. None of them is an evaluation record (asserted)."""
+    import numpy as np
+    import wfdb
+
+    from dbeta.train.demo.real_ecg import load_ludb_eval_set, load_ludb_train_set
+
+    train = load_ludb_train_set()
+    evaluation_ids = set(load_ludb_eval_set(verify=False).record_ids)
+    assert train.split == "training" and not set(train.record_ids) & evaluation_ids, "calibration would see evaluation records"
+    folder.mkdir(parents=True, exist_ok=True)
+    for record_id, signal in zip(train.record_ids, train.signals):
+        wfdb.wrsamp(
+            f"ludb_train_{record_id}",
+            fs=train.sampling_rate,
+            units=["mV"] * len(train.lead_names),
+            sig_name=list(train.lead_names),
+            p_signal=signal.T.astype(np.float64),
+            fmt=["16"] * len(train.lead_names),
+            write_dir=str(folder),
+        )
+    return folder
 
 
 def measure_backend(backend: str, path: str, batch_sizes, threads: int, min_seconds: float, agreement_inputs):
@@ -167,6 +198,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--min_seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; each backend keeps its fastest")
+    parser.add_argument(
+        "--accuracy_only", action="store_true", help="only the agreement with PyTorch fp32 (cosines, AUROC): no timing"
+    )
     parser.add_argument("--write_results", action="store_true", help="also write benchmarks/results/onnx_backends_cpu.md")
     args = parser.parse_args(argv)
 
@@ -204,14 +238,21 @@ def main(argv=None) -> int:
                 eval_set.signals, sampling_rate=eval_set.sampling_rate, lead_names=list(eval_set.lead_names), return_tensors="np"
             )["input_values"].astype(np.float32)
             paths = {"torch_fp32": str(folder)}
-            for backend, quantize in (("onnx_fp32", None), ("onnx_int8", "int8")):
+            calibration = scratch / "ludb-train-wfdb"
+            if not calibration.is_dir():
+                ludb_training_calibration_folder(calibration)
+            for backend, quantize in QUANTIZE.items():
                 paths[backend] = str(scratch / f"{folder.name}-{backend}")
-                export_onnx(str(folder), paths[backend], quantize=quantize)
+                static = {"calibration_data": calibration} if quantize == "int8-static" else {}
+                export_onnx(str(folder), paths[backend], quantize=quantize, **static)
             best: dict[str, dict] = {}
             peaks: dict[str, float] = {}
-            for backend in BACKENDS:  # memory: a fresh process per backend, running the largest batch
+            if args.accuracy_only:  # the evaluation ECGs' embeddings only
+                for backend in BACKENDS:
+                    best[backend] = measure_backend(backend, paths[backend], [], args.threads, 0.0, inputs)
+            for backend in BACKENDS if not args.accuracy_only else ():  # memory: a fresh process per backend, largest batch
                 peaks[backend] = run_backend_process(backend, paths[backend], [max(args.batch_sizes)], args.threads, 0.0, inputs[:1])[1]
-            for _ in range(args.rounds):
+            for _ in range(args.rounds if not args.accuracy_only else 0):
                 for backend in BACKENDS:
                     result = measure_backend(backend, paths[backend], args.batch_sizes, args.threads, args.min_seconds, inputs)
                     previous = best.setdefault(backend, {"seconds": {}, "embeddings": result["embeddings"]})
@@ -225,13 +266,14 @@ def main(argv=None) -> int:
                     aurocs[backend] = evaluate_real_zero_shot(model, processor, eval_set, ecg_encoder=encoder)["real_zero_shot_macro_auroc"]
             label = f"{name}, {parameters / 1e6:.1f} M parameters"
             for backend in BACKENDS:
-                rates = {b: b / best[backend]["seconds"][b] for b in args.batch_sizes}
-                torch_rates = {b: b / reference["seconds"][b] for b in args.batch_sizes}
-                speed_rows.append(
-                    [label, backend]
-                    + [f"{rates[b]:.2f} ({rates[b] / torch_rates[b]:.2f}x)" for b in args.batch_sizes]
-                    + [f"{peaks[backend]:.0f}"]
-                )
+                if not args.accuracy_only:
+                    rates = {b: b / best[backend]["seconds"][b] for b in args.batch_sizes}
+                    torch_rates = {b: b / reference["seconds"][b] for b in args.batch_sizes}
+                    speed_rows.append(
+                        [label, backend]
+                        + [f"{rates[b]:.2f} ({rates[b] / torch_rates[b]:.2f}x)" for b in args.batch_sizes]
+                        + [f"{peaks[backend]:.0f}"]
+                    )
                 cosine = cosines(reference["embeddings"], best[backend]["embeddings"])
                 row = [label, backend, f"{cosine.min():.5f}", f"{cosine.mean():.5f}"]
                 if aurocs:
@@ -243,7 +285,8 @@ def main(argv=None) -> int:
 
     speed_headers = ["model", "backend"] + [f"batch {b}: records/s (x PyTorch)" for b in args.batch_sizes] + ["peak RSS MiB"]
     agreement_headers = ["model", "backend", "min cosine to PyTorch", "mean cosine", "zero-shot macro AUROC", "AUROC - PyTorch"]
-    speed, agreement = markdown_table(speed_headers, speed_rows), markdown_table(agreement_headers, agreement_rows)
+    agreement = markdown_table(agreement_headers, agreement_rows)
+    speed = "(--accuracy_only: not timed)" if args.accuracy_only else markdown_table(speed_headers, speed_rows)
     print(speed)
     print()
     print(agreement)

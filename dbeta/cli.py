@@ -5,7 +5,7 @@
     dbeta embed FOLDER --model MODEL --output windows.parquet --windows [--window_stride 5]
     dbeta classify FOLDER --model MODEL --labels AFIB LBBB --window sliding [--aggregation max] \
         [--per_window windows.csv] --output scores.csv
-    dbeta export-onnx MODEL --output DIR [--labels AFIB LBBB ...] [--quantize int8]
+    dbeta export-onnx MODEL --output DIR [--labels AFIB LBBB ...] [--quantize int8 | int8-static --calibration_data RECORDS]
     dbeta embed FOLDER --model MODEL --backend onnx --onnx_dir DIR --output embeddings.parquet
     dbeta report RECORD --model MODEL --labels AFIB LBBB ... --output report.png [--html report.html]
     dbeta demo [--model outputs/dbeta-demo] [--port 7860]        (web demo, needs the `web` extra)

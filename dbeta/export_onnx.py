@@ -1,6 +1,7 @@
 """Export D-BETA's two towers to ONNX, for inference without PyTorch.
 
     dbeta export-onnx MODEL --output DIR [--labels AFIB LBBB "sinus rhythm"] [--opset 18] [--quantize int8]
+    dbeta export-onnx MODEL --output DIR --quantize int8-static --calibration_data FOLDER [--calibration_records N]
     python -m dbeta.export_onnx MODEL --output DIR ...
 
 Writes to DIR:
@@ -27,6 +28,15 @@ tower stays fp32 (label embeddings are computed once). `dbeta_onnx.json` records
 `ecg_encoder.quantization` and the smallest cosine between the int8 and the PyTorch embeddings of
 the check inputs; `dbeta embed/classify --backend onnx --onnx_dir DIR` run it.
 
+With `--quantize int8-static --calibration_data FOLDER` the ECG tower is quantized statically
+(`quantize_int8_static`: onnxruntime's `quantize_static`, QDQ format): the MatMul / Gemm / Conv
+weights become per-channel int8 and the activations that feed them get fixed uint8 scales,
+calibrated on the records of FOLDER (the first `--calibration_records` readable ones in path order).
+The records are found, read and prepared exactly as `dbeta embed FOLDER` does (`dbeta.cli`'s
+`find_records` and record reader, the model's feature extractor). Calibrate on records the model
+will not be evaluated on. The metadata names the calibration records (their ids and a SHA-256 of
+the id list), the calibration method and the tool.
+
 Both graphs come from the dynamo exporter (`torch.onnx.export(..., dynamo=True)`, onnxscript
 translation) at opset 18 by default. The T5 text tower is traced with transformers' eager
 attention (its SDPA path reshapes a transposed tensor that the exporter cannot view with symbolic
@@ -38,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
 import shutil
@@ -60,13 +71,23 @@ TEXT_FILE = "text_encoder.onnx"
 METADATA_FILE = "dbeta_onnx.json"
 LABELS_FILE = "label_embeddings.npz"
 SCORER_FILE = "onnx_zero_shot.py"
-QUANTIZATIONS = ("int8",)
+QUANTIZATIONS = ("int8", "int8-static")
 #: Ops whose constant weights `--quantize int8` stores as int8 (the transformer's projections and
 #: feed-forward layers: most of the tower's multiply-adds).
 INT8_OP_TYPES = ("MatMul", "Gemm")
 #: Smallest cosine between int8 and PyTorch embeddings of the check inputs for an int8 export to be kept.
 MIN_INT8_COSINE = 0.95
 TOKENIZER_DIR = "tokenizer"
+#: Ops whose inputs `--quantize int8-static` quantizes (weights per channel, activations calibrated).
+STATIC_INT8_OP_TYPES = ("MatMul", "Gemm", "Conv")
+#: onnxruntime's calibration methods, by the names `--calibration_method` takes.
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+DEFAULT_CALIBRATION_METHOD = "percentile"
+#: Records read for calibration unless `--calibration_records` says otherwise, and the fewest accepted.
+DEFAULT_CALIBRATION_RECORDS = 100
+MIN_CALIBRATION_RECORDS = 8
+#: Records per calibration batch (the calibration run's memory grows with it).
+CALIBRATION_BATCH = 8
 
 
 class ECGTower(torch.nn.Module):
@@ -203,6 +224,193 @@ def quantize_int8(fp32_path: str | Path, path: str | Path) -> dict:
     }
 
 
+def read_calibration_inputs(
+    folder: str | Path, feature_extractor, max_records: int = DEFAULT_CALIBRATION_RECORDS
+) -> tuple[np.ndarray, list[str], int]:
+    """`(input_values (N, leads, samples) float32, record ids, number skipped)`: the first
+    `max_records` readable records of `folder` in path order, found, read and prepared as
+    `dbeta embed FOLDER` does (`dbeta.cli.find_records`, its record reader, the model's feature
+    extractor). A record that cannot be read or prepared is skipped; fewer than
+    `MIN_CALIBRATION_RECORDS` readable records is a ValueError."""
+    from dbeta.cli import _RecordDataset, find_records
+
+    folder = Path(folder)
+    where = f"--calibration_data {folder}"
+    if not folder.is_dir():
+        raise ValueError(f"{where}: no such folder (give a folder of ECG records to calibrate int8-static on)")
+    if max_records < MIN_CALIBRATION_RECORDS:
+        raise ValueError(f"--calibration_records {max_records}: int8-static needs at least {MIN_CALIBRATION_RECORDS}")
+    records = find_records(folder)
+    dataset = _RecordDataset(records, feature_extractor)
+    values, ids, skipped = [], [], 0
+    for index in range(len(dataset)):
+        if len(ids) == max_records:
+            break
+        item = dataset[index]
+        if "error" in item or not np.isfinite(item["input_values"]).all():
+            logger.warning(f"calibration: skipped {item['record']}: {item.get('error', 'non-finite values')}")
+            skipped += 1
+            continue
+        values.append(item["input_values"])
+        ids.append(item["record"])
+    if len(ids) < MIN_CALIBRATION_RECORDS:
+        found = "no ECG record found" if not records else f"{len(ids)} readable ECG record(s) of {len(records)}"
+        raise ValueError(f"{where}: {found}; int8-static needs at least {MIN_CALIBRATION_RECORDS} to calibrate on")
+    return np.stack(values).astype(np.float32), ids, skipped
+
+
+def activation_matmuls(path: str | Path) -> list[str]:
+    """Names of the MatMul nodes of the ONNX graph `path` whose second input is not a weight
+    (an initializer or a Constant): attention's QK^T and softmax x V."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    constants = {initializer.name for initializer in graph.initializer}
+    constants |= {output for node in graph.node if node.op_type == "Constant" for output in node.output}
+    return [node.name for node in graph.node if node.op_type == "MatMul" and node.input[1] not in constants]
+
+
+def feature_encoder_nodes(path: str | Path) -> list[str]:
+    """Names of the MatMul / Gemm / Conv nodes of the ECG tower graph `path` that come before its
+    first LayerNormalization: the convolutional feature encoder (its strided convolutions export
+    as MatMuls on unfolded windows), which reads the raw millivolt signal."""
+    import onnx
+
+    nodes = onnx.load(str(path), load_external_data=False).graph.node  # topologically sorted
+    first = next((i for i, node in enumerate(nodes) if node.op_type == "LayerNormalization"), 0)
+    return [node.name for node in nodes[:first] if node.op_type in STATIC_INT8_OP_TYPES]
+
+
+def record_ids_sha256(record_ids: Sequence[str]) -> str:
+    """SHA-256 of the record ids joined by newlines (UTF-8): what `ecg_encoder.quantization` records."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(record_ids).encode("utf-8")).hexdigest()
+
+
+def quantize_int8_static(
+    fp32_path: str | Path,
+    path: str | Path,
+    input_values: np.ndarray,
+    record_ids: Sequence[str],
+    method: str = DEFAULT_CALIBRATION_METHOD,
+    per_channel: bool = True,
+    quantize_feature_encoder: bool = False,
+    nodes_to_exclude: Sequence[str] = (),
+) -> dict:
+    """Write a statically quantized (QDQ) copy of the ONNX graph `fp32_path` to `path`, its
+    activation ranges calibrated on `input_values` (the model inputs of the records `record_ids`);
+    what was done.
+
+    The inputs of the transformer's MatMul / Gemm / Conv nodes are quantized: weights int8 per
+    channel (symmetric), activations uint8 with the scale and zero point that the calibration fixed
+    (the uint8 x int8 pairing onnxruntime recommends for x86 CPUs); onnxruntime runs them as
+    MatMulIntegerToFloat / QGemm / QLinearConv. Left in float:
+
+    - the convolutional feature encoder (`feature_encoder_nodes`; `quantize_feature_encoder=True`
+      quantizes it too). Its activations follow the signal's amplitude (no normalisation after the
+      first block), which varies from record to record, so one fixed scale fits them badly: on the
+      demo model, quantizing it with the rest left a 10-20x larger mean cosine deficit on held-out
+      training-part records (4e-3 to 8e-3 vs 4e-4), while it is ~2% of the published-size tower's
+      multiply-adds. Behind its LayerNorm the transformer's activations have stable ranges;
+    - the attention's activation x activation products (QK^T, softmax x V), as with dynamic
+      quantization: the softmax output spans orders of magnitude that one 8-bit scale cannot keep;
+    - LayerNorms, softmax, GELU and the residual adds compute in float (a LayerNorm output that
+      feeds quantized MatMuls reaches its other readers rounded to the same uint8 grid); the
+      MatMul / Gemm outputs are not re-quantized (the int8 product is rescaled to float).
+
+    Calibration `method`: "percentile" (default; onnxruntime's 99.999th percentile of each
+    tensor's absolute values) sets each range from the bulk of the calibration values, so one
+    record with an artefact (a spike, a saturated lead) does not widen a scale for every input;
+    "minmax" takes the extreme values (exact on the calibration records, at the mercy of their
+    outliers); "entropy" (KL divergence of the quantized histogram) clips most but was the least
+    accurate here. On held-out LUDB training-part records of the demo model: percentile 3.8e-4,
+    minmax 3.9e-4, entropy 4.6e-4 mean cosine deficit (largest 6.4e-4, 7.4e-4, 2.7e-3).
+    """
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"--calibration_method must be one of {CALIBRATION_METHODS}, got {method!r}")
+    values = np.ascontiguousarray(input_values, dtype=np.float32)
+
+    class Reader(CalibrationDataReader):
+        """The calibration batches; `set_range` lets onnxruntime collect one batch at a time."""
+
+        def __init__(self):
+            self.batches = [values[start : start + CALIBRATION_BATCH] for start in range(0, len(values), CALIBRATION_BATCH)]
+            self.set_range(0, len(self.batches))
+
+        def __len__(self):
+            return len(self.batches)
+
+        def set_range(self, start_index, end_index):
+            self.pending = iter(self.batches[start_index:end_index])
+
+        def get_next(self):
+            batch = next(self.pending, None)
+            return None if batch is None else {"input_values": batch}
+
+    # onnxruntime's `MatMulConstBOnly` is honoured in QOperator mode only: the attention's
+    # activation x activation products are excluded by name.
+    excluded = [*activation_matmuls(fp32_path), *nodes_to_exclude]
+    feature_encoder = [] if quantize_feature_encoder else feature_encoder_nodes(fp32_path)
+    excluded += [name for name in feature_encoder if name not in excluded]
+    calibrate_method = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }[method]
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        # The histogram calibrators print their progress: kept off stdout (scripts read it).
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(fp32_path),
+                str(path),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(STATIC_INT8_OP_TYPES),
+                per_channel=per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=excluded,
+                calibrate_method=calibrate_method,
+                use_external_data_format=Path(fp32_path).with_name(Path(fp32_path).name + ".data").exists(),
+                extra_options={
+                    # One calibration batch in memory at a time (ranges and histograms are merged as they come).
+                    "CalibStridedMinMax": 1,
+                    # The products stay float (onnxruntime fuses them into MatMulIntegerToFloat): no
+                    # second rounding of every projection's output.
+                    "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
+                },
+            )
+    finally:
+        root.setLevel(level)
+    record_ids = [str(record_id) for record_id in record_ids]
+    return {
+        "method": "static",
+        "tool": "onnxruntime.quantization.quantize_static",
+        "format": "QDQ",
+        "weight_type": f"int8 (QInt8, {'per channel' if per_channel else 'per tensor'}, symmetric)",
+        "activations": "uint8 (QUInt8), scale and zero point fixed by calibration",
+        "op_types": list(STATIC_INT8_OP_TYPES),
+        "not_quantized": "attention's activation x activation MatMuls, LayerNorm, softmax, GELU, adds"
+        + ("; the convolutional feature encoder" if feature_encoder else "")
+        + (f"; nodes {list(nodes_to_exclude)}" if nodes_to_exclude else ""),
+        "feature_encoder_nodes_kept_float": feature_encoder,
+        "outputs_quantized": "Conv only (MatMul / Gemm products stay float)",
+        "calibration": {
+            "method": method,
+            "num_records": len(record_ids),
+            "record_ids": record_ids,
+            "record_ids_sha256": record_ids_sha256(record_ids),
+            "record_ids_sha256_of": "the record ids joined by newlines, UTF-8",
+        },
+    }
+
+
 def embedding_cosines(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity of two `(batch, hidden)` arrays."""
     expected, actual = np.asarray(expected, np.float64), np.asarray(actual, np.float64)
@@ -275,6 +483,9 @@ def export_onnx(
     check: bool = True,
     seed: int = 0,
     quantize: str | None = None,
+    calibration_data: str | Path | None = None,
+    calibration_records: int = DEFAULT_CALIBRATION_RECORDS,
+    calibration_method: str = DEFAULT_CALIBRATION_METHOD,
 ) -> dict:
     """Export the towers of the D-BETA folder `model_path` to `output_dir`; return the metadata written.
 
@@ -282,12 +493,25 @@ def export_onnx(
     of 3; texts of batch 3 with padding, a length unlike the export's example) and the largest
     difference to PyTorch is recorded; above 1e-4 the export fails. With `quantize="int8"` the fp32
     graph is checked so, then quantized; the int8 graph's smallest embedding cosine to PyTorch on the
-    same inputs is recorded, and below `MIN_INT8_COSINE` the export fails.
+    same inputs is recorded, and below `MIN_INT8_COSINE` the export fails. `quantize="int8-static"`
+    calibrates on the records of the folder `calibration_data` (`read_calibration_inputs`,
+    `quantize_int8_static`); its cosine check runs on the same random inputs and on the first
+    calibration records.
     """
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ValueError(f"--quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
+    if quantize == "int8-static" and calibration_data is None:
+        raise ValueError("--quantize int8-static needs --calibration_data FOLDER (ECG records to calibrate the activation ranges on)")
+    if quantize != "int8-static" and calibration_data is not None:
+        raise ValueError("--calibration_data only applies with --quantize int8-static")
+    if calibration_method not in CALIBRATION_METHODS:
+        raise ValueError(f"--calibration_method must be one of {CALIBRATION_METHODS}, got {calibration_method!r}")
     target = Path(output_dir)
     model, processor, feature_extractor = _load(model_path)
+    if quantize == "int8-static":  # read before anything is exported: a bad folder fails at once
+        calibration_values, calibration_ids, calibration_skipped = read_calibration_inputs(
+            calibration_data, feature_extractor, calibration_records
+        )
     base = _base(model)
     has_text = hasattr(base, "get_text_features")
     config = base.config
@@ -370,25 +594,46 @@ def export_onnx(
             if bad:
                 raise RuntimeError(f"The ONNX export differs from PyTorch by more than 1e-4: {bad}")
 
-        if quantize == "int8":
+        if quantize is not None:
             fp32_path = output_dir / f"{Path(ECG_FILE).stem}.fp32.onnx"
             (output_dir / ECG_FILE).rename(fp32_path)
-            logger.info(f"Quantizing the ECG tower to int8 ({', '.join(INT8_OP_TYPES)} weights)")
-            metadata["ecg_encoder"]["quantization"] = quantize_int8(fp32_path, output_dir / ECG_FILE)
+            if quantize == "int8":
+                logger.info(f"Quantizing the ECG tower to int8 ({', '.join(INT8_OP_TYPES)} weights)")
+                quantization = quantize_int8(fp32_path, output_dir / ECG_FILE)
+            else:
+                logger.info(
+                    f"Quantizing the ECG tower to int8 (static, {calibration_method} calibration on "
+                    f"{len(calibration_ids)} records of {calibration_data})"
+                )
+                quantization = quantize_int8_static(
+                    fp32_path, output_dir / ECG_FILE, calibration_values, calibration_ids, calibration_method
+                )
+                quantization["calibration"]["data"] = str(calibration_data)
+                quantization["calibration"]["skipped_unreadable"] = calibration_skipped
+            metadata["ecg_encoder"]["quantization"] = quantization
             fp32_path.unlink()
             if check:
                 values = (0.3 * np.random.default_rng(seed).standard_normal((3, num_leads, num_samples))).astype(np.float32)
-                with torch.no_grad():
-                    expected = base.get_ecg_features(torch.from_numpy(values)).pooler_output.float().numpy()
-                (actual,) = onnx_session(output_dir / ECG_FILE).run(None, {"input_values": values})
-                cosine = float(embedding_cosines(expected, actual).min())
-                quantization = metadata["ecg_encoder"]["quantization"]
+                checks = {"check inputs": values}
+                if quantize == "int8-static":
+                    checks["calibration records"] = calibration_values[:CALIBRATION_BATCH]
+                session = onnx_session(output_dir / ECG_FILE)
+                cosines, differences = {}, {}
+                for name, inputs in checks.items():
+                    with torch.no_grad():
+                        expected = base.get_ecg_features(torch.from_numpy(inputs)).pooler_output.float().numpy()
+                    (actual,) = session.run(None, {"input_values": inputs})
+                    cosines[name] = float(embedding_cosines(expected, actual).min())
+                    differences[name] = float(np.abs(actual - expected).max())
+                cosine = min(cosines.values())
                 quantization["min_cosine_to_pytorch"] = cosine
-                quantization["max_abs_difference_to_pytorch"] = float(np.abs(actual - expected).max())
+                quantization["max_abs_difference_to_pytorch"] = max(differences.values())
+                if len(checks) > 1:
+                    quantization["min_cosine_to_pytorch_by_inputs"] = cosines
                 if not cosine >= MIN_INT8_COSINE:
                     raise RuntimeError(
-                        f"The int8 ECG tower's embeddings are too far from PyTorch's (smallest cosine {cosine:.4f} < "
-                        f"{MIN_INT8_COSINE}); export without --quantize"
+                        f"The {quantize} ECG tower's embeddings are too far from PyTorch's (smallest cosine {cosine:.4f} < "
+                        f"{MIN_INT8_COSINE}: {cosines}); export without --quantize"
                     )
 
         if labels:
@@ -447,7 +692,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--quantize",
         choices=QUANTIZATIONS,
-        help="int8: the ECG tower with int8 MatMul/Gemm weights (onnxruntime dynamic quantization; no calibration data)",
+        help="int8: the ECG tower with int8 MatMul/Gemm weights (onnxruntime dynamic quantization; no calibration "
+        "data); int8-static: int8 weights and calibrated activation scales (needs --calibration_data)",
+    )
+    parser.add_argument(
+        "--calibration_data",
+        help="with --quantize int8-static: a folder of ECG records (read as `dbeta embed` reads them) to calibrate "
+        "on; use records the model will not be evaluated on",
+    )
+    parser.add_argument(
+        "--calibration_records",
+        type=int,
+        default=DEFAULT_CALIBRATION_RECORDS,
+        help=f"with int8-static: calibrate on the first N readable records in path order (default "
+        f"{DEFAULT_CALIBRATION_RECORDS}, at least {MIN_CALIBRATION_RECORDS})",
+    )
+    parser.add_argument(
+        "--calibration_method",
+        choices=CALIBRATION_METHODS,
+        default=DEFAULT_CALIBRATION_METHOD,
+        help=f"with int8-static: how activation ranges are set from the calibration records (default "
+        f"{DEFAULT_CALIBRATION_METHOD})",
     )
     return parser
 
@@ -462,11 +727,14 @@ def run(args: argparse.Namespace) -> int:
         labels_are_codes={"auto": None, "yes": True, "no": False}[args.labels_are_codes],
         check=not args.no_check,
         quantize=args.quantize,
+        calibration_data=args.calibration_data,
+        calibration_records=args.calibration_records,
+        calibration_method=args.calibration_method,
     )
     parts = [f"{ECG_FILE} (max |ONNX - PyTorch| {metadata['ecg_encoder'].get('max_abs_difference_to_pytorch')})"]
     quantization = metadata["ecg_encoder"].get("quantization")
     if quantization:
-        parts[0] = f"{ECG_FILE} int8 (smallest cosine to PyTorch {quantization.get('min_cosine_to_pytorch')})"
+        parts[0] = f"{ECG_FILE} {args.quantize} (smallest cosine to PyTorch {quantization.get('min_cosine_to_pytorch')})"
     if "text_encoder" in metadata:
         parts.append(
             f"{TEXT_FILE} (max |ONNX - PyTorch| {metadata['text_encoder'].get('max_abs_difference_to_pytorch')})"

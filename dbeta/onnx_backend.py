@@ -1,7 +1,8 @@
 """`dbeta embed/classify --backend onnx --onnx_dir DIR`: the ECG tower run by onnxruntime on the CPU.
 
-DIR is a folder written by `dbeta export-onnx MODEL --output DIR [--quantize int8]` from the same
-MODEL that `--model` names. Reading, resampling, windowing, sharding and writing stay those of the
+DIR is a folder written by `dbeta export-onnx MODEL --output DIR [--quantize int8 | int8-static]`
+from the same MODEL that `--model` names (a statically quantized graph is an ordinary ONNX graph
+with QuantizeLinear / DequantizeLinear nodes: it runs here unchanged). Reading, resampling, windowing, sharding and writing stay those of the
 PyTorch path: only the batch's forward pass changes (`dbeta.embedding.embed_ecg_batch` hands the
 batch to `ONNXECGEncoder.embed_ecg_inputs`). The folder is checked before any record is read: its
 preprocessing (rate, samples, lead order, normalisation) and width must be the model's, and it must
@@ -105,5 +106,5 @@ class ONNXECGEncoder:
         return embeddings
 
     def describe(self) -> str:
-        method = "int8" if self.quantization else "fp32"
+        method = f"int8 {self.quantization.get('method', '')}".strip() if self.quantization else "fp32"
         return f"onnxruntime {method} ({self.folder})"

@@ -1,5 +1,6 @@
-"""`dbeta export-onnx --quantize int8` and `dbeta embed/classify --backend onnx --onnx_dir DIR`:
-the same rows as PyTorch (fp32 to float rounding, int8 close), checked folders, one-line errors."""
+"""`dbeta export-onnx --quantize int8 | int8-static` and `dbeta embed/classify --backend onnx
+--onnx_dir DIR`: the same rows as PyTorch (fp32 to float rounding, int8 close), checked folders,
+one-line errors."""
 
 import csv
 import json
@@ -7,13 +8,13 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from zero_shot_utils import CINC_FIXTURES, LUDB_FIXTURES, copy_records, save_tiny_zero_shot_folder
+from zero_shot_utils import CINC_FIXTURES, FIXTURES, LUDB_FIXTURES, copy_records, save_tiny_zero_shot_folder
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from dbeta.cli import main  # noqa: E402
-from dbeta.export_onnx import MIN_INT8_COSINE, embedding_cosines  # noqa: E402
+from dbeta.export_onnx import MIN_CALIBRATION_RECORDS, MIN_INT8_COSINE, embedding_cosines, record_ids_sha256  # noqa: E402
 
 LABELS = ["AFIB", "LBBB", "sinus rhythm"]
 
@@ -25,6 +26,27 @@ def model_and_exports(tmp_path_factory):
     assert main(["export-onnx", str(model), "--output", str(fp32)]) == 0
     assert main(["export-onnx", str(model), "--output", str(int8), "--quantize", "int8"]) == 0
     return model, fp32, int8
+
+
+def calibration_folder(root):
+    """Nine real records, none of them in `records` (calibrate on other records than those scored)."""
+    copy_records(LUDB_FIXTURES, root / "ludb", ["4", "5", "6"])
+    copy_records(CINC_FIXTURES, root / "cinc", ["E07502", "HR06002", "JS20000", "JS20001"])
+    copy_records(FIXTURES / "cpsc2018", root / "cpsc", ["A1980", "A1982"])
+    return root
+
+
+@pytest.fixture(scope="module")
+def static_export(model_and_exports, tmp_path_factory):
+    model = model_and_exports[0]
+    calibration = calibration_folder(tmp_path_factory.mktemp("calibration"))
+    output = tmp_path_factory.mktemp("onnx-int8-static")
+    status = main([
+        "export-onnx", str(model), "--output", str(output), "--quantize", "int8-static",
+        "--calibration_data", str(calibration), "--calibration_records", "8",
+    ])
+    assert status == 0
+    return output, calibration
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +80,68 @@ def test_int8_export_records_its_quantization(model_and_exports):
     assert (int8 / "text_encoder.onnx").is_file()  # the text tower stays fp32
 
 
+def test_int8_static_export_names_its_calibration_records(static_export):
+    import onnx
+
+    from dbeta.cli import find_records
+
+    output, calibration = static_export
+    quantization = json.loads((output / "dbeta_onnx.json").read_text())["ecg_encoder"]["quantization"]
+    assert quantization["method"] == "static" and quantization["tool"] == "onnxruntime.quantization.quantize_static"
+    expected_ids = [ref.record_id for ref in find_records(calibration)][:8]  # the first 8 of 9, in path order
+    assert len(expected_ids) == 8 and "ludb/6" not in expected_ids
+    recorded = quantization["calibration"]
+    assert recorded["method"] == "percentile" and recorded["num_records"] == 8
+    assert recorded["record_ids"] == expected_ids
+    assert recorded["record_ids_sha256"] == record_ids_sha256(expected_ids)
+    assert MIN_INT8_COSINE <= quantization["min_cosine_to_pytorch"] <= 1.0 + 1e-6
+    assert set(quantization["min_cosine_to_pytorch_by_inputs"]) == {"check inputs", "calibration records"}
+    graph = onnx.load(str(output / "ecg_encoder.onnx")).graph
+    operators = {node.op_type for node in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= operators and "DynamicQuantizeLinear" not in operators
+    # The feature encoder's MatMuls read float activations (kept float); the transformer's are quantized.
+    kept = set(quantization["feature_encoder_nodes_kept_float"])
+    assert kept and kept <= {node.name for node in graph.node if node.op_type == "MatMul"}
+    assert not list(output.glob("*.fp32.onnx"))
+
+
+def test_embed_with_int8_static_backend_matches_pytorch(model_and_exports, static_export, records, tmp_path):
+    model = model_and_exports[0]
+    ids, reference = embed(records, model, tmp_path / "torch.parquet")
+    static_ids, values = embed(records, model, tmp_path / "static.parquet", "--backend", "onnx", "--onnx_dir", str(static_export[0]))
+    assert ids == static_ids and len(ids) == 6
+    cosine = embedding_cosines(reference, values).min()
+    print(f"int8-static vs PyTorch on real records: smallest cosine {cosine:.5f}")
+    assert cosine > 0.99
+
+
+def test_calibration_errors_are_one_line(model_and_exports, tmp_path, capsys):
+    model = model_and_exports[0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    few = tmp_path / "few"
+    copy_records(LUDB_FIXTURES, few, ["1", "2"])
+    (few / "broken.hea").write_text("broken 12 500 5000\n")  # a header without its signal file
+    base = ["export-onnx", str(model), "--output", str(tmp_path / "out")]
+    static = ["--quantize", "int8-static", "--calibration_data"]
+    at_least = f"int8-static needs at least {MIN_CALIBRATION_RECORDS}"
+    cases = [
+        (["--quantize", "int8-static"], "--quantize int8-static needs --calibration_data"),
+        (["--calibration_data", str(few)], "--calibration_data only applies with --quantize int8-static"),
+        (["--quantize", "int8", "--calibration_data", str(few)], "--calibration_data only applies with --quantize int8-static"),
+        ([*static, str(tmp_path / "missing")], "no such folder"),
+        ([*static, str(empty)], f"no ECG record found; {at_least}"),
+        ([*static, str(few)], f"2 readable ECG record(s) of 3; {at_least}"),
+        ([*static, str(few), "--calibration_records", "2"], f"--calibration_records 2: {at_least}"),
+    ]
+    for options, message in cases:
+        capsys.readouterr()
+        assert main([*base, *options]) == 2, options
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dbeta: error")]
+        assert len(errors) == 1 and message in errors[0], (options, errors)
+        assert not (tmp_path / "out").exists()
+
+
 def test_embed_with_onnx_backends_matches_pytorch(model_and_exports, records, tmp_path):
     model, fp32, int8 = model_and_exports
     ids, reference = embed(records, model, tmp_path / "torch.parquet")
@@ -85,10 +169,10 @@ def read_scores(path):
     return rows[0], [row[0] for row in rows[1:]], np.array([[float(x) for x in row[1:]] for row in rows[1:]])
 
 
-@pytest.mark.parametrize("export", ["fp32", "int8"])
-def test_classify_with_onnx_backend(model_and_exports, records, tmp_path, export):
+@pytest.mark.parametrize("export", ["fp32", "int8", "int8-static"])
+def test_classify_with_onnx_backend(model_and_exports, static_export, records, tmp_path, export):
     model, fp32, int8 = model_and_exports
-    folder = fp32 if export == "fp32" else int8
+    folder = {"fp32": fp32, "int8": int8, "int8-static": static_export[0]}[export]
     base = ["classify", str(records), "--model", str(model), "--labels", *LABELS, "--no_progress"]
     assert main([*base, "--output", str(tmp_path / "torch.csv")]) == 0
     assert main([*base, "--output", str(tmp_path / "onnx.csv"), "--backend", "onnx", "--onnx_dir", str(folder)]) == 0
