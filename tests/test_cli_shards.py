@@ -21,6 +21,7 @@ from zero_shot_utils import (
 
 from dbeta import sharding
 from dbeta.cli import find_records, main
+from tests.launch_helpers import accelerate_launch
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["AFIB", "LBBB", "sinus rhythm"]
@@ -464,32 +465,9 @@ def test_launcher_rerun_reuses_the_complete_shards(model_folder, records, tmp_pa
 
 def test_accelerate_launch_two_processes(model_folder, records, tmp_path):
     pytest.importorskip("accelerate")
-    # This interpreter's accelerate: an `accelerate` script on PATH may belong to another Python,
-    # whose workers would import another installation of dbeta.
     single, output = tmp_path / "single.parquet", tmp_path / "emb.parquet"
     main(embed_args(records, model_folder, single))
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--config_file",
-            str(REPO / "train/configs/cpu_2_processes.yaml"),
-            "-m",
-            "dbeta.cli",
-            *embed_args(records, model_folder, output, "--device", "cpu"),
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    result = accelerate_launch(tmp_path, "-m", "dbeta.cli", *embed_args(records, model_folder, output, "--device", "cpu"))
     assert result.returncode == 1, result.stderr[-3000:]
     assert "merged 2 shards" in result.stderr
     assert_same_tables(pq.read_table(output), pq.read_table(single))

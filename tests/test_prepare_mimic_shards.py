@@ -16,6 +16,7 @@ from datasets import load_from_disk  # noqa: E402
 from dbeta.train.data.mimic_iv_ecg import CHECKSUM_MANIFEST, PreparationInputError, prepare_mimic_iv_ecg  # noqa: E402
 from dbeta.train.data.prepare_mimic_iv_ecg import main as prepare_main  # noqa: E402
 from dbeta.train.demo.make_demo_corpus import make_demo_corpus  # noqa: E402
+from tests.launch_helpers import accelerate_launch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ["--val_fraction", "0.25", "--seed", "3", "--shard_size", "4"]
@@ -134,16 +135,9 @@ def test_a_library_call_under_a_launcher_prepares_everything(mimic_root, one_pro
 
 def test_accelerate_launch_two_processes(mimic_root, one_process, tmp_path):
     pytest.importorskip("accelerate")
-    # This interpreter's accelerate (an `accelerate` script on PATH may belong to another Python,
-    # whose workers would import another installation of dbeta).
     output = tmp_path / "prepared"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(
-        [
-            sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "train/configs/cpu_2_processes.yaml"),
-            "-m", "dbeta.cli", "prepare-mimic", "--mimic_root", str(mimic_root), "--output_dir", str(output), *SETTINGS,
-        ],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False,
+    result = accelerate_launch(
+        tmp_path, "-m", "dbeta.cli", "prepare-mimic", "--mimic_root", str(mimic_root), "--output_dir", str(output), *SETTINGS
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Process 1 of 2" in result.stderr

@@ -5,9 +5,7 @@ preparation that fails on the main process stops the others with a message inste
 
 import json
 import os
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,9 +15,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dbeta.train.pretraining.processes import SharedPreparation
+from tests import launch_helpers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CPU_CONFIG = REPO_ROOT / "train" / "configs" / "cpu_2_processes.yaml"
 SUMMARY_LINE = "Validation zero-shot macro AUROC:"
 #: Small enough for 2 CPU cores: a 160-study demo corpus, batches of 8 per process, 4 steps.
 FAST_DEMO = [
@@ -28,20 +26,9 @@ FAST_DEMO = [
 ]  # fmt: skip
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def accelerate_launch(cwd: Path, *script_args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """`accelerate launch --config_file train/configs/cpu_2_processes.yaml train/pretrain.py ...` in `cwd`."""
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_CONFIG),
-        "--main_process_port", str(free_port()), str(REPO_ROOT / "train" / "pretrain.py"), *script_args,
-    ]  # fmt: skip
-    env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return launch_helpers.accelerate_launch(cwd, str(REPO_ROOT / "train" / "pretrain.py"), *script_args, timeout=timeout)
 
 
 # ---------------------------------------------------------------------------------------------
