@@ -82,7 +82,7 @@ def train(args, variant: str, seed: int) -> dict:
         "--checkpointing_steps", "0",
     ]  # fmt: skip
     pretrain_args += ABLATIONS[args.tag] if args.tag in ABLATIONS else []
-    for flag in ("max_train_steps", "demo_num_records", "eval_steps", "num_cpu_threads", "config_overrides", "negative_fraction"):
+    for flag in ("max_train_steps", "demo_num_records", "eval_steps", "num_cpu_threads", "config_overrides", "negative_fraction", "train_crop_seconds"):
         value = getattr(args, flag)
         if value is not None:
             pretrain_args += [f"--{flag}", str(value)]
@@ -340,6 +340,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num_cpu_threads", type=int, default=None)
     parser.add_argument("--config_overrides", default=None, help='Ablations, e.g. "ets_loss_weight=0".')
     parser.add_argument("--negative_fraction", type=float, default=None)
+    parser.add_argument("--train_crop_seconds", type=float, default=None, help="Default: the demo's.")
     parser.add_argument("--diagnostics", action="store_true",
                         help="Also print the R-peak rule baseline and a leave-one-out linear probe of each model's real-set ECG embeddings.")
     args = parser.parse_args(argv)

@@ -209,3 +209,28 @@ def test_epoch_shuffle_sampler_is_a_function_of_seed_and_epoch():
     again.set_epoch(1)
     assert list(again) == first
     assert list(EpochShuffleSampler(5, shuffle=False)) == [0, 1, 2, 3, 4]
+
+
+def test_training_crop_is_a_random_window_of_every_lead_drawn_per_epoch_and_row(tokenizer, settings, negatives, rows):
+    """`crop_samples` (`--train_crop_seconds`): each ECG becomes one window of the whole trace, the
+    same for all its leads, drawn from (seed, epoch, row index); lead masking still applies."""
+    whole = make_collator(tokenizer, settings, negatives, augment=False)(rows[:8])["input_values"].numpy()
+    collator = make_collator(tokenizer, settings, negatives, crop_samples=2500)
+    cropped = collator(rows[:8])["input_values"].numpy()
+    assert cropped.shape == (8, 12, 2500)
+    starts = []
+    for crop, trace in zip(cropped, whole):
+        kept = np.flatnonzero(np.abs(crop).sum(axis=1) > 0)  # leads not zeroed by lead masking
+        assert kept.size > 0
+        lead = kept[0]
+        matches = [start for start in range(trace.shape[1] - 2500 + 1) if np.array_equal(trace[lead, start : start + 2500], crop[lead])]
+        assert matches, "the crop is not a window of the trace"
+        start = matches[0]
+        np.testing.assert_array_equal(crop[kept], trace[kept, start : start + 2500])  # one window for every lead
+        starts.append(start)
+    assert len(set(starts)) > 1
+    np.testing.assert_array_equal(collator(rows[:8])["input_values"].numpy(), cropped)  # same epoch: same windows
+    collator.set_epoch(1)
+    assert not np.array_equal(collator(rows[:8])["input_values"].numpy()[:, :, :10], cropped[:, :, :10])
+    with pytest.raises(ValueError, match="crop_samples must be between 1 and the input length 5000"):
+        make_collator(tokenizer, settings, negatives, crop_samples=5001)

@@ -519,6 +519,7 @@ HOSTILE_FLAGS = [
     (["--text_length_buckets", "64", "0"], "--text_length_buckets 0 is outside"),
     (["--negative_fraction", "1.5"], "--negative_fraction 1.5 is outside its range [0, 1]"),
     (["--num_train_epochs", "0"], "--num_train_epochs 0 is outside"),
+    (["--train_crop_seconds", "0"], "--train_crop_seconds 0.0 is outside its range (0, inf]"),
 ]
 
 
@@ -625,3 +626,14 @@ def test_a_header_without_the_record_length_is_read_whole_only_when_small(tmp_pa
     skipped = (tmp_path / "prepared" / "skipped.csv").read_text()
     assert summary.records_kept == 3 and summary.skipped_by_reason == {"unreadable": 1}
     assert "39000011" in skipped and "gives no record length" in skipped and "39000010" not in skipped
+
+
+def test_a_training_crop_longer_than_the_model_input_is_refused():
+    from types import SimpleNamespace
+
+    from dbeta.train.pretraining.data import build_dataloaders
+    from tests.tiny import tiny_config
+
+    args = SimpleNamespace(negative_fraction=0.5, text_length_buckets=None, pad_to_multiple_of=None, train_crop_seconds=12.5)
+    with pytest.raises(PretrainingInputError, match=r"--train_crop_seconds 12.5: longer than the model's input \(5000 samples at 500 Hz = 10 s\)"):
+        build_dataloaders(args, None, tiny_config(), {}, None, None)

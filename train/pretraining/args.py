@@ -78,6 +78,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     n3s.add_argument("--n3s_hard_max_similarity", type=float, default=0.95)
     n3s.add_argument("--n3s_cache_dir", default=None, help="Default: <dataset_dir>/n3s/<split>.")
     n3s.add_argument("--negative_fraction", type=float, default=0.5, help="Share of each batch paired with an N3S negative.")
+    data.add_argument(
+        "--train_crop_seconds",
+        type=float,
+        default=None,
+        help="Train on a random window of this many seconds of each ECG (cheaper steps); validation and zero-shot "
+        "scoring read the whole input. Default: the whole input.",
+    )
 
     model = parser.add_argument_group("model")
     model.add_argument("--model_name_or_path", default=None, help="Continue from a saved D-BETA folder or Hub id.")
@@ -215,6 +222,7 @@ NUMERIC_RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] =
     ("n3s_num_candidates", 1, None, True, True),
     ("n3s_hard_max_similarity", -1.0, 1.0, True, True),
     ("negative_fraction", 0.0, 1.0, True, True),
+    ("train_crop_seconds", 0.0, None, False, True),
     ("learning_rate", 0.0, None, True, True),
     ("weight_decay", 0.0, None, True, True),
     ("adam_beta1", 0.0, 1.0, True, False),

@@ -45,6 +45,7 @@ _LEAD_MASK_STREAM = 0
 _NEGATIVE_DRAW_STREAM = 1
 _MLM_STREAM = 2
 _NEGATIVE_ROWS_STREAM = 3
+_CROP_STREAM = 4
 
 
 def lead_order_indices(source_names: Sequence[str], target_names: Sequence[str]) -> list[int]:
@@ -117,18 +118,26 @@ class DBetaPretrainingCollator:
         seed (`int`): base of every random draw.
         augment (`bool`, defaults to `True`): lead masking, negatives and MLM. With `False` the batch
             holds the unmasked ECGs and the original reports (evaluation, retrieval).
+        crop_samples (`int`, *optional*): every ECG becomes a random window of this many samples
+            (drawn per epoch and row, like the other draws); the training collator's option
+            `--train_crop_seconds`. Validation keeps the whole input.
 
     Call `set_epoch(epoch)` before each epoch (the epoch is part of every random key). The output
     dict has `input_values` `(B, leads, samples)`, `input_ids`, `attention_mask`, `mlm_labels`
     `(B, L)`, `is_aligned` `(B,)` and `sample_index` `(B,)`.
     """
 
-    def __init__(self, tokenizer, settings: PretrainingBatchSettings, negatives=None, seed: int = 0, augment: bool = True):
+    def __init__(
+        self, tokenizer, settings: PretrainingBatchSettings, negatives=None, seed: int = 0, augment: bool = True, crop_samples: int | None = None
+    ):
         self.tokenizer = tokenizer
         self.settings = settings
         self.negatives = negatives
         self.seed = int(seed)
         self.augment = augment
+        if crop_samples is not None and not 0 < crop_samples <= settings.num_samples:
+            raise ValueError(f"crop_samples must be between 1 and the input length {settings.num_samples}, got {crop_samples}.")
+        self.crop_samples = crop_samples
         self.epoch = 0
         self.mask_token_id = tokenizer.convert_tokens_to_ids(MLM_MASK_TOKEN)
         if self.mask_token_id is None or self.mask_token_id == tokenizer.unk_token_id:
@@ -189,6 +198,10 @@ class DBetaPretrainingCollator:
         settings = self.settings
 
         ecgs = np.stack([self._model_input_ecg(example) for example in examples])
+        if self.crop_samples is not None and self.crop_samples < ecgs.shape[2]:
+            # One random window per ECG, the same for all its leads (a shorter trace is cheaper to train on).
+            starts = [int(self._rng(_CROP_STREAM, index).integers(0, ecgs.shape[2] - self.crop_samples + 1)) for index in indices]
+            ecgs = np.stack([ecg[:, start : start + self.crop_samples] for ecg, start in zip(ecgs, starts)])
         reports = [normalize_report(example["report"]) for example in examples]
         is_aligned = np.ones(batch_size, dtype=np.int64)
         if self.augment:

@@ -284,7 +284,13 @@ def build_dataloaders(args: argparse.Namespace, tokenizer, config, indexes: Mapp
     batch_settings = PretrainingBatchSettings.from_config(
         config, negative_fraction=args.negative_fraction, text_length_buckets=args.text_length_buckets, pad_to_multiple_of=args.pad_to_multiple_of
     )
-    train_collator = DBetaPretrainingCollator(tokenizer, batch_settings, indexes[args.train_split], seed=args.seed)
+    crop_samples = round(args.train_crop_seconds * config.sampling_rate) if args.train_crop_seconds else None
+    if crop_samples is not None and crop_samples > config.num_samples:
+        raise PretrainingInputError(
+            f"--train_crop_seconds {args.train_crop_seconds:g}: longer than the model's input "
+            f"({config.num_samples} samples at {config.sampling_rate} Hz = {config.num_samples / config.sampling_rate:g} s)."
+        )
+    train_collator = DBetaPretrainingCollator(tokenizer, batch_settings, indexes[args.train_split], seed=args.seed, crop_samples=crop_samples)
     # Validation batches are fixed: epoch 0 of a collator with the validation split's own negatives.
     loss_collator = DBetaPretrainingCollator(tokenizer, batch_settings, indexes[args.validation_split], seed=args.seed)
     embedding_collator = DBetaPretrainingCollator(tokenizer, batch_settings, None, seed=args.seed, augment=False)

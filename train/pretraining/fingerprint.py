@@ -115,6 +115,8 @@ def run_settings(args: argparse.Namespace, num_processes: int) -> dict:
         "n3s.negative_fraction": args.negative_fraction,
         "text_encoder_init": text_encoder_source(args),
     }
+    if getattr(args, "train_crop_seconds", None):  # only when set: fingerprints written before the flag still match
+        settings["batch.train_crop_seconds"] = args.train_crop_seconds
     if args.lr_scheduler_type == "tri_stage":
         settings.update({"schedule.hold_ratio": args.hold_ratio, "schedule.init_lr_scale": args.init_lr_scale,
                          "schedule.final_lr_scale": args.final_lr_scale})  # fmt: skip
