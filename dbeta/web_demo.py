@@ -231,7 +231,7 @@ class DemoApp:
         if str(model) == DEFAULT_MODEL and not Path(model).exists():
             raise DemoModelMissing(
                 f"The demo model {DEFAULT_MODEL}/ is missing: build it with README command 1 "
-                "(pip install -e \".[train]\" && python train/pretrain.py, about 9 minutes on 2 CPU cores), "
+                "(pip install -e \".[train]\" && python train/pretrain.py, about 13 minutes on 2 CPU cores), "
                 "or pass --model FOLDER_OR_HUB_ID."
             )
         try:
