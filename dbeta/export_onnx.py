@@ -259,24 +259,26 @@ def read_calibration_inputs(
     return np.stack(values).astype(np.float32), ids, skipped
 
 
-def activation_matmuls(path: str | Path) -> list[str]:
-    """Names of the MatMul nodes of the ONNX graph `path` whose second input is not a weight
-    (an initializer or a Constant): attention's QK^T and softmax x V."""
+def _graph(path: str | Path):
+    """The graph of the ONNX file `path`, without its external weights (names and structure only)."""
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
+    return onnx.load(str(path), load_external_data=False).graph
+
+
+def activation_matmuls(graph) -> list[str]:
+    """Names of the MatMul nodes of the ONNX `graph` whose second input is not a weight (an
+    initializer or a Constant): attention's QK^T and softmax x V."""
     constants = {initializer.name for initializer in graph.initializer}
     constants |= {output for node in graph.node if node.op_type == "Constant" for output in node.output}
     return [node.name for node in graph.node if node.op_type == "MatMul" and node.input[1] not in constants]
 
 
-def feature_encoder_nodes(path: str | Path) -> list[str]:
-    """Names of the MatMul / Gemm / Conv nodes of the ECG tower graph `path` that come before its
+def feature_encoder_nodes(graph) -> list[str]:
+    """Names of the MatMul / Gemm / Conv nodes of the ECG tower's ONNX `graph` that come before its
     first LayerNormalization: the convolutional feature encoder (its strided convolutions export
     as MatMuls on unfolded windows), which reads the raw millivolt signal."""
-    import onnx
-
-    nodes = onnx.load(str(path), load_external_data=False).graph.node  # topologically sorted
+    nodes = graph.node  # topologically sorted
     first = next((i for i, node in enumerate(nodes) if node.op_type == "LayerNormalization"), 0)
     return [node.name for node in nodes[:first] if node.op_type in STATIC_INT8_OP_TYPES]
 
@@ -352,8 +354,9 @@ def quantize_int8_static(
 
     # onnxruntime's `MatMulConstBOnly` is honoured in QOperator mode only: the attention's
     # activation x activation products are excluded by name.
-    excluded = [*activation_matmuls(fp32_path), *nodes_to_exclude]
-    feature_encoder = [] if quantize_feature_encoder else feature_encoder_nodes(fp32_path)
+    graph = _graph(fp32_path)
+    excluded = [*activation_matmuls(graph), *nodes_to_exclude]
+    feature_encoder = [] if quantize_feature_encoder else feature_encoder_nodes(graph)
     excluded += [name for name in feature_encoder if name not in excluded]
     calibrate_method = {
         "minmax": CalibrationMethod.MinMax,
