@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -221,12 +222,23 @@ def demo_args(tmp_path, *extra):
 def test_the_demo_refuses_a_corpus_or_prepared_folder_written_with_other_settings(tmp_path, caplog):
     from dbeta.train.demo.recipe import DEMO_SETTINGS_FILE, prepare_demo_dataset
 
+    from dbeta.train.demo.make_demo_corpus import simulator_fingerprint
+
+    simulator = simulator_fingerprint()
+    assert re.fullmatch(r"[0-9a-f]{16}", simulator)
     dataset_dir = Path(prepare_demo_dataset(demo_args(tmp_path)))
-    assert json.loads((tmp_path / "corpus" / DEMO_SETTINGS_FILE).read_text()) == {"demo_num_records": 12, "seed": 0}
+    assert json.loads((tmp_path / "corpus" / DEMO_SETTINGS_FILE).read_text()) == {"demo_num_records": 12, "seed": 0, "simulator": simulator}
     assert json.loads((dataset_dir / DEMO_SETTINGS_FILE).read_text()) == {
-        "demo_num_records": 12, "seed": 0, "demo_real_pairs": "none", "demo_real_repeats": 0,
+        "demo_num_records": 12, "seed": 0, "simulator": simulator, "demo_real_pairs": "none", "demo_real_repeats": 0,
     }  # fmt: skip
     assert prepare_demo_dataset(demo_args(tmp_path)) == str(dataset_dir)  # same settings: reused
+
+    # A corpus written by another simulator (another beat share, say) is not trained on as this one's.
+    settings_file = tmp_path / "corpus" / DEMO_SETTINGS_FILE
+    settings_file.write_text(json.dumps({"demo_num_records": 12, "seed": 0, "simulator": "0123456789abcdef"}))
+    with pytest.raises(PretrainingInputError, match=rf"was written with simulator='0123456789abcdef', not simulator='{simulator}'"):
+        prepare_demo_dataset(demo_args(tmp_path))
+    settings_file.write_text(json.dumps({"demo_num_records": 12, "seed": 0, "simulator": simulator}))
 
     for extra, change in ((["--seed", "1"], "seed=0, not seed=1"), (["--demo_num_records", "20"], "demo_num_records=12, not demo_num_records=20")):
         args = demo_args(tmp_path, *extra)

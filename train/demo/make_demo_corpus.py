@@ -828,6 +828,22 @@ def _damage_files(kind: str, record_dir: Path, record_name: str) -> None:
         (record_dir / f"{record_name}.hea").write_text("this is not a WFDB header\n")
 
 
+@functools.lru_cache(maxsize=1)
+def simulator_fingerprint() -> str:
+    """SHA-256 (first 16 hex digits) of the simulator's code: this module and the real-record loader
+    its beat library reads through. A demo corpus records it, so that a corpus written by another
+    simulator (another beat share, noise model or rhythm mix) is refused instead of trained on as
+    if it were this one's. Byte-level, so an edited comment also asks for a rewrite (about a minute)."""
+    import hashlib
+
+    from dbeta.train.demo import real_ecg
+
+    digest = hashlib.sha256()
+    for source in (Path(__file__), Path(real_ecg.__file__)):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def make_demo_corpus(
     out_dir: str | os.PathLike,
     num_records: int = 2000,

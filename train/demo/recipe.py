@@ -148,16 +148,16 @@ def prepare_demo_dataset(args) -> str:
     """Write the simulated corpus and prepare it, unless that was done before with the same settings;
     returns the dataset dir.
 
-    The corpus records `--demo_num_records` and `--seed` (`demo_settings.json`), the prepared folder
-    those and `--demo_real_pairs`/`--demo_real_repeats`. A folder written with other settings is
+    The corpus records `--demo_num_records`, `--seed` and the simulator's fingerprint
+    (`demo_settings.json`), the prepared folder those and `--demo_real_pairs`/`--demo_real_repeats`. A folder written with other settings is
     refused, naming them and which folder to delete (or which flag to pass), instead of training on
     data the run's settings and model card do not describe. A folder from before these records
     existed is reused with a warning (its seed and size cannot be checked)."""
-    from dbeta.train.demo.make_demo_corpus import make_demo_corpus
+    from dbeta.train.demo.make_demo_corpus import make_demo_corpus, simulator_fingerprint
     from dbeta.train.data.mimic_iv_ecg import prepare_mimic_iv_ecg
 
     corpus_dir, dataset_dir = Path(args.demo_corpus_dir), Path(args.demo_dataset_dir)
-    corpus_settings = {"demo_num_records": args.demo_num_records, "seed": args.seed}
+    corpus_settings = {"demo_num_records": args.demo_num_records, "seed": args.seed, "simulator": simulator_fingerprint()}
     real_pairs = {"demo_real_pairs": args.demo_real_pairs, "demo_real_repeats": args.demo_real_repeats if args.demo_real_pairs != "none" else 0}
     prepared_settings = {**corpus_settings, **real_pairs}
     both = f"delete {corpus_dir} and {dataset_dir} to write them again with these settings, or pass another --demo_corpus_dir and --demo_dataset_dir."
