@@ -290,6 +290,11 @@ def test_sim_to_real_dev_mode_refuses_real_pairs_and_locks_its_children(monkeypa
     rates = sim_to_real.positive_rates()
     assert set(rates) == {"sinus bradycardia", "sinus tachycardia"}
     assert len(rates["sinus bradycardia"]["rates"]) == 3
+    # One dev record has no detectable R peaks: the R-peak rule abstains there instead of failing on NaN.
+    assert sum(np.isnan(rate) for rate in rates["sinus bradycardia"]["rates"]) == 1
+    rule = sim_to_real.rr_rule_baseline()
+    assert rule["unreadable_records"] >= 1 and np.isfinite(rule["macro"])
+    assert set(rule["per_label"]) == {"sinus rhythm", "sinus bradycardia", "sinus tachycardia", "atrial fibrillation"}
     monkeypatch.undo()
     assert PROTOCOL_ENV not in os.environ or os.environ[PROTOCOL_ENV] != "dev"
 
