@@ -215,8 +215,8 @@ def rr_rule_baseline() -> dict:
              "atrial fibrillation": cv, "atrial flutter": cv}
     # A record where fewer than two R peaks are found has no rate: the rule abstains there (the
     # middle of its scores) rather than the record being dropped from the set the models are scored on.
-    unreadable = int(np.count_nonzero(~np.isfinite(rate) | ~np.isfinite(cv)))
-    rules = {name: np.where(np.isfinite(score), score, np.nanmedian(np.where(np.isfinite(score), score, np.nan))) for name, score in rules.items()}
+    unreadable = int(np.isnan(rate).sum())  # rate and CV are missing together
+    rules = {name: np.where(np.isnan(score), np.nanmedian(score), score) for name, score in rules.items()}
     scored = eval_set.scored_labels()
     auroc = multilabel_auroc(eval_set.labels({n: LUDB_RHYTHM_LABELS[n] for n in scored}), np.stack([rules[n] for n in scored], 1), scored)
     return {"macro": float(auroc.macro), "per_label": {k: float(v) for k, v in auroc.per_label.items()}, "unreadable_records": unreadable}

@@ -220,9 +220,8 @@ def demo_args(tmp_path, *extra):
 
 
 def test_the_demo_refuses_a_corpus_or_prepared_folder_written_with_other_settings(tmp_path, caplog):
-    from dbeta.train.demo.recipe import DEMO_SETTINGS_FILE, prepare_demo_dataset
-
     from dbeta.train.demo.make_demo_corpus import simulator_fingerprint
+    from dbeta.train.demo.recipe import DEMO_SETTINGS_FILE, prepare_demo_dataset
 
     simulator = simulator_fingerprint()
     assert re.fullmatch(r"[0-9a-f]{16}", simulator)

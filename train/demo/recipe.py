@@ -149,9 +149,10 @@ def prepare_demo_dataset(args) -> str:
     returns the dataset dir.
 
     The corpus records `--demo_num_records`, `--seed` and the simulator's fingerprint
-    (`demo_settings.json`), the prepared folder those and `--demo_real_pairs`/`--demo_real_repeats`. A folder written with other settings is
-    refused, naming them and which folder to delete (or which flag to pass), instead of training on
-    data the run's settings and model card do not describe. A folder from before these records
+    (`demo_settings.json`), the prepared folder those and `--demo_real_pairs`/`--demo_real_repeats`.
+    A folder written with other settings is refused, naming them and which folder to delete (or
+    which flag to pass), instead of training on data the run's settings and model card do not
+    describe. A folder from before these records
     existed is reused with a warning (its seed and size cannot be checked)."""
     from dbeta.train.demo.make_demo_corpus import make_demo_corpus, simulator_fingerprint
     from dbeta.train.data.mimic_iv_ecg import prepare_mimic_iv_ecg
