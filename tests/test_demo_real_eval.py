@@ -316,3 +316,26 @@ def test_sim_to_real_scores_the_cinc_records_through_the_pipeline(tmp_path):
     assert result["positives"]["left bundle branch block"] == 0 and result["positives"]["low QRS voltages"] == 0
     assert set(result["per_label"]) == {name for name, count in result["positives"].items() if count >= 2}
     assert all(0.0 <= value <= 1.0 for value in result["per_label"].values())
+
+
+def test_simulated_test_sets_score_every_model_on_every_simulator_version(tmp_path):
+    """benchmarks/simulated_test_sets.py: one test set per simulator version, drawn from its seed
+    alone (the same simulator under two names gives the same set and the same AUROCs)."""
+    import importlib.util
+
+    from dbeta.train.demo import make_demo_corpus
+
+    spec = importlib.util.spec_from_file_location("simulated_test_sets", Path(__file__).resolve().parents[1] / "benchmarks" / "simulated_test_sets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder = save_tiny_zero_shot_folder(tmp_path / "tiny")
+    path = make_demo_corpus.__file__
+    results = module.main(["--simulator", f"a={path}", "--simulator", f"b={path}", "--num_records", "60", "--seed", "5",
+                           "--models", str(folder), "--output_json", str(tmp_path / "out.json")])  # fmt: skip
+    rows = results["models"][str(folder)]
+    assert rows["a"] == rows["b"]
+    assert {"sinus rhythm", "atrial fibrillation"} <= set(rows["a"]["per_label"])
+    assert all(0.0 <= value <= 1.0 for value in rows["a"]["per_label"].values())
+    assert json.loads((tmp_path / "out.json").read_text())["num_records"] == 60
+    with pytest.raises(SystemExit):
+        module.main(["--simulator", "no-path", "--models", str(folder)])
