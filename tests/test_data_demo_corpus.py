@@ -15,6 +15,7 @@ from dbeta.train.demo.make_demo_corpus import (  # noqa: E402
     DEMO_CONDITIONS,
     MIMIC_LEAD_ORDER,
     RHYTHM_CONDITIONS,
+    REAL_BEAT_FINDINGS,
     RHYTHM_NAMES,
     _write_wfdb,
     make_demo_corpus,
@@ -320,16 +321,60 @@ def test_real_beat_st_t_follows_the_rate():
     np.testing.assert_allclose(fast[:, qrs], beat.ventricular[:, qrs])
 
 
-def test_real_beat_reports_state_only_the_rhythm_and_axis():
-    seen = 0
-    for seed in range(60):
+def test_real_beat_reports_state_the_rhythm_axis_and_only_the_findings_a_real_beat_can_carry():
+    seen, findings = 0, set()
+    for seed in range(80):
         ecg = simulate_ecg(np.random.default_rng(seed))
         if ecg.real_beat_record is None:
             continue
         seen += 1
-        assert set(ecg.conditions) <= set(RHYTHM_CONDITIONS) | {"ventricular_extrasystoles"}
+        assert set(ecg.conditions) <= set(RHYTHM_CONDITIONS) | {"ventricular_extrasystoles", *REAL_BEAT_FINDINGS}
         text = " ".join(ecg.report_lines).lower()
-        assert "bundle branch block" not in text and "low qrs" not in text and "inverted t" not in text
-    assert 38 <= seen <= 58  # REAL_MORPHOLOGY_FRACTION = 0.8 of 60
+        assert "bundle branch block" not in text
+        for finding, words in (("low_qrs_voltages", "low qrs"), ("inverted_t_waves", "inverted t")):
+            assert (words in text) == (finding in ecg.conditions), (seed, text)
+        findings.update(key for key in ecg.conditions if key in REAL_BEAT_FINDINGS)
+    assert 52 <= seen <= 76  # REAL_MORPHOLOGY_FRACTION = 0.8 of 80
+    assert findings == set(REAL_BEAT_FINDINGS)
     with pytest.raises(ValueError, match="real beat has its own morphology"):
         simulate_ecg(np.random.default_rng(0), ["sinus_rhythm", "left_bundle_branch_block"], real_morphology=True)
+
+
+def test_real_beat_findings_change_the_source_beat_where_they_should():
+    """Inverted T waves negate the ST-T part and keep the QRS; low QRS voltages shrink the QRS to
+    0.2-0.35 of its size and the T wave to 0.6."""
+    from dbeta.train.demo.make_demo_corpus import _REAL_BEAT_START_S, _REAL_QRS_END_S, _with_real_beat_findings
+
+    beat = real_beat_library()[3].ventricular_at(0.9)
+    time_s = _REAL_BEAT_START_S + np.arange(beat.shape[1]) / 500
+    qrs, st_t = (time_s > -0.05) & (time_s <= _REAL_QRS_END_S), time_s > _REAL_QRS_END_S + 0.03
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(_with_real_beat_findings(rng, beat, ["sinus_rhythm"]), beat)
+
+    inverted = _with_real_beat_findings(rng, beat, ["sinus_rhythm", "inverted_t_waves"])
+    np.testing.assert_array_equal(inverted[:, qrs], beat[:, qrs])
+    ratio = inverted[:, st_t] / np.where(np.abs(beat[:, st_t]) > 1e-9, beat[:, st_t], np.nan)
+    assert np.nanmax(ratio) == pytest.approx(np.nanmin(ratio)) and -1.3 <= np.nanmax(ratio) <= -0.8
+
+    low = _with_real_beat_findings(rng, beat, ["sinus_rhythm", "low_qrs_voltages"])
+    qrs_ratio = np.ptp(low[:, qrs], axis=1) / np.ptp(beat[:, qrs], axis=1)
+    assert np.allclose(qrs_ratio, qrs_ratio[0]) and 0.2 <= qrs_ratio[0] <= 0.35
+    np.testing.assert_allclose(low[:, st_t], 0.6 * beat[:, st_t])
+
+
+def test_low_voltage_real_beat_records_have_small_limb_lead_qrs():
+    """Low QRS voltage by its clinical definition: QRS under 0.5 mV in every limb lead."""
+    kwargs = dict(ectopic_beats=0, real_morphology=True, lead_normalised=False, filtered=False)
+    limb = [MIMIC_LEAD_ORDER.index(name) for name in ("I", "II", "III", "aVR", "aVL", "aVF")]
+
+    def limb_qrs_mv(ecg):  # the largest limb-lead median QRS peak-to-peak (-50..+80 ms around R)
+        beats = [np.ptp(ecg.signal[limb, int(round(r * 500)) - 25 : int(round(r * 500)) + 40], axis=1) for r in ecg.r_peaks_s[1:-1]]
+        return float(np.median(np.stack(beats), axis=0).max())
+
+    normal, low = [], []
+    for seed in range(8):
+        normal.append(limb_qrs_mv(simulate_ecg(np.random.default_rng(seed), ["sinus_rhythm"], **kwargs)))
+        ecg = simulate_ecg(np.random.default_rng(seed), ["sinus_rhythm", "low_qrs_voltages"], **kwargs)
+        low.append(limb_qrs_mv(ecg))
+        assert "low qrs" in " ".join(ecg.report_lines).lower()
+    assert np.median(low) < 0.5 and max(low) < 0.6 and np.median(low) < 0.5 * np.median(normal), (low, normal)

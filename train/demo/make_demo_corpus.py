@@ -124,10 +124,16 @@ LEAD_NORMALISED_FRACTION = 0.5
 #: simulated rhythm. The dipole model alone gives every patient the same few Gaussian waves, and a
 #: model trained on it reads the rate of dipole beats only (its bradycardia score follows the rate
 #: with Spearman -0.68 on dipole records, -0.2 on real-beat ones and -0.09 on real ECGs). The
-#: rest keep the dipole model, which carries the simulated morphology findings (LBBB, low voltage,
-#: inverted T waves). On seed 0, 0.5 gave real macro AUROC 0.72 and 0.8 gave 0.85 (1 thread) / 0.76
+#: rest keep the dipole model, which carries every simulated morphology finding (real beats carry
+#: two of them, `REAL_BEAT_FINDINGS`). On seed 0, 0.5 gave real macro AUROC 0.72 and 0.8 gave 0.85 (1 thread) / 0.76
 #: (2 threads); the README's sim-to-real table has every run.
 REAL_MORPHOLOGY_FRACTION = 0.8
+#: Morphology findings a real-beat record can carry, made from the source patient's own beat:
+#: low QRS voltages (the QRS scaled to 0.2-0.35 of its size, the T wave to 0.6) and inverted T
+#: waves (the ST-T part negated). Without them the findings live only in the dipole records, and a
+#: model learns them as "dipole beat with X" rather than X. Bundle branch blocks need a new
+#: activation sequence, which a recorded beat cannot be given, so they stay dipole-only.
+REAL_BEAT_FINDINGS: tuple[str, ...] = ("low_qrs_voltages", "inverted_t_waves")
 #: Share of reports written in LUDB's cardiologist style instead of the machine style.
 CARDIOLOGIST_STYLE_FRACTION = 0.3
 #: Share of machine-style reports without the closing "Normal/Borderline/Abnormal ECG" statement.
@@ -543,6 +549,19 @@ def real_beat_library() -> tuple[RealBeat, ...]:
     return tuple(library)
 
 
+def _with_real_beat_findings(rng: np.random.Generator, ventricular: np.ndarray, conditions: list[str]) -> np.ndarray:
+    """A real beat's QRS-T part (8, W) given the `REAL_BEAT_FINDINGS` among `conditions`."""
+    time_s = _REAL_BEAT_START_S + np.arange(ventricular.shape[1]) / SAMPLING_RATE
+    # 0 up to the end of the QRS, 1 from 30 ms later on (the ST-T part), a linear ramp between.
+    st_t = np.clip((time_s - _REAL_QRS_END_S) / 0.03, 0.0, 1.0)
+    scale = np.ones_like(time_s)
+    if "inverted_t_waves" in conditions:
+        scale = scale * (1.0 - st_t * (1.0 + rng.uniform(0.8, 1.3)))
+    if "low_qrs_voltages" in conditions:
+        scale = scale * (rng.uniform(0.2, 0.35) * (1.0 - st_t) + 0.6 * st_t)
+    return ventricular * scale[None]
+
+
 def _independent_leads_to_electrodes(leads: np.ndarray) -> np.ndarray:
     """Electrode potentials (9, N) relative to Wilson's terminal from I, II, V1-V6 (8, N): the
     limb leads then obey Einthoven/Goldberger exactly, whatever the source did."""
@@ -662,18 +681,21 @@ def simulate_ecg(
     sets the number of premature ventricular complexes of a sinus rhythm (default: 1-2 in a random
     :data:`ECTOPIC_FRACTION` of them), `filtered` the cart-like band-limiting (default: random).
     `real_morphology` takes the beats from :func:`real_beat_library` (default: a random
-    :data:`REAL_MORPHOLOGY_FRACTION` of the records with random conditions); such a record has no
-    simulated morphology finding, and its report states the source patient's axis.
+    :data:`REAL_MORPHOLOGY_FRACTION` of the records with random conditions); such a record carries
+    only the findings of :data:`REAL_BEAT_FINDINGS`, and its report states the source patient's axis.
     """
     if real_morphology is None:
         real_morphology = conditions is None and bool(rng.random() < REAL_MORPHOLOGY_FRACTION)
     if conditions is None:
         conditions = _sample_conditions(rng)
         if real_morphology:
-            conditions = [key for key in conditions if key in RHYTHM_CONDITIONS]
+            conditions = [key for key in conditions if key in RHYTHM_CONDITIONS or key in REAL_BEAT_FINDINGS]
     conditions = list(conditions)
-    if real_morphology and any(key in MORPHOLOGY_PROBABILITIES for key in conditions):
-        raise ValueError(f"A real beat has its own morphology: {conditions} cannot be simulated with real_morphology=True")
+    if real_morphology and any(key in MORPHOLOGY_PROBABILITIES and key not in REAL_BEAT_FINDINGS for key in conditions):
+        raise ValueError(
+            f"A real beat has its own morphology: {conditions} cannot be simulated with real_morphology=True "
+            f"(a real beat can carry {', '.join(REAL_BEAT_FINDINGS)} only)"
+        )
     rhythm = next(key for key in conditions if key in RHYTHM_CONDITIONS)
     duration_s = NUM_SAMPLES / SAMPLING_RATE
     total = NUM_SAMPLES + int(2 * _PAD_S * SAMPLING_RATE)
@@ -729,7 +751,8 @@ def simulate_ecg(
         # amplitudes back their variety (the limb leads stay consistent, see below).
         gains = rng.lognormal(np.log(1.2), 0.3) * rng.lognormal(0.0, 0.2, size=(len(_INDEPENDENT_LEADS), 1))
         real_offset = int(-_REAL_BEAT_START_S * SAMPLING_RATE)
-        _place(real_leads, gains * real_beat.ventricular_at(mean_rr), beats_s, real_offset, rng.normal(1.0, 0.03, size=beats_s.size))
+        ventricular = _with_real_beat_findings(rng, real_beat.ventricular_at(mean_rr), conditions)
+        _place(real_leads, gains * ventricular, beats_s, real_offset, rng.normal(1.0, 0.03, size=beats_s.size))
         if has_p_waves:
             _place(real_leads, gains * real_beat.atrial, beats_s, real_offset, rng.normal(1.0, 0.03, size=beats_s.size))
     else:
