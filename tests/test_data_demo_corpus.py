@@ -14,8 +14,8 @@ from dbeta.train.demo.make_demo_corpus import (  # noqa: E402
     CORRUPT_RECORD_KINDS,
     DEMO_CONDITIONS,
     MIMIC_LEAD_ORDER,
-    RHYTHM_CONDITIONS,
     REAL_BEAT_FINDINGS,
+    RHYTHM_CONDITIONS,
     RHYTHM_NAMES,
     _write_wfdb,
     make_demo_corpus,
@@ -343,7 +343,11 @@ def test_real_beat_reports_state_the_rhythm_axis_and_only_the_findings_a_real_be
 def test_real_beat_findings_change_the_source_beat_where_they_should():
     """Inverted T waves negate the ST-T part and keep the QRS; low QRS voltages shrink the QRS to
     0.2-0.35 of its size and the T wave to 0.6."""
-    from dbeta.train.demo.make_demo_corpus import _REAL_BEAT_START_S, _REAL_QRS_END_S, _with_real_beat_findings
+    from dbeta.train.demo.make_demo_corpus import (
+        _REAL_BEAT_START_S,
+        _REAL_QRS_END_S,
+        _with_real_beat_findings,
+    )
 
     beat = real_beat_library()[3].ventricular_at(0.9)
     time_s = _REAL_BEAT_START_S + np.arange(beat.shape[1]) / 500
@@ -364,11 +368,11 @@ def test_real_beat_findings_change_the_source_beat_where_they_should():
 
 def test_low_voltage_real_beat_records_have_small_limb_lead_qrs():
     """Low QRS voltage by its clinical definition: QRS under 0.5 mV in every limb lead."""
-    kwargs = dict(ectopic_beats=0, real_morphology=True, lead_normalised=False, filtered=False)
+    kwargs = {"ectopic_beats": 0, "real_morphology": True, "lead_normalised": False, "filtered": False}
     limb = [MIMIC_LEAD_ORDER.index(name) for name in ("I", "II", "III", "aVR", "aVL", "aVF")]
 
     def limb_qrs_mv(ecg):  # the largest limb-lead median QRS peak-to-peak (-50..+80 ms around R)
-        beats = [np.ptp(ecg.signal[limb, int(round(r * 500)) - 25 : int(round(r * 500)) + 40], axis=1) for r in ecg.r_peaks_s[1:-1]]
+        beats = [np.ptp(ecg.signal[limb, round(r * 500) - 25 : round(r * 500) + 40], axis=1) for r in ecg.r_peaks_s[1:-1]]
         return float(np.median(np.stack(beats), axis=0).max())
 
     normal, low = [], []
