@@ -303,7 +303,7 @@ def demo_model_config(tokenizer) -> DBetaConfig:
 #: The default recipe's real-ECG figure over seeds that played no part in any choice
 #: (benchmarks/results/demo_seeds.md): printed beside every run's own figure, so that one run is
 #: not read as the recipe's.
-RECIPE_REAL_MACRO_AUROC = {"seeds": (10, 11, 12, 13, 14), "mean": 0.779, "sd": 0.084, "lowest": 0.675}
+RECIPE_REAL_MACRO_AUROC = {"seeds": (15, 16, 17, 18, 19), "mean": 0.664, "sd": 0.125, "lowest": 0.449}
 
 
 def print_real_ecg_summary(metrics: Mapping[str, float]) -> None:
