@@ -146,53 +146,29 @@ def pipeline_real_auroc(model_folder: Path) -> dict:
             "positives": {name: int(count) for name, count in zip(scored, labels.sum(axis=0))}, "split": eval_set.split}
 
 
-#: Zero-shot labels scored on the shared CinC 2021 + CPSC 2018 records (real millivolts, unlike LUDB):
-#: prompt -> the CinC SNOMED-CT abbreviations that are its positives. The morphology labels need
-#: amplitude and shape, which LUDB's per-lead normalisation removes.
-CINC_LABELS = {
-    "sinus rhythm": {"NSR"},
-    "sinus bradycardia": {"SB"},
-    "sinus tachycardia": {"STach"},
-    "atrial fibrillation": {"AF"},
-    "atrial flutter": {"AFL"},
-    "left bundle branch block": {"LBBB", "CLBBB"},
-    "right bundle branch block": {"RBBB", "CRBBB"},
-    "low QRS voltages": {"LQRSV"},
-    "inverted T waves": {"TInv"},
-}
-
-
 def cinc_real_auroc(model_folder: Path, real_dir: Path) -> dict:
-    """Zero-shot AUROC through the public pipeline on the shared CinC 2021 and CPSC 2018 records
-    (never trained on by the sim variant), for every label of `CINC_LABELS` with at least 2
-    positives; the others are listed with their positive count."""
-    import csv
-
+    """Zero-shot AUROC through the public pipeline on one half of the shared CinC 2021 and CPSC 2018
+    records (never trained on by the sim variant; `real_ecg.split_cinc`): the dev half under the dev
+    protocol, the evaluation half otherwise. Every label of `CINC_LABELS` with at least 2 positives
+    there (and a negative) is scored; the others are listed with their positive count."""
     from transformers import pipeline
 
+    from dbeta.train.demo.real_ecg import CINC_LABELS, cinc_part, dev_protocol
     from dbeta.train.evaluation.metrics import multilabel_auroc
 
-    paths, codes = [], []
-    for folder in ("cinc2021", "cpsc2018"):
-        labels_file = real_dir / folder / "labels.csv"
-        if not labels_file.is_file():
-            continue
-        with open(labels_file, newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
-                header = real_dir / folder / "records" / f"{row['record']}.hea"
-                paths.append(str(header if header.is_file() else header.with_suffix(".mat")))
-                codes.append(set(row["dx_abbrev"].split(",")))
-    if not paths:
+    part = "dev" if dev_protocol() else "evaluation"
+    records = cinc_part(real_dir, part)
+    if not records:
         return {}
-    positives = {name: sum(bool(codes_ & wanted) for codes_ in codes) for name, wanted in CINC_LABELS.items()}
-    scored = [name for name, count in positives.items() if 2 <= count < len(paths)]
-    labels = np.array([[int(bool(record & CINC_LABELS[name])) for name in scored] for record in codes])
+    positives = {name: sum(record.labels([name])[0] for record in records) for name in CINC_LABELS}
+    scored = [name for name, count in positives.items() if 2 <= count < len(records)]
+    labels = np.array([record.labels(scored) for record in records])
     classifier = pipeline("zero-shot-ecg-classification", model=str(model_folder), trust_remote_code=True, device="cpu")
-    outputs = classifier(paths, candidate_labels=scored)
+    outputs = classifier([str(record.path) for record in records], candidate_labels=scored)
     scores = np.array([[{item["label"]: item["score"] for item in output}[name] for name in scored] for output in outputs])
     auroc = multilabel_auroc(labels, scores, scored)
     return {"macro": float(auroc.macro), "per_label": {k: float(v) for k, v in auroc.per_label.items()},
-            "records": len(paths), "positives": positives}
+            "records": len(records), "positives": positives, "part": part}
 
 
 def rr_rule_baseline() -> dict:
@@ -260,6 +236,16 @@ def _mean_sd(values: list[float], digits: int = 3) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
+def combined_dev_macro(run: dict) -> float | None:
+    """The dev protocol's figure with both dev parts: the mean of the per-label AUROCs of the LUDB
+    dev split and of the CinC/CPSC dev half (each label of each part counts once); None without
+    the CinC/CPSC part."""
+    if run["real"].get("split") != "dev" or run.get("cinc", {}).get("part") != "dev":
+        return None
+    values = list(run["real"]["per_label"].values()) + list(run["cinc"]["per_label"].values())
+    return float(np.mean(values))
+
+
 def markdown(results: dict) -> str:
     variants = list(results)
     labels = sorted({label for runs in results.values() for run in runs.values() for label in run["real"]["per_label"]},
@@ -292,8 +278,10 @@ def markdown(results: dict) -> str:
     cinc = [run["cinc"] for runs in results.values() for run in runs.values() if run.get("cinc")]
     if cinc:
         for label in cinc[0]["per_label"]:
-            row(f"CinC/CPSC AUROC {label} ({cinc[0]['positives'][label]} pos.)", lambda run, label=label: run.get("cinc", {}).get("per_label", {}).get(label))
-        row(f"CinC/CPSC macro AUROC ({cinc[0]['records']} records)", lambda run: run.get("cinc", {}).get("macro"))
+            row(f"CinC/CPSC {cinc[0]['part']} half AUROC {label} ({cinc[0]['positives'][label]} pos.)", lambda run, label=label: run.get("cinc", {}).get("per_label", {}).get(label))
+        row(f"CinC/CPSC {cinc[0]['part']} half macro AUROC ({cinc[0]['records']} records)", lambda run: run.get("cinc", {}).get("macro"))
+        if split == "dev":
+            row("**combined dev macro AUROC** (LUDB dev + CinC/CPSC dev half, mean over their labels)", combined_dev_macro)
     row("training wall minutes", lambda run: run.get("timing", {}).get("wall_seconds", float("nan")) / 60)
     row("training CPU minutes", lambda run: run.get("timing", {}).get("cpu_seconds", float("nan")) / 60)
     if cinc:
@@ -336,7 +324,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ablations", nargs="+", choices=list(ABLATIONS), default=None,
                         help="Train and score these ablations (each its own --tag) instead of one run per variant.")
     parser.add_argument("--cinc", action="store_true",
-                        help="Also score the shared CinC 2021 + CPSC 2018 records (real millivolts; rhythm and morphology labels) from --real_dir.")
+                        help="Also score the shared CinC 2021 + CPSC 2018 records (real millivolts; rhythm and morphology labels) from --real_dir: "
+                             "their dev half under --protocol dev (then also the combined dev macro), their evaluation half otherwise.")
     parser.add_argument("--load", action="store_true", help="Only evaluate folders left by earlier runs.")
     parser.add_argument("--max_train_steps", type=int, default=None, help="Default: the demo's.")
     parser.add_argument("--demo_num_records", type=int, default=None)

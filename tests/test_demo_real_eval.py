@@ -21,16 +21,22 @@ import pytest
 
 from dbeta.train.demo.real_ecg import (
     ALWAYS_TRAIN,
+    CINC_LABELS,
     LUDB_EVAL_DIR,
     LUDB_EVAL_FILE,
     LUDB_RHYTHM_LABELS,
     LUDB_TRAIN_FILE,
+    PROTOCOL_ENV,
+    EvaluationSetLocked,
+    cinc_part,
     evaluate_real_zero_shot,
     load_ludb_eval_set,
     load_ludb_train_set,
     ludb_training_record_ids,
+    read_cinc_records,
     real_training_pairs,
     signals_sha256,
+    split_cinc,
     split_ludb,
 )
 
@@ -306,7 +312,7 @@ def test_sim_to_real_dev_mode_refuses_real_pairs_and_locks_its_children(monkeypa
     assert PROTOCOL_ENV not in os.environ or os.environ[PROTOCOL_ENV] != "dev"
 
 
-def test_sim_to_real_scores_the_cinc_records_through_the_pipeline(tmp_path):
+def test_sim_to_real_scores_the_cinc_records_through_the_pipeline(tmp_path, monkeypatch):
     import importlib.util
 
     real_dir = SHARED_LUDB.parents[1]
@@ -316,13 +322,58 @@ def test_sim_to_real_scores_the_cinc_records_through_the_pipeline(tmp_path):
     sim_to_real = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sim_to_real)
     folder = save_tiny_zero_shot_folder(tmp_path / "tiny")
+    # A reported run scores the evaluation half (26 of the 49 records); counted from the labels
+    # files: what can and cannot be measured on real millivolts.
+    monkeypatch.delenv(PROTOCOL_ENV, raising=False)
     result = sim_to_real.cinc_real_auroc(folder, real_dir)
-    assert result["records"] == 49
-    # Counted from the labels files: what can and cannot be measured on real millivolts.
-    assert result["positives"]["sinus tachycardia"] == 22 and result["positives"]["inverted T waves"] == 4
+    assert result["records"] == 26 and result["part"] == "evaluation"
+    assert result["positives"]["sinus tachycardia"] == 12 and result["positives"]["inverted T waves"] == 2
     assert result["positives"]["left bundle branch block"] == 0 and result["positives"]["low QRS voltages"] == 0
     assert set(result["per_label"]) == {name for name, count in result["positives"].items() if count >= 2}
     assert all(0.0 <= value <= 1.0 for value in result["per_label"].values())
+    # Under the dev protocol the same call scores the dev half, and the combined dev figure is the
+    # mean over the labels of both dev parts.
+    monkeypatch.setenv(PROTOCOL_ENV, "dev")
+    dev = sim_to_real.cinc_real_auroc(folder, real_dir)
+    assert dev["records"] == 23 and dev["part"] == "dev" and dev["positives"]["sinus tachycardia"] == 10
+    ludb_dev = {"split": "dev", "per_label": {"sinus rhythm": 0.6, "atrial fibrillation": 0.9}}
+    run = {"real": ludb_dev, "cinc": {"part": "dev", "per_label": {"sinus tachycardia": 0.3}}}
+    assert sim_to_real.combined_dev_macro(run) == pytest.approx(0.6)
+    assert sim_to_real.combined_dev_macro({"real": ludb_dev, "cinc": result}) is None
+
+
+def test_cinc_records_split_into_a_dev_and_an_evaluation_half_and_the_dev_protocol_locks_one(monkeypatch, tmp_path):
+    real_dir = SHARED_LUDB.parents[1]
+    if not (real_dir / "cinc2021" / "labels.csv").is_file():
+        pytest.skip(f"the shared real records are not beside the checkout ({real_dir})")
+    records = read_cinc_records(real_dir)
+    assert len(records) == 49 and {record.source for record in records} == {"cinc2021", "cpsc2018"}
+    dev, evaluation = split_cinc(records)
+    assert (len(dev), len(evaluation)) == (23, 26) and not set(dev) & set(evaluation)
+    assert set(dev) | set(evaluation) == {record.key for record in records}
+    # A pure function of the records, not of their order.
+    assert split_cinc(list(reversed(records))) == (dev, evaluation)
+    # Stratified on each record's rarest label: every label's positives divide within 2.
+    for name in CINC_LABELS:
+        in_dev = sum(record.labels([name])[0] for record in records if record.key in set(dev))
+        in_eval = sum(record.labels([name])[0] for record in records if record.key in set(evaluation))
+        assert 0 <= in_eval - in_dev <= 2, (name, in_dev, in_eval)
+
+    monkeypatch.delenv(PROTOCOL_ENV, raising=False)
+    assert [record.key for record in cinc_part(real_dir, "evaluation")] == [r.key for r in records if r.key in set(evaluation)]
+    monkeypatch.setenv(PROTOCOL_ENV, "dev")
+    assert sorted(record.key for record in cinc_part(real_dir, "dev")) == dev
+    with pytest.raises(EvaluationSetLocked, match="evaluation half"):
+        cinc_part(real_dir, "evaluation")
+    with pytest.raises(ValueError, match="expected one of"):
+        cinc_part(real_dir, "test")
+
+    # A listed record without its signal file is an error, not a silently smaller split.
+    (tmp_path / "cinc2021" / "records").mkdir(parents=True)
+    header = (real_dir / "cinc2021" / "labels.csv").read_text(encoding="utf-8").splitlines()[0]
+    (tmp_path / "cinc2021" / "labels.csv").write_text(header + "\nNOPE,x,500,5000,50,Male,426783006,NSR,sinus rhythm,,,\n", encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match="NOPE"):
+        read_cinc_records(tmp_path)
 
 
 def test_simulated_test_sets_score_every_model_on_every_simulator_version(tmp_path):

@@ -14,6 +14,9 @@ patients it never saw. This module
 * loads the vendored set and checks its integrity (SHA-256 of the decoded samples);
 * scores it zero-shot exactly as the public pipeline does (processor -> ECG tower, the plain-text
   prompts normalised like `pipeline_dbeta.normalize_label_text` -> text tower, ETS logit);
+* splits the shared CinC 2021 / CPSC 2018 records (real millivolts) into a dev half, scored
+  beside the LUDB dev split when a recipe choice is judged, and an evaluation half read once per
+  reported run (`split_cinc`, `cinc_part`; the dev protocol locks the evaluation half);
 * reads the real training pairs (LUDB training part with its cardiologist diagnosis text, CinC
   2021 and CPSC 2018 records with their SNOMED-CT diagnoses as text) for the sim+real variant.
 
@@ -328,6 +331,106 @@ def evaluate_real_zero_shot(
 
 
 # --------------------------------------------------------------------------------------------
+# The shared CinC 2021 / CPSC 2018 records (real millivolts): a dev half and an evaluation half
+# --------------------------------------------------------------------------------------------
+
+#: Zero-shot labels scored on the shared CinC 2021 + CPSC 2018 records (real millivolts, unlike LUDB):
+#: prompt -> the CinC SNOMED-CT abbreviations that are its positives. The morphology labels need
+#: amplitude and shape, which LUDB's per-lead normalisation removes.
+CINC_LABELS: dict[str, frozenset[str]] = {
+    "sinus rhythm": frozenset({"NSR"}),
+    "sinus bradycardia": frozenset({"SB"}),
+    "sinus tachycardia": frozenset({"STach"}),
+    "atrial fibrillation": frozenset({"AF"}),
+    "atrial flutter": frozenset({"AFL"}),
+    "left bundle branch block": frozenset({"LBBB", "CLBBB"}),
+    "right bundle branch block": frozenset({"RBBB", "CRBBB"}),
+    "low QRS voltages": frozenset({"LQRSV"}),
+    "inverted T waves": frozenset({"TInv"}),
+}
+CINC_SOURCES: tuple[str, ...] = ("cinc2021", "cpsc2018")
+#: Seed of the per-stratum shuffle that splits the CinC/CPSC records into a dev and an evaluation half.
+CINC_SPLIT_SEED = 20261207
+CINC_PARTS = ("dev", "evaluation")
+
+
+@dataclass(frozen=True)
+class CincRecord:
+    """One record of a shared `labels.csv` (`cinc2021/` or `cpsc2018/`): its signal file (`.hea`,
+    else `.mat`), its SNOMED-CT abbreviations and their names."""
+
+    source: str
+    record_id: str
+    path: Path
+    codes: frozenset[str]
+    dx_names: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.source}/{self.record_id}"
+
+    def labels(self, names: Sequence[str]) -> list[int]:
+        return [int(bool(self.codes & CINC_LABELS[name])) for name in names]
+
+
+def read_cinc_records(real_dir: str | Path) -> list[CincRecord]:
+    """Every record listed in the `labels.csv` of `real_dir/cinc2021` and `real_dir/cpsc2018`
+    (folders without one are absent), in file order. A listed record without its signal file is an
+    error: the split and every figure are functions of the full list."""
+    records = []
+    for source in CINC_SOURCES:
+        folder = Path(real_dir) / source
+        labels_file = folder / "labels.csv"
+        if not labels_file.is_file():
+            continue
+        with open(labels_file, newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                header = folder / "records" / f"{row['record']}.hea"
+                path = header if header.is_file() else header.with_suffix(".mat")
+                if not path.is_file():
+                    raise FileNotFoundError(f"{labels_file}: record {row['record']!r} has no .hea or .mat in {folder / 'records'}")
+                codes = frozenset(code.strip() for code in row["dx_abbrev"].split(",") if code.strip())
+                records.append(CincRecord(source, row["record"], path, codes, row["dx_names"]))
+    return records
+
+
+def split_cinc(records: Sequence[CincRecord], seed: int = CINC_SPLIT_SEED) -> tuple[list[str], list[str]]:
+    """(dev keys, evaluation keys) of the records (`CincRecord.key`), a pure function of their keys
+    and codes: each record's stratum is the rarest label of :data:`CINC_LABELS` it carries (or none);
+    per stratum a seeded shuffle sends ceil(n / 2) records to evaluation, the rest to dev, so each
+    label's positives divide as evenly as the strata allow."""
+    counts = {name: sum(bool(record.codes & wanted) for record in records) for name, wanted in CINC_LABELS.items()}
+    by_stratum: dict[str, list[str]] = {}
+    for record in sorted(records, key=lambda item: item.key):
+        carried = [name for name in CINC_LABELS if record.codes & CINC_LABELS[name]]
+        stratum = min(carried, key=lambda name: (counts[name], list(CINC_LABELS).index(name))) if carried else ""
+        by_stratum.setdefault(stratum, []).append(record.key)
+    dev, evaluation = [], []
+    for index, stratum in enumerate(sorted(by_stratum)):
+        keys = by_stratum[stratum]
+        order = np.random.default_rng([seed, index]).permutation(len(keys))
+        chosen = {keys[i] for i in order[: (len(keys) + 1) // 2]}
+        for key in keys:
+            (evaluation if key in chosen else dev).append(key)
+    return sorted(dev), sorted(evaluation)
+
+
+def cinc_part(real_dir: str | Path, part: str) -> list[CincRecord]:
+    """The CinC/CPSC records of one half (`"dev"` or `"evaluation"`, `split_cinc`), in file order.
+    The evaluation half is refused under the dev protocol (`EvaluationSetLocked`)."""
+    if part not in CINC_PARTS:
+        raise ValueError(f"part={part!r}: expected one of {CINC_PARTS}")
+    if part == "evaluation" and dev_protocol():
+        raise EvaluationSetLocked(
+            "The evaluation half of the CinC/CPSC records may not be read under the dev protocol "
+            f"({PROTOCOL_ENV}=dev); judge choices on their dev half"
+        )
+    records = read_cinc_records(real_dir)
+    keep = set(split_cinc(records)[CINC_PARTS.index(part)])
+    return [record for record in records if record.key in keep]
+
+
+# --------------------------------------------------------------------------------------------
 # Real ECG-report pairs for training (the sim+real variant)
 # --------------------------------------------------------------------------------------------
 
@@ -357,21 +460,8 @@ def real_training_pairs(real_dir: str | Path | None = None, eval_file: str | Pat
     ]
     if real_dir is None:
         return pairs
-    real_dir = Path(real_dir)
-    for source, folder in (("cinc2021", real_dir / "cinc2021"), ("cpsc2018", real_dir / "cpsc2018")):
-        labels_file = folder / "labels.csv"
-        if not labels_file.is_file():
-            continue
-        with open(labels_file, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-        for row in rows:
-            path = folder / "records" / f"{row['record']}.hea"
-            if not path.is_file():
-                path = folder / "records" / f"{row['record']}.mat"
-            if not path.is_file():
-                continue
-            record = read_ecg_file(path)
-            pairs.append({"source": source, "record_id": row["record"], "record": record, "report": _cinc_report(row["dx_names"])})
+    for cinc in read_cinc_records(real_dir):
+        pairs.append({"source": cinc.source, "record_id": cinc.record_id, "record": read_ecg_file(cinc.path), "report": _cinc_report(cinc.dx_names)})
     return pairs
 
 
