@@ -22,6 +22,7 @@ import pytest
 from dbeta.train.demo.real_ecg import (
     ALWAYS_TRAIN,
     CINC_LABELS,
+    DEMO_RHYTHM_SCORING,
     LUDB_EVAL_DIR,
     LUDB_EVAL_FILE,
     LUDB_RHYTHM_LABELS,
@@ -30,11 +31,13 @@ from dbeta.train.demo.real_ecg import (
     EvaluationSetLocked,
     cinc_part,
     evaluate_real_zero_shot,
+    label_scores,
     load_ludb_eval_set,
     load_ludb_train_set,
     ludb_training_record_ids,
     read_cinc_records,
     real_training_pairs,
+    rhythm_columns,
     signals_sha256,
     split_cinc,
     split_ludb,
@@ -116,7 +119,8 @@ def test_a_training_part_that_overlaps_the_evaluation_set_is_refused(tmp_path, e
         load_ludb_train_set(tmp_path / "bad.npz")
 
 
-def test_in_training_scoring_equals_the_public_pipeline(tmp_path, eval_set):
+@pytest.mark.parametrize("rhythm_scoring", ["sigmoid", "softmax"])
+def test_in_training_scoring_equals_the_public_pipeline(tmp_path, eval_set, rhythm_scoring):
     from transformers import AutoModel, AutoProcessor, pipeline
 
     folder = save_tiny_zero_shot_folder(tmp_path / "tiny")
@@ -125,18 +129,44 @@ def test_in_training_scoring_equals_the_public_pipeline(tmp_path, eval_set):
     # The first 24 records still hold positives and negatives of several labels.
     small = replace(eval_set, record_ids=eval_set.record_ids[:24], signals=eval_set.signals[:24],
                     reports=eval_set.reports[:24], rhythms=eval_set.rhythms[:24])
-    metrics = evaluate_real_zero_shot(model, processor, small)
+    metrics = evaluate_real_zero_shot(model, processor, small, rhythm_scoring=rhythm_scoring)
+    assert metrics["real_zero_shot_rhythm_softmax"] == float(rhythm_scoring == "softmax")
 
     from dbeta.train.evaluation.metrics import multilabel_auroc
 
     scored = small.scored_labels()
     classifier = pipeline("zero-shot-ecg-classification", model=str(folder), trust_remote_code=True)
-    outputs = classifier(small.signals, candidate_labels=scored, sampling_rate=500, lead_names=list(small.lead_names))
+    # Every LUDB label is a rhythm: the softmax scoring is the pipeline's multi_label=False.
+    outputs = classifier(small.signals, candidate_labels=scored, sampling_rate=500, lead_names=list(small.lead_names),
+                         multi_label=rhythm_scoring == "sigmoid")
     scores = np.array([[{o["label"]: o["score"] for o in output}[name] for name in scored] for output in outputs])
+    if rhythm_scoring == "softmax":
+        np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)
     expected = multilabel_auroc(small.labels({n: LUDB_RHYTHM_LABELS[n] for n in scored}), scores, scored)
     assert metrics["real_zero_shot_macro_auroc"] == pytest.approx(expected.macro, abs=1e-6)
     for label, value in expected.per_label.items():
         assert metrics[f"real_zero_shot_auroc/{label}"] == pytest.approx(value, abs=1e-6)
+
+
+def test_rhythm_labels_share_one_softmax_and_other_labels_keep_their_sigmoid():
+    names = ["sinus rhythm", "inverted T waves", "sinus bradycardia", "atrial fibrillation"]
+    logits = np.array([[-6.0, -2.0, -5.0, -7.0], [-1.0, 0.5, -3.0, -2.0]], dtype=np.float32)
+    assert rhythm_columns(names, "softmax") == [0, 2, 3] and rhythm_columns(names, "sigmoid") == []
+    softmax = label_scores(logits, names, "softmax")
+    sigmoid = label_scores(logits, names, "sigmoid")
+    np.testing.assert_allclose(sigmoid, 1.0 / (1.0 + np.exp(-logits)), rtol=1e-6)
+    np.testing.assert_allclose(softmax[:, 1], sigmoid[:, 1])  # a finding co-occurs with any rhythm
+    np.testing.assert_allclose(softmax[:, [0, 2, 3]].sum(axis=1), 1.0, rtol=1e-6)
+    # What the softmax is for: an offset common to a record's rhythm logits no longer moves its
+    # rhythm scores (under independent sigmoids it moves all of them together).
+    shifted = logits.copy()
+    shifted[0, [0, 2, 3]] -= 3.0
+    np.testing.assert_allclose(label_scores(shifted, names, "softmax")[:, [0, 2, 3]], softmax[:, [0, 2, 3]], rtol=1e-5)
+    assert (label_scores(shifted, names, "sigmoid")[0, [0, 2, 3]] < sigmoid[0, [0, 2, 3]]).all()
+    with pytest.raises(ValueError, match="rhythm_scoring must be one of"):
+        label_scores(logits, names, "argmax")
+    with pytest.raises(ValueError, match=r"logits must be \(N, 4\)"):
+        label_scores(logits[:, :3], names, "softmax")
 
 
 def test_demo_summary_prints_the_real_ecg_table(tmp_path, eval_set):
@@ -150,7 +180,7 @@ def test_demo_summary_prints_the_real_ecg_table(tmp_path, eval_set):
     model = AutoModel.from_pretrained(str(folder), trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=True)
     metrics = {"zero_shot_macro_auroc": 0.5, "zero_shot_num_labels": 1, "zero_shot_auroc/sinus_rhythm": 0.5}
-    metrics.update(evaluate_real_zero_shot(model, processor, eval_set))
+    metrics.update(evaluate_real_zero_shot(model, processor, eval_set, rhythm_scoring=DEMO_RHYTHM_SCORING))
     progress = TrainingProgress(completed_steps=1, samples_seen=32, train_seconds=1.0)
     label_set = {"sinus_rhythm": ("sinus rhythm", "sinus rhythm")}
     buffer = io.StringIO()
@@ -158,6 +188,8 @@ def test_demo_summary_prints_the_real_ecg_table(tmp_path, eval_set):
         print_summary(metrics, label_set, tmp_path, 1.0, progress)
     text = buffer.getvalue()
     assert f"Real ECGs (vendored LUDB evaluation set, {len(eval_set.record_ids)} patients" in text
+    # The demo's figure scores the rhythm labels by a softmax over them (round 5 of demo_dev_choices.md), and says so.
+    assert DEMO_RHYTHM_SCORING == "softmax" and "plain-text prompts, rhythm labels scored by a softmax over them:" in text
     for label in LUDB_RHYTHM_LABELS:
         assert f"zero-shot AUROC {label}" in text
     assert f"Real-ECG zero-shot macro AUROC: {metrics['real_zero_shot_macro_auroc']:.4f} (5 labels)" in text
@@ -165,6 +197,8 @@ def test_demo_summary_prints_the_real_ecg_table(tmp_path, eval_set):
     recipe = RECIPE_REAL_MACRO_AUROC
     assert len(recipe["seeds"]) >= 5 and recipe["lowest"] <= recipe["mean"]
     assert f"the default recipe over {len(recipe['seeds'])} fresh seeds: {recipe['mean']:.3f} ± {recipe['sd']:.3f}, lowest {recipe['lowest']:.3f}" in text
+    # A multi-seed figure scored otherwise than this run names its scoring.
+    assert ("independent sigmoid scores; benchmarks" in text) == (recipe["rhythm_scoring"] == "sigmoid")
     # The printed figure is the measured one: the headline table of demo_seeds.md.
     table = (Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "demo_seeds.md").read_text()
     assert f"| **real macro AUROC** | {recipe['mean']:.3f} ± {recipe['sd']:.3f} |" in table
@@ -325,12 +359,16 @@ def test_sim_to_real_scores_the_cinc_records_through_the_pipeline(tmp_path, monk
     # A reported run scores the evaluation half (26 of the 49 records); counted from the labels
     # files: what can and cannot be measured on real millivolts.
     monkeypatch.delenv(PROTOCOL_ENV, raising=False)
-    result = sim_to_real.cinc_real_auroc(folder, real_dir)
-    assert result["records"] == 26 and result["part"] == "evaluation"
+    result = sim_to_real.cinc_real_auroc(folder, real_dir, "sigmoid")
+    assert result["records"] == 26 and result["part"] == "evaluation" and result["rhythm_scoring"] == "sigmoid"
     assert result["positives"]["sinus tachycardia"] == 12 and result["positives"]["inverted T waves"] == 2
     assert result["positives"]["left bundle branch block"] == 0 and result["positives"]["low QRS voltages"] == 0
     assert set(result["per_label"]) == {name for name, count in result["positives"].items() if count >= 2}
     assert all(0.0 <= value <= 1.0 for value in result["per_label"].values())
+    # A softmax over the rhythm labels changes their scores only: inverted T keeps its sigmoid.
+    softmax = sim_to_real.cinc_real_auroc(folder, real_dir, "softmax")
+    assert softmax["rhythm_scoring"] == "softmax" and set(softmax["per_label"]) == set(result["per_label"])
+    assert softmax["per_label"]["inverted T waves"] == pytest.approx(result["per_label"]["inverted T waves"], abs=1e-9)
     # Under the dev protocol the same call scores the dev half, and the combined dev figure is the
     # mean over the labels of both dev parts.
     monkeypatch.setenv(PROTOCOL_ENV, "dev")

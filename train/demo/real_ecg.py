@@ -78,6 +78,39 @@ LUDB_RHYTHM_LABELS: dict[str, str] = {
 }
 #: A label is scored when the evaluation set has at least this many positives (and a negative).
 MIN_POSITIVES = 2
+#: The rhythm statements are mutually exclusive (one rhythm per ECG); findings such as bundle branch
+#: blocks or inverted T waves co-occur with any of them.
+RHYTHM_LABELS: tuple[str, ...] = tuple(LUDB_RHYTHM_LABELS)
+#: How the demo's real-ECG figures score the rhythm labels: "softmax" over the rhythm labels being
+#: scored (the pipeline's `multi_label=False`), or "sigmoid" (independent scores, the same ranking as
+#: the paper's raw dot product). Other labels always get independent sigmoid scores. Chosen on the
+#: dev split: benchmarks/results/demo_dev_choices.md, round 5.
+DEMO_RHYTHM_SCORING = "softmax"
+RHYTHM_SCORINGS = ("softmax", "sigmoid")
+
+
+def rhythm_columns(names: Sequence[str], rhythm_scoring: str) -> list[int]:
+    """The columns of `names` that share one softmax under `rhythm_scoring` (none under "sigmoid")."""
+    if rhythm_scoring not in RHYTHM_SCORINGS:
+        raise ValueError(f"rhythm_scoring must be one of {RHYTHM_SCORINGS}, got {rhythm_scoring!r}")
+    return [column for column, name in enumerate(names) if name in RHYTHM_LABELS] if rhythm_scoring == "softmax" else []
+
+
+def label_scores(logits: np.ndarray, names: Sequence[str], rhythm_scoring: str = DEMO_RHYTHM_SCORING) -> np.ndarray:
+    """(N, L) scores of ETS logits against the labels `names`, as the pipeline gives them: float32
+    sigmoids, except the rhythm columns (`rhythm_columns`), which get a softmax over themselves."""
+    import torch
+
+    from dbeta.zero_shot import logits_to_scores
+
+    logits = torch.as_tensor(np.asarray(logits, dtype=np.float32))
+    if logits.ndim != 2 or logits.shape[1] != len(names):
+        raise ValueError(f"logits must be (N, {len(names)}) for {len(names)} labels, got {tuple(logits.shape)}")
+    scores = logits_to_scores(logits, multi_label=True)
+    rhythm = rhythm_columns(names, rhythm_scoring)
+    if rhythm:
+        scores[:, rhythm] = logits_to_scores(logits[:, rhythm], multi_label=False)
+    return scores.numpy()
 
 # The dev protocol's lock on the evaluation file (docs/demo.md: `PROTOCOL_ENV`, `EvaluationSetLocked`,
 # `dev_protocol`) lives with the one reader of the vendored files, `dbeta.ludb_assets`, and is
@@ -303,11 +336,17 @@ def zero_shot_logits(
 
 
 def evaluate_real_zero_shot(
-    model, processor, eval_set: RealEvalSet | None = None, label_set: Mapping[str, str] = LUDB_RHYTHM_LABELS, ecg_encoder=None
+    model,
+    processor,
+    eval_set: RealEvalSet | None = None,
+    label_set: Mapping[str, str] = LUDB_RHYTHM_LABELS,
+    ecg_encoder=None,
+    rhythm_scoring: str = "sigmoid",
 ) -> dict[str, float]:
     """Per-label and macro zero-shot AUROC on real ECGs: ``{"real_zero_shot_macro_auroc",
     "real_zero_shot_num_labels", "real_zero_shot_num_records", "real_zero_shot_auroc/<label>"}``.
-    `ecg_encoder`: another backend for the ECG tower (`zero_shot_logits`)."""
+    `ecg_encoder`: another backend for the ECG tower (`zero_shot_logits`). `rhythm_scoring`: see
+    `label_scores` (the demo's figure uses `DEMO_RHYTHM_SCORING`)."""
     from dbeta.train.evaluation.metrics import multilabel_auroc
 
     eval_set = eval_set if eval_set is not None else load_ludb_eval_set()
@@ -315,9 +354,10 @@ def evaluate_real_zero_shot(
         raise ValueError("The LUDB training part is not an evaluation set: use load_ludb_dev_set() for its dev split")
     scored = eval_set.scored_labels(label_set)
     labels = eval_set.labels({name: label_set[name] for name in scored})
+    rhythm_columns(scored, rhythm_scoring)  # an unknown scoring fails before the model runs
     logits = zero_shot_logits(model, processor, eval_set, scored, ecg_encoder=ecg_encoder)
-    # The pipeline's multi-label scores: float32 sigmoid of the logits (saturated ties included).
-    scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float32)))
+    # The pipeline's scores: float32 (saturated ties included), the rhythm labels as chosen.
+    scores = label_scores(logits, scored, rhythm_scoring)
     auroc = multilabel_auroc(labels, scores, scored)
     metrics = {
         "real_zero_shot_macro_auroc": float(auroc.macro),
@@ -325,6 +365,8 @@ def evaluate_real_zero_shot(
         "real_zero_shot_num_records": len(eval_set.record_ids),
         # 1 when these figures are the dev split's (the dev protocol), so that no one reports them as held out.
         "real_zero_shot_dev_split": float(eval_set.split == "dev"),
+        # 1 when the rhythm labels were scored by a softmax over them (`label_scores`).
+        "real_zero_shot_rhythm_softmax": float(bool(rhythm_columns(scored, rhythm_scoring))),
     }
     metrics.update({f"real_zero_shot_auroc/{label}": float(value) for label, value in auroc.per_label.items()})
     return metrics

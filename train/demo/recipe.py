@@ -303,7 +303,9 @@ def demo_model_config(tokenizer) -> DBetaConfig:
 #: The default recipe's real-ECG figure over seeds that played no part in any choice
 #: (benchmarks/results/demo_seeds.md): printed beside every run's own figure, so that one run is
 #: not read as the recipe's.
-RECIPE_REAL_MACRO_AUROC = {"seeds": (15, 16, 17, 18, 19), "mean": 0.664, "sd": 0.125, "lowest": 0.449}
+RECIPE_REAL_MACRO_AUROC = {"seeds": (15, 16, 17, 18, 19), "mean": 0.664, "sd": 0.125, "lowest": 0.449, "rhythm_scoring": "sigmoid"}
+#: How each scoring of the rhythm labels reads in the summary (`real_ecg.label_scores`).
+_RHYTHM_SCORING_WORDS = {"softmax": "rhythm labels scored by a softmax over them", "sigmoid": "independent sigmoid scores"}
 
 
 def print_real_ecg_summary(metrics: Mapping[str, float]) -> None:
@@ -311,11 +313,13 @@ def print_real_ecg_summary(metrics: Mapping[str, float]) -> None:
     if "real_zero_shot_macro_auroc" not in metrics:
         return
     patients = int(metrics["real_zero_shot_num_records"])
+    scoring = "softmax" if metrics.get("real_zero_shot_rhythm_softmax") else "sigmoid"
     if metrics.get("real_zero_shot_dev_split"):
         print(f"Real ECGs (DEV split of the LUDB training part, {patients} patients never used in training; "
-              "not a held-out figure), plain-text prompts:")
+              f"not a held-out figure), plain-text prompts, {_RHYTHM_SCORING_WORDS[scoring]}:")
     else:
-        print(f"Real ECGs (vendored LUDB evaluation set, {patients} patients never used in training), plain-text prompts:")
+        print(f"Real ECGs (vendored LUDB evaluation set, {patients} patients never used in training), plain-text prompts, "
+              f"{_RHYTHM_SCORING_WORDS[scoring]}:")
     for name, value in metrics.items():
         if name.startswith("real_zero_shot_auroc/"):
             print(f"  zero-shot AUROC {name.split('/', 1)[1]:<28} {value:.4f}")
@@ -324,7 +328,9 @@ def print_real_ecg_summary(metrics: Mapping[str, float]) -> None:
     if not metrics.get("real_zero_shot_dev_split"):
         recipe = RECIPE_REAL_MACRO_AUROC
         print(f"  (this run; the default recipe over {len(recipe['seeds'])} fresh seeds: {recipe['mean']:.3f} ± {recipe['sd']:.3f}, "
-              f"lowest {recipe['lowest']:.3f}; benchmarks/results/demo_seeds.md)")
+              f"lowest {recipe['lowest']:.3f}"
+              + ("" if recipe["rhythm_scoring"] == scoring else f", {_RHYTHM_SCORING_WORDS[recipe['rhythm_scoring']]}")
+              + "; benchmarks/results/demo_seeds.md)")
 
 
 def demo_training_records(demo_real_pairs: str) -> dict:

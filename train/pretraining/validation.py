@@ -133,10 +133,11 @@ def evaluate(
     for direction, values in recall.items():
         metrics.update({f"{direction}_recall@{k}": value for k, value in values.items()})
     if real_eval_set is not None:
-        from dbeta.train.demo.real_ecg import evaluate_real_zero_shot
+        from dbeta.train.demo.real_ecg import DEMO_RHYTHM_SCORING, evaluate_real_zero_shot
 
         with full_parameters(accelerator, model):
-            metrics.update(evaluate_real_zero_shot(unwrapped, build_processor(unwrapped.config, tokenizer), real_eval_set))
+            processor = build_processor(unwrapped.config, tokenizer)
+            metrics.update(evaluate_real_zero_shot(unwrapped, processor, real_eval_set, rhythm_scoring=DEMO_RHYTHM_SCORING))
     if was_training:
         model.train()
     return metrics
