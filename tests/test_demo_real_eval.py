@@ -199,10 +199,26 @@ def test_demo_summary_prints_the_real_ecg_table(tmp_path, eval_set):
     assert f"the default recipe over {len(recipe['seeds'])} fresh seeds: {recipe['mean']:.3f} ± {recipe['sd']:.3f}, lowest {recipe['lowest']:.3f}" in text
     # A multi-seed figure scored otherwise than this run names its scoring.
     assert ("independent sigmoid scores; benchmarks" in text) == (recipe["rhythm_scoring"] == "sigmoid")
+    assert "nearly collapsed" not in text  # no spread measured here
     # The printed figure is the measured one: the headline table of demo_seeds.md.
     table = (Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "demo_seeds.md").read_text()
     assert f"| **real macro AUROC** | {recipe['mean']:.3f} ± {recipe['sd']:.3f} |" in table
     assert f"| lowest seed's real macro AUROC | {recipe['lowest']:.3f} |" in table
+
+
+@pytest.mark.parametrize("spread, collapsed", [(0.042, True), (0.059, True), (0.078, False)])
+def test_demo_summary_flags_a_collapsed_run(spread, collapsed):
+    from dbeta.train.demo.recipe import DEMO_COLLAPSED_ECG_SPREAD, print_real_ecg_summary
+
+    metrics = {"real_zero_shot_macro_auroc": 0.45, "real_zero_shot_num_records": 65, "real_zero_shot_num_labels": 5,
+               "real_zero_shot_rhythm_softmax": 1.0, "real_zero_shot_auroc/sinus rhythm": 0.5, "ecg_embedding_std": spread}
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        print_real_ecg_summary(metrics)
+    text = buffer.getvalue()
+    assert ("WARNING: this run's ECG embedding spread on the simulated validation split is "
+            f"{spread:.3f}, below {DEMO_COLLAPSED_ECG_SPREAD}: its ECG tower has nearly collapsed" in text) == collapsed
+    assert "Real-ECG zero-shot macro AUROC: 0.4500 (5 labels)" in text
 
 
 def test_demo_real_pairs_ludb_adds_the_vendored_training_part_only(tmp_path, eval_set):

@@ -304,6 +304,11 @@ def demo_model_config(tokenizer) -> DBetaConfig:
 #: (benchmarks/results/demo_seeds.md): printed beside every run's own figure, so that one run is
 #: not read as the recipe's.
 RECIPE_REAL_MACRO_AUROC = {"seeds": (15, 16, 17, 18, 19), "mean": 0.664, "sd": 0.125, "lowest": 0.449, "rhythm_scoring": "sigmoid"}
+#: Below this ECG embedding spread on the simulated validation split (mean per-dimension sd of the
+#: pooled embeddings) a demo run has nearly collapsed: the one failed run of the recipe's seeds 10-29
+#: (seed 18, real macro 0.449) had 0.042, every other run 0.078-0.136 (demo_seeds.md). The summary
+#: then says so, instead of printing its figures as if they measured the recipe.
+DEMO_COLLAPSED_ECG_SPREAD = 0.06
 #: How each scoring of the rhythm labels reads in the summary (`real_ecg.label_scores`).
 _RHYTHM_SCORING_WORDS = {"softmax": "rhythm labels scored by a softmax over them", "sigmoid": "independent sigmoid scores"}
 
@@ -331,6 +336,12 @@ def print_real_ecg_summary(metrics: Mapping[str, float]) -> None:
               f"lowest {recipe['lowest']:.3f}"
               + ("" if recipe["rhythm_scoring"] == scoring else f", {_RHYTHM_SCORING_WORDS[recipe['rhythm_scoring']]}")
               + "; benchmarks/results/demo_seeds.md)")
+    spread = metrics.get("ecg_embedding_std")
+    if spread is not None and spread < DEMO_COLLAPSED_ECG_SPREAD:
+        print(f"WARNING: this run's ECG embedding spread on the simulated validation split is {spread:.3f}, below "
+              f"{DEMO_COLLAPSED_ECG_SPREAD}: its ECG tower has nearly collapsed (as seed 18 of demo_seeds.md did: 0.042, real "
+              "macro 0.449; the recipe's other runs 0.078-0.136), so its zero-shot figures mostly rank noise. "
+              "Train again with another --seed.")
 
 
 def demo_training_records(demo_real_pairs: str) -> dict:
