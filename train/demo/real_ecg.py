@@ -96,7 +96,7 @@ def rhythm_columns(names: Sequence[str], rhythm_scoring: str) -> list[int]:
     return [column for column, name in enumerate(names) if name in RHYTHM_LABELS] if rhythm_scoring == "softmax" else []
 
 
-def label_scores(logits: np.ndarray, names: Sequence[str], rhythm_scoring: str = DEMO_RHYTHM_SCORING) -> np.ndarray:
+def label_scores(logits: np.ndarray, names: Sequence[str], rhythm_scoring: str) -> np.ndarray:
     """(N, L) scores of ETS logits against the labels `names`, as the pipeline gives them: float32
     sigmoids, except the rhythm columns (`rhythm_columns`), which get a softmax over themselves."""
     import torch
