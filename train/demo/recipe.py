@@ -310,6 +310,8 @@ RECIPE_REAL_MACRO_AUROC = {"seeds": tuple(range(30, 40)), "mean": 0.755, "sd": 0
 #: (A and R), the two failed ones had 0.606 / 0.042 (seed 18, real macro 0.449) and 0.641 / 0.069
 #: (seed 29, real 0.529); every other run 0.751-0.894 and 0.073-0.136 (demo_seeds.md). The spread
 #: alone does not separate seed 29 from healthy runs; it flags a plain collapse.
+#: The simulated threshold's margin is thin: a healthy run of a rejected simulator (round 7's B55,
+#: seed 23: spread 0.089, the best dev figure of its round) had 0.689, so this warns, it does not restart.
 DEMO_FAILED_ECG_SPREAD = 0.06
 DEMO_FAILED_SIMULATED_MACRO = 0.70
 #: How each scoring of the rhythm labels reads in the summary (`real_ecg.label_scores`).
