@@ -84,7 +84,7 @@ def train(args, variant: str, seed: int) -> dict:
         "--checkpointing_steps", "0",
     ]  # fmt: skip
     pretrain_args += ABLATIONS[args.tag] if args.tag in ABLATIONS else []
-    for flag in ("max_train_steps", "demo_num_records", "eval_steps", "num_cpu_threads", "config_overrides", "negative_fraction", "train_crop_seconds"):
+    for flag in ("max_train_steps", "learning_rate", "demo_num_records", "eval_steps", "num_cpu_threads", "config_overrides", "negative_fraction", "train_crop_seconds"):
         value = getattr(args, flag)
         if value is not None:
             pretrain_args += [f"--{flag}", str(value)]
@@ -319,18 +319,7 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "--_child":
-        separator = argv.index("--")
-        child = argparse.ArgumentParser()
-        child.add_argument("--_child")
-        child.add_argument("--real_dir")
-        child.add_argument("--real_repeats", type=int)
-        known = child.parse_args(argv[:separator])
-        train_child(known._child, known.real_dir, known.real_repeats, argv[separator + 1 :])
-        return {}
-
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--protocol", choices=["eval", "dev"], default="eval",
                         help="dev: judge a choice on the dev split of the LUDB training part; this process and its children "
@@ -348,6 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
                              "their dev half under --protocol dev (then also the combined dev macro), their evaluation half otherwise.")
     parser.add_argument("--load", action="store_true", help="Only evaluate folders left by earlier runs.")
     parser.add_argument("--max_train_steps", type=int, default=None, help="Default: the demo's.")
+    parser.add_argument("--learning_rate", type=float, default=None, help="Default: the demo's (1e-3 reproduces the runs before L5, seeds 10-44).")
     parser.add_argument("--demo_num_records", type=int, default=None)
     parser.add_argument("--eval_steps", type=int, default=None)
     parser.add_argument("--num_cpu_threads", type=int, default=None)
@@ -359,6 +349,22 @@ def main(argv: list[str] | None = None) -> dict:
                              "(other labels: sigmoids). Default: the demo's (`real_ecg.DEMO_RHYTHM_SCORING`).")
     parser.add_argument("--diagnostics", action="store_true",
                         help="Also print the R-peak rule baseline and a leave-one-out linear probe of each model's real-set ECG embeddings.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--_child":
+        separator = argv.index("--")
+        child = argparse.ArgumentParser()
+        child.add_argument("--_child")
+        child.add_argument("--real_dir")
+        child.add_argument("--real_repeats", type=int)
+        known = child.parse_args(argv[:separator])
+        train_child(known._child, known.real_dir, known.real_repeats, argv[separator + 1 :])
+        return {}
+
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.protocol == "dev":
         from dbeta.train.demo.real_ecg import PROTOCOL_ENV

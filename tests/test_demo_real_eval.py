@@ -365,6 +365,24 @@ def test_sim_to_real_dev_mode_refuses_real_pairs_and_locks_its_children(monkeypa
     assert PROTOCOL_ENV not in os.environ or os.environ[PROTOCOL_ENV] != "dev"
 
 
+def test_sim_to_real_passes_the_learning_rate_to_its_training_child(tmp_path, monkeypatch):
+    """R's headline seeds (30-44) trained at 1e-3: reproducing them needs the flag to reach pretrain.py."""
+    import importlib.util
+    import subprocess
+
+    spec = importlib.util.spec_from_file_location("sim_to_real", Path(__file__).resolve().parents[1] / "benchmarks" / "sim_to_real.py")
+    sim_to_real = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sim_to_real)
+    commands = []
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: commands.append(command))
+    for extra in ([], ["--learning_rate", "1e-3"]):
+        args = sim_to_real.build_parser().parse_args(["--variants", "sim", "--output_root", str(tmp_path), *extra])
+        sim_to_real.train(args, "sim", 7)
+    without, with_rate = (command[command.index("--") + 1 :] for command in commands)
+    assert "--learning_rate" not in without  # the demo's own default
+    assert with_rate[with_rate.index("--learning_rate") + 1] == "0.001" and with_rate[with_rate.index("--seed") + 1] == "7"
+
+
 def test_sim_to_real_scores_the_cinc_records_through_the_pipeline(tmp_path, monkeypatch):
     import importlib.util
 
