@@ -334,14 +334,20 @@ def test_dev_split_scores_are_flagged_and_printed_as_dev(tmp_path):
         evaluate_real_zero_shot(model, processor, load_ludb_train_set())
 
 
-def test_sim_to_real_dev_mode_refuses_real_pairs_and_locks_its_children(monkeypatch):
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (the benchmarks folder is not a package)."""
     import importlib.util
 
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sim_to_real_dev_mode_refuses_real_pairs_and_locks_its_children(monkeypatch):
     from dbeta.train.demo.real_ecg import PROTOCOL_ENV
 
-    spec = importlib.util.spec_from_file_location("sim_to_real", Path(__file__).resolve().parents[1] / "benchmarks" / "sim_to_real.py")
-    sim_to_real = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sim_to_real)
+    sim_to_real = load_benchmark("sim_to_real")
     # Set through monkeypatch so that the lock the benchmark sets in os.environ is undone after the test.
     monkeypatch.setenv(PROTOCOL_ENV, "eval")
     with pytest.raises(SystemExit):
@@ -367,12 +373,9 @@ def test_sim_to_real_dev_mode_refuses_real_pairs_and_locks_its_children(monkeypa
 
 def test_sim_to_real_passes_the_learning_rate_to_its_training_child(tmp_path, monkeypatch):
     """R's headline seeds (30-44) trained at 1e-3: reproducing them needs the flag to reach pretrain.py."""
-    import importlib.util
     import subprocess
 
-    spec = importlib.util.spec_from_file_location("sim_to_real", Path(__file__).resolve().parents[1] / "benchmarks" / "sim_to_real.py")
-    sim_to_real = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sim_to_real)
+    sim_to_real = load_benchmark("sim_to_real")
     commands = []
     monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: commands.append(command))
     for extra in ([], ["--learning_rate", "1e-3"]):
@@ -384,14 +387,10 @@ def test_sim_to_real_passes_the_learning_rate_to_its_training_child(tmp_path, mo
 
 
 def test_sim_to_real_scores_the_cinc_records_through_the_pipeline(tmp_path, monkeypatch):
-    import importlib.util
-
     real_dir = SHARED_LUDB.parents[1]
     if not (real_dir / "cinc2021" / "labels.csv").is_file():
         pytest.skip(f"the shared real records are not beside the checkout ({real_dir})")
-    spec = importlib.util.spec_from_file_location("sim_to_real", Path(__file__).resolve().parents[1] / "benchmarks" / "sim_to_real.py")
-    sim_to_real = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sim_to_real)
+    sim_to_real = load_benchmark("sim_to_real")
     folder = save_tiny_zero_shot_folder(tmp_path / "tiny")
     # A reported run scores the evaluation half (26 of the 49 records); counted from the labels
     # files: what can and cannot be measured on real millivolts.
@@ -454,13 +453,9 @@ def test_cinc_records_split_into_a_dev_and_an_evaluation_half_and_the_dev_protoc
 def test_simulated_test_sets_score_every_model_on_every_simulator_version(tmp_path):
     """benchmarks/simulated_test_sets.py: one test set per simulator version, drawn from its seed
     alone (the same simulator under two names gives the same set and the same AUROCs)."""
-    import importlib.util
-
     from dbeta.train.demo import make_demo_corpus
 
-    spec = importlib.util.spec_from_file_location("simulated_test_sets", Path(__file__).resolve().parents[1] / "benchmarks" / "simulated_test_sets.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("simulated_test_sets")
     folder = save_tiny_zero_shot_folder(tmp_path / "tiny")
     path = make_demo_corpus.__file__
     results = module.main(["--simulator", f"a={path}", "--simulator", f"b={path}", "--num_records", "60", "--seed", "5",
