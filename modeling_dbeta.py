@@ -245,14 +245,14 @@ class DBetaFeatureEncoderLayer(nn.Module):
             hidden_states = self.conv(hidden_states.transpose(1, 2)).transpose(1, 2)
         if self.layer_norm is not None:
             # GroupNorm with one channel per group: statistics over time, in fp32 also under
-            # autocast (DECISIONS 6).
+            # autocast (DECISIONS 6). PyTorch's fused kernel wants channels first; the two copies
+            # cost less than reducing over the strided time axis (benchmarks/results/cpu_levers.md,
+            # round 5: the first block's forward + backward 1.5x faster on the CPU).
             with torch.autocast(device_type=hidden_states.device.type, enabled=False):
-                values = hidden_states.float()
-                mean = values.mean(dim=1, keepdim=True)
-                variance = values.var(dim=1, unbiased=False, keepdim=True)
-                values = (values - mean) * torch.rsqrt(variance + self.layer_norm.eps)
-                values = values * self.layer_norm.weight.float() + self.layer_norm.bias.float()
-            hidden_states = values.to(hidden_states.dtype)
+                values = hidden_states.float().transpose(1, 2).contiguous()
+                values = F.group_norm(values, values.shape[1], self.layer_norm.weight.float(),
+                                      self.layer_norm.bias.float(), self.layer_norm.eps)  # fmt: skip
+            hidden_states = values.transpose(1, 2).contiguous().to(hidden_states.dtype)
         return F.gelu(hidden_states)
 
 
