@@ -152,6 +152,19 @@ def test_low_voltage_and_lbbb_change_the_qrs():
     assert lbbb.signal[v1].min() < normal.signal[v1].min()  # deep broad QS in V1
 
 
+def test_worker_processes_write_the_same_corpus(tmp_path, monkeypatch):
+    """`num_proc` splits the studies into blocks for worker processes; the files (corrupt studies
+    and the csv rows' order included) are those of one process."""
+    import dbeta.train.demo.make_demo_corpus as corpus
+
+    monkeypatch.setattr(corpus, "STUDIES_PER_TASK", 3)  # 3 blocks of valid studies, the corrupt ones in 2 more
+    kinds = len(CORRUPT_RECORD_KINDS)
+    one = make_demo_corpus(tmp_path / "one", num_records=8, num_corrupt_records=kinds, seed=3)
+    two = make_demo_corpus(tmp_path / "two", num_records=8, num_corrupt_records=kinds, seed=3, num_proc=2)
+    assert _folder_digest(one) == _folder_digest(two)
+    assert len(pd.read_csv(two / "record_list.csv")) == 8 + kinds
+
+
 def test_corrupt_records_are_listed(tmp_path):
     root = make_demo_corpus(tmp_path, num_records=3, num_corrupt_records=len(CORRUPT_RECORD_KINDS), seed=1)
     corrupt = pd.read_csv(root / "corrupt_records.csv")

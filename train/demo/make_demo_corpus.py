@@ -61,12 +61,14 @@ import logging
 import os
 import re
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from dbeta.text import MIMIC_REPORT_COLUMNS
+from dbeta.workers import end_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -867,12 +869,17 @@ def simulator_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
+#: Studies per worker task in `make_demo_corpus(num_proc > 1)`.
+STUDIES_PER_TASK = 100
+
+
 def make_demo_corpus(
     out_dir: str | os.PathLike,
     num_records: int = 2000,
     num_subjects: int | None = None,
     seed: int = 0,
     num_corrupt_records: int = 0,
+    num_proc: int = 1,
 ) -> Path:
     """Write a simulated corpus in the MIMIC-IV-ECG layout and return its root folder.
 
@@ -885,6 +892,8 @@ def make_demo_corpus(
         num_corrupt_records: Extra studies with one defect each, cycling through
             :data:`CORRUPT_RECORD_KINDS`; they are listed in ``corrupt_records.csv`` (study_id,
             kind, expected skip reason), to test data preparation.
+        num_proc: Worker processes that simulate and write the studies. Each study draws from its
+            own generator, keyed by (seed, index), so the files are the same for any count.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -896,24 +905,63 @@ def make_demo_corpus(
     study_ids = 40_000_000 + corpus_rng.choice(20_000_000, size=total, replace=False)
     start = np.datetime64("2110-01-01T00:00:00")
     ecg_times = start + corpus_rng.integers(0, 60 * 60 * 24 * 365 * 10, size=total).astype("timedelta64[s]")
+    studies = [
+        (index, int(record_subjects[index]), int(study_ids[index]), str(ecg_times[index]).replace("T", " "))
+        for index in range(total)
+    ]
+    # Contiguous blocks of studies per task, in order: the rows come back in study order.
+    block = STUDIES_PER_TASK
+    tasks = [(str(out_dir), seed, num_records, studies[i : i + block]) for i in range(0, total, block)]
+    if num_proc <= 1 or len(tasks) <= 1:
+        results = [_write_studies(task) for task in tasks]
+    else:
+        real_beat_library()  # computed once here; forked workers inherit it
+        pool = ProcessPoolExecutor(max_workers=num_proc, initializer=end_with_parent, initargs=(os.getpid(),))
+        try:
+            results = list(pool.map(_write_studies, tasks))
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
 
     record_rows, measurement_rows, label_rows, corrupt_rows = [], [], [], []
+    for rows in results:
+        for record, measurement, label, corrupt in rows:
+            record_rows.append(record)
+            measurement_rows.append(measurement)
+            if label is not None:
+                label_rows.append(label)
+            if corrupt is not None:
+                corrupt_rows.append(corrupt)
+    _write_csv(out_dir / "record_list.csv", record_rows)
+    _write_csv(out_dir / "machine_measurements.csv", measurement_rows)
+    _write_csv(out_dir / "demo_labels.csv", label_rows, fieldnames=["study_id", *LABEL_COLUMNS])
+    if corrupt_rows:
+        _write_csv(out_dir / "corrupt_records.csv", corrupt_rows)
+    return out_dir
+
+
+def _write_studies(task: tuple[str, int, int, list[tuple[int, int, int, str]]]) -> list[tuple]:
+    """Simulate and write one block of studies; returns their (record_list row, machine_measurements
+    row, label row or None, corrupt_records row or None), in order."""
+    out_dir, seed, num_records, studies = task
+    out_dir = Path(out_dir)
     corrupt_kinds = list(CORRUPT_RECORD_KINDS)
-    for index in range(total):
+    rows = []
+    for index, subject_id, study_id, ecg_time in studies:
         record_rng = np.random.default_rng([seed, 1, index])
         simulated = simulate_ecg(record_rng)
-        subject_id, study_id = int(record_subjects[index]), int(study_ids[index])
         relative = mimic_relative_path(subject_id, study_id)
         record_dir = out_dir / Path(relative).parent
         record_name = str(study_id)
-        ecg_time = str(ecg_times[index]).replace("T", " ")
         report_lines = simulated.report_lines
 
         kind = corrupt_kinds[(index - num_records) % len(corrupt_kinds)] if index >= num_records else None
         signal, lead_names, write_files = simulated.signal, list(MIMIC_LEAD_ORDER), True
+        corrupt = None
         if kind is not None:
             signal, lead_names, write_files = _corrupt(kind, signal)
-            corrupt_rows.append({"study_id": study_id, "kind": kind, "expected_reason": CORRUPT_RECORD_KINDS[kind]})
+            corrupt = {"study_id": study_id, "kind": kind, "expected_reason": CORRUPT_RECORD_KINDS[kind]}
             if kind == "missing_report":
                 report_lines = []
         if write_files:
@@ -921,9 +969,7 @@ def make_demo_corpus(
             if kind is not None:
                 _damage_files(kind, record_dir, record_name)
 
-        record_rows.append(
-            {"subject_id": subject_id, "study_id": study_id, "file_name": record_name, "ecg_time": ecg_time, "path": relative}
-        )
+        record = {"subject_id": subject_id, "study_id": study_id, "file_name": record_name, "ecg_time": ecg_time, "path": relative}
         measurement = {"subject_id": subject_id, "study_id": study_id, "cart_id": 6000 + index % 7, "ecg_time": ecg_time}
         for column, line in zip(MIMIC_REPORT_COLUMNS, report_lines + [""] * len(MIMIC_REPORT_COLUMNS)):
             measurement[column] = line
@@ -937,16 +983,9 @@ def make_demo_corpus(
                 "qrs_axis": int(round(simulated.qrs_axis_degrees)),
             }
         )
-        measurement_rows.append(measurement)
-        if kind is None:
-            label_rows.append({"study_id": study_id, **{key: int(key in simulated.conditions) for key in LABEL_COLUMNS}})
-
-    _write_csv(out_dir / "record_list.csv", record_rows)
-    _write_csv(out_dir / "machine_measurements.csv", measurement_rows)
-    _write_csv(out_dir / "demo_labels.csv", label_rows, fieldnames=["study_id", *LABEL_COLUMNS])
-    if corrupt_rows:
-        _write_csv(out_dir / "corrupt_records.csv", corrupt_rows)
-    return out_dir
+        label = None if kind is not None else {"study_id": study_id, **{key: int(key in simulated.conditions) for key in LABEL_COLUMNS}}
+        rows.append((record, measurement, label, corrupt))
+    return rows
 
 
 def _write_csv(path: Path, rows: list[dict], fieldnames: list[str] | None = None) -> None:
@@ -964,10 +1003,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_subjects", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num_corrupt_records", type=int, default=0, help="Extra defective studies, for tests.")
+    parser.add_argument("--num_proc", type=int, default=1, help="Worker processes (the files do not depend on it).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     started = time.perf_counter()
-    root = make_demo_corpus(args.output_dir, args.num_records, args.num_subjects, args.seed, args.num_corrupt_records)
+    root = make_demo_corpus(args.output_dir, args.num_records, args.num_subjects, args.seed, args.num_corrupt_records, args.num_proc)
     logger.info("Wrote %d simulated studies to %s in %.1f s", args.num_records, root, time.perf_counter() - started)
 
 

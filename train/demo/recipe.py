@@ -171,7 +171,7 @@ def prepare_demo_dataset(args) -> str:
         _check_demo_folder(corpus_dir, recorded, corpus_settings, "written", both)
     else:
         started = time.perf_counter()
-        make_demo_corpus(corpus_dir, num_records=args.demo_num_records, seed=args.seed)
+        make_demo_corpus(corpus_dir, num_records=args.demo_num_records, seed=args.seed, num_proc=min(2, os.cpu_count() or 1))
         (corpus_dir / DEMO_SETTINGS_FILE).write_text(json.dumps(corpus_settings) + "\n", encoding="utf-8")
         logger.info(f"Demo corpus: {args.demo_num_records} simulated studies in {corpus_dir} ({time.perf_counter() - started:.0f} s)")
 
