@@ -247,7 +247,7 @@ class DBetaFeatureEncoderLayer(nn.Module):
             # GroupNorm with one channel per group: statistics over time, in fp32 also under
             # autocast (DECISIONS 6). PyTorch's fused kernel wants channels first; the two copies
             # cost less than reducing over the strided time axis (benchmarks/results/cpu_levers.md,
-            # round 5: the first block's forward + backward 1.5x faster on the CPU).
+            # round 5: 25-30 ms less per demo step on the CPU).
             with torch.autocast(device_type=hidden_states.device.type, enabled=False):
                 values = hidden_states.float().transpose(1, 2).contiguous()
                 values = F.group_norm(values, values.shape[1], self.layer_norm.weight.float(),

@@ -1,21 +1,13 @@
 """`benchmarks/first_block_norm.py`: the replaced GroupNorm computes what today's does, and the
 benchmark times both and leaves the model's own forward in place."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("first_block_norm", ROOT / "benchmarks" / "first_block_norm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from tests.test_demo_real_eval import load_benchmark
+
+    return load_benchmark("first_block_norm")
 
 
 def test_fused_group_norm_matches_the_strided_reduction_it_replaced():
@@ -46,7 +38,11 @@ def test_benchmark_times_both_and_restores_the_forward():
 
     benchmark = _load()
     forward = DBetaFeatureEncoderLayer.forward
-    result = benchmark.main(["--threads", "1", "--rounds", "1", "--num_batches", "1"])
+    threads = torch.get_num_threads()
+    try:
+        result = benchmark.main(["--threads", "1", "--rounds", "1", "--num_batches", "1"])
+    finally:
+        torch.set_num_threads(threads)  # later tests compare bit-exactly with subprocesses at the default
     assert DBetaFeatureEncoderLayer.forward is forward
     assert set(result["seconds_per_step"]) == {"fused kernel", "strided reduction"}
     assert all(value > 0 for value in result["seconds_per_step"].values())

@@ -52,7 +52,6 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,7 @@ from typing import Any
 import numpy as np
 
 from dbeta.files import csv_writer
-from dbeta.workers import end_with_parent
+from dbeta.workers import map_in_workers
 from dbeta.text import MIMIC_REPORT_COLUMNS, join_report_lines, normalize_report
 
 logger = logging.getLogger(__name__)
@@ -992,20 +991,8 @@ def _run_shards(
 
     bar = tqdm(total=total_records, unit="record", desc="Preparing MIMIC-IV-ECG", disable=not progress)
     try:
-        if num_proc <= 1 or len(tasks) <= 1:
-            for task in tasks:
-                result = process_shard(task, str(shards_dir), fingerprint)
-                bar.update(result["read"])
-        else:
-            pool = ProcessPoolExecutor(max_workers=num_proc, initializer=end_with_parent, initargs=(os.getpid(),))
-            try:
-                for result in pool.map(_process_shard_star, [(task, str(shards_dir), fingerprint) for task in tasks]):
-                    bar.update(result["read"])
-            except BaseException:
-                # Interrupted or failed: drop the shards not started instead of running them all.
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-            pool.shutdown()
+        for result in map_in_workers(_process_shard_star, [(task, str(shards_dir), fingerprint) for task in tasks], num_proc):
+            bar.update(result["read"])
     finally:
         bar.close()
 

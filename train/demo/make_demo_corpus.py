@@ -61,14 +61,13 @@ import logging
 import os
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from dbeta.text import MIMIC_REPORT_COLUMNS
-from dbeta.workers import end_with_parent
+from dbeta.workers import map_in_workers
 
 logger = logging.getLogger(__name__)
 
@@ -912,17 +911,8 @@ def make_demo_corpus(
     # Contiguous blocks of studies per task, in order: the rows come back in study order.
     block = STUDIES_PER_TASK
     tasks = [(str(out_dir), seed, num_records, studies[i : i + block]) for i in range(0, total, block)]
-    if num_proc <= 1 or len(tasks) <= 1:
-        results = [_write_studies(task) for task in tasks]
-    else:
-        real_beat_library()  # computed once here; forked workers inherit it
-        pool = ProcessPoolExecutor(max_workers=num_proc, initializer=end_with_parent, initargs=(os.getpid(),))
-        try:
-            results = list(pool.map(_write_studies, tasks))
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        pool.shutdown()
+    real_beat_library()  # computed once here; forked workers inherit it
+    results = list(map_in_workers(_write_studies, tasks, num_proc))
 
     record_rows, measurement_rows, label_rows, corrupt_rows = [], [], [], []
     for rows in results:
