@@ -395,12 +395,14 @@ def test_checkpoint_saved_before_the_front_end_rename_loads_bit_exactly():
     saved = load_file(folder / "model.safetensors")
     loaded = model.state_dict()
     assert all(torch.equal(loaded[name], tensor) for name, tensor in saved.items())
-    # The outputs recorded at saving time: equal up to float round-off (the first block's GroupNorm
-    # has run through PyTorch's fused kernel since; same arithmetic, another summation order).
+    # The outputs recorded at saving time: equal up to float round-off. The weights above are the
+    # bit-exact claim; outputs are not bit-portable: the first block's GroupNorm has run through
+    # PyTorch's fused kernel since (another summation order), and another CPU's kernels round the
+    # text tower differently (2.6e-8 at most on an AMX Xeon against the machine that recorded them).
     reference = np.load(folder / "outputs.npz")
     with torch.no_grad():
         ecg = model.get_ecg_features(input_values=torch.from_numpy(reference["input_values"])).pooler_output
         ids = torch.from_numpy(reference["input_ids"])
         text = model.get_text_features(input_ids=ids, attention_mask=torch.ones_like(ids)).pooler_output
     torch.testing.assert_close(ecg, torch.from_numpy(reference["ecg_pooler"]), atol=1e-6, rtol=1e-5)
-    assert np.array_equal(text.numpy(), reference["text_pooler"])
+    torch.testing.assert_close(text, torch.from_numpy(reference["text_pooler"]), atol=1e-6, rtol=1e-5)
