@@ -156,11 +156,13 @@ def prepare_demo_dataset(args) -> str:
     existed is reused with a warning (its seed and size cannot be checked)."""
     from dbeta.train.demo.make_demo_corpus import make_demo_corpus, simulator_fingerprint
     from dbeta.train.data.mimic_iv_ecg import prepare_mimic_iv_ecg
+    from dbeta.train.pretraining.processes import usable_cores
 
     corpus_dir, dataset_dir = Path(args.demo_corpus_dir), Path(args.demo_dataset_dir)
     corpus_settings = {"demo_num_records": args.demo_num_records, "seed": args.seed, "simulator": simulator_fingerprint()}
     real_pairs = {"demo_real_pairs": args.demo_real_pairs, "demo_real_repeats": args.demo_real_repeats if args.demo_real_pairs != "none" else 0}
     prepared_settings = {**corpus_settings, **real_pairs}
+    workers = min(2, usable_cores())  # corpus and preparation; their files do not depend on it
     both = f"delete {corpus_dir} and {dataset_dir} to write them again with these settings, or pass another --demo_corpus_dir and --demo_dataset_dir."
 
     if (corpus_dir / "record_list.csv").is_file():
@@ -171,7 +173,7 @@ def prepare_demo_dataset(args) -> str:
         _check_demo_folder(corpus_dir, recorded, corpus_settings, "written", both)
     else:
         started = time.perf_counter()
-        make_demo_corpus(corpus_dir, num_records=args.demo_num_records, seed=args.seed, num_proc=min(2, os.cpu_count() or 1))
+        make_demo_corpus(corpus_dir, num_records=args.demo_num_records, seed=args.seed, num_proc=workers)
         (corpus_dir / DEMO_SETTINGS_FILE).write_text(json.dumps(corpus_settings) + "\n", encoding="utf-8")
         logger.info(f"Demo corpus: {args.demo_num_records} simulated studies in {corpus_dir} ({time.perf_counter() - started:.0f} s)")
 
@@ -193,7 +195,7 @@ def prepare_demo_dataset(args) -> str:
         settings_file.write_text(json.dumps(prepared_settings) + "\n", encoding="utf-8")  # first: an interrupted preparation is not "older"
         with_real = args.demo_real_pairs != "none"
         target = dataset_dir.with_name(dataset_dir.name + "_simulated") if with_real else dataset_dir
-        prepare_mimic_iv_ecg(corpus_dir, target, num_proc=min(2, os.cpu_count() or 1), val_fraction=0.1, seed=args.seed, progress=False)
+        prepare_mimic_iv_ecg(corpus_dir, target, num_proc=workers, val_fraction=0.1, seed=args.seed, progress=False)
         if with_real:
             real_dir = None if args.demo_real_pairs == "ludb" else args.demo_real_pairs
             add_real_training_pairs(target, dataset_dir, real_dir, args.demo_real_repeats)

@@ -29,11 +29,17 @@ def _accelerator_available() -> bool:
     return torch.cuda.is_available()
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one, e.g. under taskset
+    or a container's cpuset), not the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def cpu_threads_per_process(requested: int | None, num_processes: int) -> int:
     """`requested`, or the cores this process may use divided among the processes of this machine."""
     if requested:
         return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", num_processes))
     return max(1, cores // max(1, local_processes))
 
